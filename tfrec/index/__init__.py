@@ -1,0 +1,5 @@
+"""Retrieval indexes over item embeddings (work in progress)."""
+
+from tfrec.index.brute_force import BruteForceIndex
+
+__all__ = ["BruteForceIndex"]

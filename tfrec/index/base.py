@@ -1,0 +1,107 @@
+"""Shared pieces of every retrieval index: catalog storage, exclusion, checks.
+
+An index is a ``tf.Module`` holding the catalog as non-trainable variables, so
+it is tracked and written by ``tf.saved_model.save`` when it is an attribute
+of a bigger module. ``search`` is a plain method built from TF ops: call it
+eagerly, or inside a ``tf.function`` (unknown batch size and unknown number
+of excluded ids are fine); the lead's export signatures wrap it that way.
+
+Exclusion contract shared by all indexes: ``exclude_item_ids`` is a string
+tensor ``[batch, e]`` padded with ``""``. Every index over-fetches ``k + e``
+candidates, drops the excluded ones and keeps the best ``k'``; since at most
+``e`` of the over-fetched candidates can be excluded, ``k'`` good results
+remain whenever the catalog (or the approximate candidate set) has them.
+That is why item ids must be unique and non-empty: a duplicated id could hide
+more than ``e`` candidates, and ``""`` is the padding value.
+"""
+
+from __future__ import annotations
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# Score given to filtered-out candidates. -inf (not a large negative number)
+# so that a real dot product can never tie with it.
+NEG_INF = float("-inf")
+
+
+def as_embeddings(item_embeddings: np.ndarray | tf.Tensor) -> np.ndarray:
+    """Checks and converts item embeddings to float32 numpy ``[num_items, dim]``."""
+    array = item_embeddings.numpy() if isinstance(item_embeddings, tf.Tensor) else item_embeddings
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"item_embeddings must be a non-empty [num_items, dim] matrix, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("item_embeddings contain NaN or infinite values")
+    return array
+
+
+def as_item_ids(item_ids: np.ndarray | tf.Tensor | Sequence[str], num_items: int) -> np.ndarray:
+    """Checks and converts item ids to a numpy object array of ``bytes`` ``[num_items]``."""
+    if isinstance(item_ids, tf.Tensor):
+        item_ids = item_ids.numpy()
+    ids = [i if isinstance(i, bytes) else str(i).encode("utf-8") for i in np.asarray(item_ids).reshape(-1)]
+    if len(ids) != num_items:
+        raise ValueError(f"got {len(ids)} item ids for {num_items} item embeddings")
+    if b"" in ids:
+        raise ValueError('item ids must be non-empty: "" is the padding value of exclude_item_ids')
+    if len(set(ids)) != len(ids):
+        seen: set[bytes] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"item ids must be unique; {dup.decode('utf-8', 'replace')!r} appears more than once")
+    return np.array(ids, dtype=object)
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def empty_exclusion(query_embeddings: tf.Tensor) -> tf.Tensor:
+    """A ``[batch, 0]`` string tensor: "exclude nothing" in the padded format."""
+    return tf.zeros([tf.shape(query_embeddings)[0], 0], dtype=tf.string)
+
+
+def filter_excluded(
+    scores: tf.Tensor, indices: tf.Tensor, item_ids: tf.Tensor, exclude_item_ids: tf.Tensor, k: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Drops excluded items from an over-fetched, best-first candidate list.
+
+    Args:
+      scores: float32 ``[batch, c]`` candidate scores (``-inf`` = no candidate).
+      indices: int ``[batch, c]`` catalog rows of the candidates (any value
+        where the score is ``-inf``).
+      item_ids: string ``[num_items]`` catalog ids.
+      exclude_item_ids: string ``[batch, e]``, padded with ``""``.
+      k: results wanted per query.
+
+    Returns:
+      ``(scores float32 [batch, min(k, c)], item_ids string [batch, min(k, c)],
+      num_valid int32 [batch])``, best first; ``num_valid`` counts the results
+      with a finite score (the others are padding with id ``""``).
+    """
+    safe_indices = tf.maximum(indices, 0)
+    candidate_ids = tf.gather(item_ids, safe_indices)
+    # [batch, c, e] string equality: c = k + e and e are small, and comparing
+    # strings needs no id -> row lookup table.
+    is_excluded = tf.reduce_any(
+        tf.equal(candidate_ids[:, :, tf.newaxis], exclude_item_ids[:, tf.newaxis, :]), axis=2
+    )
+    scores = tf.where(is_excluded, tf.constant(NEG_INF, tf.float32), scores)
+    k_out = tf.minimum(k, tf.shape(scores)[1])
+    top_scores, positions = tf.math.top_k(scores, k=k_out, sorted=True)
+    top_ids = tf.gather(candidate_ids, positions, batch_dims=1)
+    valid = tf.math.is_finite(top_scores)
+    top_ids = tf.where(valid, top_ids, tf.constant("", tf.string))
+    num_valid = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    return top_scores, top_ids, num_valid
+
+
+def params_jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    """Turns numpy scalars into Python ones so ``json.dumps`` accepts them."""
+    return {key: (value.item() if isinstance(value, np.generic) else value) for key, value in params.items()}
