@@ -1,0 +1,246 @@
+"""The on-disk layout TF Serving reads, written atomically.
+
+An export folder looks like this::
+
+    EXPORT/
+      models.config                  text-format ModelServerConfig (model_config_list)
+      batching_parameters.txt        text-format TF Serving BatchingParameters
+      <model_name>/<version>/        one SavedModel per integer version
+        saved_model.pb  variables/  assets.extra/
+      <model_name>_scann/<version>/
+
+TF Serving (and ``serving.server``) serve the highest integer folder and ignore
+any other name, so a version is published by writing it into a hidden temporary
+folder inside the model's base path and renaming it to its number: a server
+never sees a half-written version.
+
+Usage::
+
+    from serving import layout
+    path = layout.publish_version(base, lambda d: tf.saved_model.save(module, d))
+    layout.write_models_config(export_root, ["tfrec", "tfrec_scann"])
+    layout.write_batching_parameters(export_root, max_batch_size=64)
+    layout.read_models_config(export_root / "models.config")  # {"tfrec": "/abs/..."}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+log = logging.getLogger(__name__)
+
+MODELS_CONFIG = "models.config"
+BATCHING_PARAMETERS = "batching_parameters.txt"
+TMP_PREFIX = ".tmp-"
+_TMP_RE = re.compile(r"^\.tmp-(\d+)-(\d+)$")
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _versions(model_base_path: str | os.PathLike) -> list[int]:
+    base = Path(model_base_path)
+    if not base.is_dir():
+        return []
+    return [int(p.name) for p in base.iterdir()
+            if p.name.isascii() and p.name.isdigit() and p.is_dir()]
+
+
+def latest_version(model_base_path: str | os.PathLike) -> int | None:
+    """The highest integer version folder under ``model_base_path``, or None."""
+    versions = _versions(model_base_path)
+    return max(versions) if versions else None
+
+
+def next_version(model_base_path: str | os.PathLike) -> int:
+    """The version a new export should get: the highest existing one + 1, or 1.
+
+    Temporary folders (``.tmp-<version>-<pid>``) are ignored, so versions only
+    increase even when an earlier publish was killed.
+    """
+    latest = latest_version(model_base_path)
+    return 1 if latest is None else latest + 1
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(base: Path) -> None:
+    """Deletes temp folders whose writing process is gone (killed publishes)."""
+    for entry in base.iterdir():
+        match = _TMP_RE.match(entry.name)
+        if match and not _pid_alive(int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed stale temporary export %s", entry)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_version(model_base_path: str | os.PathLike,
+                    write_fn: Callable[[str], None],
+                    version: int | None = None) -> Path:
+    """Writes a new version atomically and returns its folder.
+
+    Args:
+      model_base_path: the model's folder (``EXPORT/<model_name>``); created if missing.
+      write_fn: called with the path (str) of an empty temporary folder inside
+        ``model_base_path``; writes the SavedModel there (e.g.
+        ``lambda d: tf.saved_model.save(module, d)``).
+      version: the version number; default ``next_version(model_base_path)``.
+        Must be higher than every existing version.
+
+    Returns:
+      ``model_base_path/<version>``, visible only once completely written.
+
+    Raises:
+      ValueError: ``version`` is not higher than the latest existing version.
+      Whatever ``write_fn`` raises; then the temporary folder is removed and no
+      version becomes visible.
+    """
+    base = Path(model_base_path).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(base)
+    latest = latest_version(base)
+    if version is None:
+        version = 1 if latest is None else latest + 1
+    elif version < 1 or (latest is not None and version <= latest):
+        raise ValueError(f"{base}: version {version} must be >= 1 and higher than "
+                         f"the latest existing version {latest}")
+    tmp = base / f"{TMP_PREFIX}{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_fn(str(tmp))
+        _fsync_tree(tmp)
+        final = base / str(version)
+        if final.exists():  # another publisher won the race for this number
+            raise FileExistsError(f"{final} already exists")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(base)
+    log.info("published %s", final)
+    return final
+
+
+def _check_model_name(name: str) -> None:
+    if not _MODEL_NAME_RE.match(name):
+        raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
+
+
+def write_models_config(export_root: str | os.PathLike, model_names: list[str]) -> Path:
+    """Writes ``export_root/models.config`` listing ``export_root/<name>`` for each name.
+
+    Args:
+      export_root: the export folder.
+      model_names: e.g. ``["tfrec", "tfrec_scann"]``; letters, digits, '-', '_'.
+
+    Returns:
+      The path of the text-format ``ModelServerConfig`` (absolute base paths,
+      ``model_platform: "tensorflow"``), usable as TF Serving's
+      ``--model_config_file``.
+    """
+    root = Path(export_root).absolute()
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in model_names:
+        _check_model_name(name)
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = str(root / name)
+        entry.model_platform = "tensorflow"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MODELS_CONFIG
+    _write_atomic(path, text_format.MessageToString(config))
+    return path
+
+
+def read_models_config(path: str | os.PathLike) -> dict[str, str]:
+    """Reads a text-format ModelServerConfig: ``{model_name: absolute base_path}``.
+
+    Relative base paths are taken relative to the config file's folder.
+    """
+    path = Path(path)
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as e:
+        raise ValueError(f"{path}: not a text-format ModelServerConfig: {e}") from None
+    models: dict[str, str] = {}
+    for entry in config.model_config_list.config:
+        _check_model_name(entry.name)
+        base = Path(entry.base_path)
+        models[entry.name] = str(base if base.is_absolute() else (path.parent / base).absolute())
+    return models
+
+
+def write_batching_parameters(export_root: str | os.PathLike, max_batch_size: int = 64,
+                              batch_timeout_micros: int = 2000, max_enqueued_batches: int = 100,
+                              num_batch_threads: int = 2,
+                              pad_variable_length_inputs: bool = True) -> Path:
+    """Writes ``export_root/batching_parameters.txt`` for ``--batching_parameters_file``.
+
+    The fields are TF Serving's ``BatchingParameters``; ``pad_variable_length_inputs``
+    lets requests whose ``exclude_item_ids`` widths differ share a batch.
+    """
+    if max_batch_size < 1 or batch_timeout_micros < 0:
+        raise ValueError("max_batch_size must be >= 1 and batch_timeout_micros >= 0")
+    text = (f"max_batch_size {{ value: {max_batch_size} }}\n"
+            f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+            f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
+            f"num_batch_threads {{ value: {num_batch_threads} }}\n"
+            f"pad_variable_length_inputs: {'true' if pad_variable_length_inputs else 'false'}\n")
+    root = Path(export_root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / BATCHING_PARAMETERS
+    _write_atomic(path, text)
+    return path
+
+
+def read_batching_parameters(path: str | os.PathLike) -> dict[str, int | bool]:
+    """Reads the wrapped-int fields (and ``pad_variable_length_inputs``) of a batching file."""
+    params: dict[str, int | bool] = {}
+    for name, value in re.findall(r"(\w+)\s*\{\s*value\s*:\s*(\d+)\s*\}", Path(path).read_text()):
+        params[name] = int(value)
+    pad = re.search(r"pad_variable_length_inputs\s*:\s*(true|false)", Path(path).read_text())
+    if pad:
+        params["pad_variable_length_inputs"] = pad.group(1) == "true"
+    return params
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
