@@ -1,0 +1,204 @@
+"""Export: SavedModels that take raw text and return top-k items, in TF Serving's layout.
+
+    python -m serving.export --job-dir DIR [--index brute_force|ivf|scann|all] [--k 100]
+
+writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
+``export.model_name`` for exact brute force, ``<name>_ivf`` and
+``<name>_scann`` for the approximate indexes) plus ``DIR/export/models.config``
+and ``DIR/export/batching_parameters.txt``. ``trainer.task`` calls the same
+code at the end of training. Each version is written under a temporary name
+and renamed into place when complete (:func:`serving.layout.publish_version`).
+
+Signatures of every SavedModel (tokenisation is inside the graph):
+
+* ``serving_default`` = ``retrieve``: ``query_text`` string [batch], optional
+  ``exclude_item_ids`` string [batch, e] ("" padded; default: none) ->
+  ``item_ids`` string [batch, k], ``scores`` float32 [batch, k].
+* ``embed_query``: ``query_text`` -> ``embedding`` float32 [batch, d].
+* ``embed_item``: ``item_id``, ``item_text`` (and ``item_<column>`` per
+  categorical column), string [batch] -> ``embedding`` float32 [batch, d].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import serving  # noqa: F401  (environment first)
+import numpy as np
+import tensorflow as tf
+
+from serving import layout
+from tfrec import config as config_lib
+from tfrec.errors import UserError
+
+log = logging.getLogger("tfrec")
+_NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
+
+
+class RetrievalModule(tf.Module):
+    """What a served version holds: the towers and one index over the catalog.
+
+    Args:
+      query_tower: raw ``query_text`` -> float32 [batch, d].
+      item_tower: item features -> float32 [batch, d].
+      index: a :mod:`tfrec.index` index over the catalog's item embeddings.
+      categorical_columns: the item tower's categorical columns.
+    """
+
+    def __init__(self, query_tower, item_tower, index, categorical_columns: list[str]):
+        super().__init__(name="tfrec_retrieval")
+        self.query_tower, self.item_tower, self.index = query_tower, item_tower, index
+        self.categorical_columns = list(categorical_columns)
+        item_spec = {"item_id": tf.TensorSpec([None], tf.string, name="item_id"),
+                     "item_text": tf.TensorSpec([None], tf.string, name="item_text")}
+        for col in self.categorical_columns:
+            item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
+        self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
+                                  tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+    def retrieve(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
+        query = self.query_tower({"query_text": query_text}, training=False)
+        batch = tf.shape(query_text)[0]
+        exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
+        scores, item_ids = self.index.search(query, exclude)
+        return {"item_ids": item_ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text")])
+    def embed_query(self, query_text):
+        return {"embedding": self.query_tower({"query_text": query_text}, training=False)}
+
+    def _embed_item(self, features):
+        return {"embedding": self.item_tower(features, training=False)}
+
+    def signatures(self) -> dict:
+        retrieve = self.retrieve.get_concrete_function()
+        return {"serving_default": retrieve, "retrieve": retrieve,
+                "embed_query": self.embed_query.get_concrete_function(),
+                "embed_item": self.embed_item.get_concrete_function()}
+
+
+def _index_kinds(choice: str) -> list[str]:
+    return ["brute_force", "ivf", "scann"] if choice == "all" else [choice]
+
+
+def _model_name(base: str, kind: str) -> str:
+    return base if kind == "brute_force" else f"{base}_{kind}"
+
+
+def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int):
+    from tfrec import index as index_lib
+
+    if kind == "brute_force" or not hasattr(index_lib, "build_index"):
+        return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
+    return index_lib.build_index(kind, item_embeddings, item_ids, k)
+
+
+def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
+               index: str | None = None, k: int | None = None, query_cache=None) -> list[Path]:
+    """Writes one new version per index kind; returns the version folders.
+
+    Args:
+      cfg: the run's config.
+      job_dir: the run's folder; output goes to ``job_dir/export``.
+      model: the trained :class:`tfrec.models.TwoTowerModel`.
+      data: :class:`tfrec.data.dataset.RetrievalData` (catalog and counts).
+      item_embeddings: float32 [num_items, d] from the trained item tower.
+    """
+    export_root = Path(job_dir) / "export"
+    k = k or cfg.export.k
+    kinds = _index_kinds(index or cfg.export.index)
+    names = [_model_name(cfg.export.model_name, kind) for kind in kinds]
+    version = max(layout.next_version(export_root / name) for name in names)
+    published = []
+    for kind, name in zip(kinds, names):
+        t0 = time.time()
+        idx, note = _build_index(kind, item_embeddings, data.catalog.item_ids, k)
+        if note:
+            log.info("export: %s", note)
+        module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical))
+        report = {"model_name": name, "version": version, "index": {"kind": getattr(idx, "kind", kind),
+                                                                    "requested": kind, "k": k, "note": note},
+                  "data": data.counts, "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if hasattr(idx, "params"):
+            report["index"]["params"] = idx.params()
+        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if getattr(idx, "kind", "") == "scann" \
+            else None
+
+        def write(folder: str, module=module, report=report, options=options) -> None:
+            tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
+            extra = Path(folder) / "assets.extra"
+            extra.mkdir(exist_ok=True)
+            (extra / "export_report.json").write_text(json.dumps(report, indent=2))
+            with open(extra / "items.tsv", "w", encoding="utf-8") as f:
+                f.write("item_id\ttext\n")
+                for item, text in zip(data.catalog.item_ids, data.catalog.texts):
+                    f.write(f"{item}\t{text.replace(chr(9), ' ').replace(chr(10), ' ')}\n")
+
+        path = layout.publish_version(export_root / name, write, version=version)
+        log.info("export: %s (%s index, k=%d) in %.0fs", path, getattr(idx, "kind", kind), k, time.time() - t0)
+        published.append(path)
+    existing = sorted(p.name for p in export_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    layout.write_models_config(export_root, existing)
+    layout.write_batching_parameters(export_root)
+    return published
+
+
+def load_trained(job_dir: str | Path):
+    """Rebuilds a finished run's model from ``params.yaml`` and its best weights.
+
+    Returns (cfg, model, data).
+    """
+    from tfrec.data import dataset, pipeline
+    from tfrec.models import build_model
+
+    job = Path(job_dir)
+    if not (job / "params.yaml").is_file():
+        raise UserError(f"{job}: no params.yaml; not a tfrec job dir (train first with python -m trainer.task)")
+    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(job / "params.yaml")))
+    best = job / "checkpoints" / "best" / "weights.index"
+    if not best.is_file():
+        raise UserError(f"{job}: no trained weights at {best}")
+    data = dataset.load(cfg.data, base_dir=str(job))
+    model = build_model(cfg, data.catalog)
+    sample = next(iter(pipeline.make_dataset(
+        pipeline.training_features(data.train.take(range(2)), data.catalog, data.item_probability()), 2)))
+    model.query_tower(sample), model.item_tower(sample)
+    model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
+    return cfg, model, data
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.task import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m serving.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True)
+    parser.add_argument("--index", choices=["brute_force", "ivf", "scann", "all"])
+    parser.add_argument("--k", type=int)
+    parser.add_argument("--debug", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    setup_logging(args.debug)
+    try:
+        from tfrec import evaluate
+        from tfrec.data import pipeline
+
+        cfg, model, data = load_trained(args.job_dir)
+        items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
+        item_embeddings = evaluate.embed(model.item_tower, items)
+        export_run(cfg, args.job_dir, model, data, item_embeddings, index=args.index, k=args.k)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""From the config's files to a catalog and train/validation/test examples.
+
+Everything skipped is counted in :attr:`RetrievalData.skipped` (logged, and
+written to ``eval.json``); everything else that is wrong is a one-line
+:class:`~tfrec.errors.DataError` naming file, row and column.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfrec.config import DataConfig
+from tfrec.data.readers import Table, as_float, as_text, read_table
+from tfrec.errors import DataError
+
+log = logging.getLogger("tfrec")
+TEXT_SEPARATOR = ". "
+HISTORY_SEPARATOR = "; "
+
+
+@dataclass
+class Catalog:
+    """The items, in a fixed order (row ``i`` of every item matrix is ``item_ids[i]``).
+
+    Attributes:
+      item_ids: [num_items] unique ids.
+      texts: [num_items] the text columns joined.
+      categorical: column -> [num_items] values.
+      titles: [num_items] a short display text (the first text column).
+    """
+
+    item_ids: list[str]
+    texts: list[str]
+    categorical: dict[str, list[str]]
+    titles: list[str]
+    history_texts: list[str]
+    position: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.position = {item: i for i, item in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def features(self) -> dict[str, np.ndarray]:
+        """Item-tower inputs for the whole catalog: each value [num_items] string."""
+        out = {"item_id": np.array(self.item_ids, dtype=object), "item_text": np.array(self.texts, dtype=object)}
+        for col, values in self.categorical.items():
+            out[f"item_{col}"] = np.array(values, dtype=object)
+        return out
+
+
+@dataclass
+class Examples:
+    """One split: parallel lists, one entry per (query, item) interaction."""
+
+    query_text: list[str]
+    item_id: list[str]
+    user_id: list[str]
+    label: np.ndarray  # float32 [n]; ones when there is no label column
+    timestamp: np.ndarray  # float64 [n]; file order when there is no timestamp column
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+    def take(self, idx) -> "Examples":
+        idx = list(idx)
+        return Examples([self.query_text[i] for i in idx], [self.item_id[i] for i in idx],
+                        [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx])
+
+
+@dataclass
+class RetrievalData:
+    catalog: Catalog
+    train: Examples
+    validation: Examples
+    test: Examples
+    counts: dict[str, int]
+    skipped: dict[str, int]
+
+    def item_probability(self) -> np.ndarray:
+        """float32 [num_items]: each item's share of training interactions (for logQ).
+
+        Items never seen in training get half the smallest observed count so
+        their log stays finite.
+        """
+        counts = Counter(self.train.item_id)
+        freq = np.array([counts.get(i, 0) for i in self.catalog.item_ids], dtype=np.float64)
+        freq[freq == 0] = 0.5
+        return (freq / freq.sum()).astype(np.float32)
+
+    def seen_items(self) -> dict[str, set[str]]:
+        seen: dict[str, set[str]] = defaultdict(set)
+        for u, i in zip(self.train.user_id, self.train.item_id):
+            seen[u].add(i)
+        return seen
+
+
+# -------------------------------------------------------------------- items
+def load_catalog(cfg: DataConfig, base_dir: str | None = None) -> tuple[Catalog, dict[str, int]]:
+    """Reads the item file; duplicate ids with different text are an error."""
+    icfg = cfg.items
+    history_cols = cfg.interactions.query_history_columns or icfg.text_columns
+    wanted = [icfg.item_id_column, *icfg.text_columns, *icfg.categorical_columns, *history_cols]
+    table = read_table(icfg.path, icfg.format, dict.fromkeys(wanted), cfg.max_error_rows, base_dir)
+    ids = as_text(table, icfg.item_id_column)
+    text_parts = [as_text(table, c) for c in icfg.text_columns]
+    texts = [TEXT_SEPARATOR.join(p for p in parts if p) for parts in zip(*text_parts)]
+    hist_parts = [as_text(table, c) for c in history_cols]
+    history = [" ".join(p for p in parts if p) for parts in zip(*hist_parts)]
+    cats = {c: as_text(table, c) for c in icfg.categorical_columns}
+    skipped = Counter()
+    keep, first_row = [], {}
+    for i, item in enumerate(ids):
+        if not item:
+            raise table.error(i, icfg.item_id_column, "empty item id")
+        if item in first_row:
+            j = first_row[item]
+            if texts[j] != texts[i]:
+                raise table.error(i, icfg.item_id_column,
+                                  f"duplicate item id '{item}' with a different text than row "
+                                  f"{table.sources[j][1]}; item ids must be unique")
+            skipped["duplicate_items"] += 1
+            continue
+        first_row[item] = i
+        if not texts[i]:
+            skipped["empty_item_texts"] += 1  # kept: the id embedding still serves it
+        keep.append(i)
+    catalog = Catalog([ids[i] for i in keep], [texts[i] for i in keep],
+                      {c: [v[i] for i in keep] for c, v in cats.items()},
+                      [text_parts[0][i] if text_parts else ids[i] for i in keep],
+                      [history[i] for i in keep])
+    return catalog, dict(skipped) | ({"unreadable_item_rows": table.skipped_rows} if table.skipped_rows else {})
+
+
+# ------------------------------------------------------------- interactions
+def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
+    """Reads, checks, builds queries and splits. See module docstring."""
+    catalog, skipped = load_catalog(cfg, base_dir)
+    skipped = Counter(skipped)
+    ic = cfg.interactions
+    cols = [ic.item_id_column, ic.query_column, ic.user_id_column, ic.timestamp_column, ic.label_column]
+    table = read_table(ic.path, ic.format, [c for c in cols if c], cfg.max_error_rows, base_dir)
+    if table.skipped_rows:
+        skipped["unreadable_interaction_rows"] += table.skipped_rows
+    n = table.num_rows
+    items = as_text(table, ic.item_id_column)
+    users = as_text(table, ic.user_id_column) if ic.user_id_column else [""] * n
+    stamps = np.array(as_float(table, ic.timestamp_column) if ic.timestamp_column else range(n), np.float64)
+    labels = np.array(as_float(table, ic.label_column) if ic.label_column else [1.0] * n, np.float32)
+
+    known = []
+    for i, item in enumerate(items):
+        if item in catalog.position:
+            known.append(i)
+        elif cfg.skip_unknown_items:
+            skipped["unknown_items"] += 1
+        else:
+            raise table.error(i, ic.item_id_column, f"item '{item}' is not in the catalog {cfg.items.path} "
+                              "(set data.skip_unknown_items: true to skip and count such rows)")
+
+    # Per user, in time order; equal timestamps keep the file's row order.
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(known, key=lambda i: (stamps[i], i)):
+        by_user[users[i]].append(i)
+
+    if ic.query_column:
+        queries = as_text(table, ic.query_column)
+        empty = [i for i in known if not queries[i]]
+        if empty and not cfg.skip_empty_queries:
+            raise table.error(empty[0], ic.query_column, "empty query text "
+                              "(set data.skip_empty_queries: true to skip and count such rows)")
+        skipped["empty_queries"] += len(empty)
+    else:
+        queries = [""] * n
+        depth = ic.query_history_items
+        for seq in by_user.values():
+            for pos, i in enumerate(seq):
+                past = seq[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
+                queries[i] = HISTORY_SEPARATOR.join(catalog.history_texts[catalog.position[items[j]]] for j in past)
+        skipped["no_history"] += sum(1 for seq in by_user.values() if seq)  # each user's first interaction
+
+    usable = {i for i in known if queries[i]}
+    split = _split(cfg, by_user, usable, stamps)
+    full = Examples(queries, items, users, labels, stamps)
+    parts = {name: full.take(idx) for name, idx in split.items()}
+    for name, part in parts.items():
+        if len(part) == 0:
+            raise DataError(ic.path, f"the {name} split is empty after splitting with "
+                            f"data.split.method={cfg.split.method}; more interactions are needed")
+    counts = {"items": len(catalog), "interactions_read": n, "train": len(parts["train"]),
+              "validation": len(parts["validation"]), "test": len(parts["test"]),
+              "users": len(by_user) if ic.user_id_column else 0}
+    skipped = {k: v for k, v in skipped.items() if v}
+    for key, value in skipped.items():
+        log.info("data: skipped %d %s", value, key.replace("_", " "))
+    return RetrievalData(catalog, parts["train"], parts["validation"], parts["test"], counts, skipped)
+
+
+def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], stamps: np.ndarray) -> dict[str, list]:
+    method = cfg.split.method
+    if method == "leave_last":
+        train, val, test = [], [], []
+        for seq in by_user.values():
+            seq = [i for i in seq if i in usable]
+            if len(seq) >= 3:
+                train += seq[:-2]
+                val.append(seq[-2])
+                test.append(seq[-1])
+            else:
+                train += seq  # too short to hold anything out
+        return {"train": sorted(train), "validation": sorted(val), "test": sorted(test)}
+    order = sorted(usable)
+    if method == "random":
+        random.Random(cfg.split.seed).shuffle(order)
+    else:  # time: the latest interactions are held out
+        order.sort(key=lambda i: (stamps[i], i))
+    n = len(order)
+    n_test = max(1, int(round(n * cfg.split.test_fraction)))
+    n_val = max(1, int(round(n * cfg.split.validation_fraction)))
+    if method == "random":
+        return {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
+                "train": sorted(order[n_test + n_val:])}
+    return {"train": order[:n - n_test - n_val], "validation": order[n - n_test - n_val:n - n_test],
+            "test": order[n - n_test:]}

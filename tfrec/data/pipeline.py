@@ -1,0 +1,79 @@
+"""Feature arrays and ``tf.data`` pipelines for the towers.
+
+Frozen encoders are run once per distinct text (:class:`TextCache`); the
+pipeline then carries ``query_text_encoding`` / ``item_text_encoding`` float
+vectors instead of strings, and the towers skip BERT.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.data.dataset import Catalog, Examples
+
+log = logging.getLogger("tfrec")
+
+
+class TextCache:
+    """Encoder outputs for a set of distinct texts.
+
+    Args:
+      texts: texts to encode (duplicates are encoded once).
+      encode: list[str] -> float32 [n, hidden] (e.g. ``BertTextEncoder.encode_texts``).
+    """
+
+    def __init__(self, texts: list[str], encode, progress: str | None = None):
+        self.texts = list(dict.fromkeys(texts))
+        self.row = {t: i for i, t in enumerate(self.texts)}
+        self.matrix = encode(self.texts, progress=progress) if progress else encode(self.texts)
+
+    def lookup(self, texts: list[str]) -> np.ndarray:
+        """float32 [len(texts), hidden]; every text must be in the cache."""
+        return self.matrix[[self.row[t] for t in texts]]
+
+
+def item_features(catalog: Catalog, positions: np.ndarray, item_cache: TextCache | None = None) -> dict:
+    """Item-tower inputs for the catalog rows ``positions`` (int [n])."""
+    feats = {"item_id": np.array(catalog.item_ids, dtype=object)[positions]}
+    texts = np.array(catalog.texts, dtype=object)[positions]
+    if item_cache is not None:
+        feats["item_text_encoding"] = item_cache.lookup(list(texts))
+    else:
+        feats["item_text"] = texts
+    for col, values in catalog.categorical.items():
+        feats[f"item_{col}"] = np.array(values, dtype=object)[positions]
+    return feats
+
+
+def query_features(texts: list[str], query_cache: TextCache | None = None) -> dict:
+    """Query-tower inputs for ``texts``."""
+    if query_cache is not None:
+        return {"query_text_encoding": query_cache.lookup(texts)}
+    return {"query_text": np.array(texts, dtype=object)}
+
+
+def training_features(examples: Examples, catalog: Catalog, item_probability: np.ndarray,
+                      query_cache: TextCache | None = None, item_cache: TextCache | None = None) -> dict:
+    """Everything one training example carries (arrays with a leading [n])."""
+    positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
+    feats = query_features(examples.query_text, query_cache)
+    feats.update(item_features(catalog, positions, item_cache))
+    feats["item_probability"] = item_probability[positions]
+    feats["label"] = examples.label
+    return feats
+
+
+def make_dataset(features: dict, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 drop_remainder: bool = False, repeat: bool = False) -> tf.data.Dataset:
+    """Batches feature arrays into a ``tf.data.Dataset`` of dicts."""
+    tensors = {k: (tf.constant(v.astype(str).tolist()) if v.dtype == object else v) for k, v in features.items()}
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        n = len(next(iter(features.values())))
+        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

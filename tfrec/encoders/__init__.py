@@ -1,0 +1,1 @@
+"""Encoders: BERT text (in-graph tokenisation), item ids, categorical features."""

@@ -1,0 +1,94 @@
+"""The two-tower model: wiring only (towers -> tasks -> weighted loss)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec.tasks import RetrievalTask
+from tfrec.towers import ItemTower, QueryTower
+
+
+class TwoTowerModel(tfrs.Model):
+    """``loss = retrieval_weight * retrieval_loss (+ ranking_weight * ranking_loss)``.
+
+    Training uses two optimizers: ``optimizer`` (from ``compile``) for the heads
+    and embeddings, ``encoder_optimizer`` (lower learning rate) for the BERT
+    layers that train. Set ``encoder_optimizer`` to None when encoders are frozen.
+
+    Args:
+      query_tower: features -> float32 [batch, dim].
+      item_tower: features -> float32 [batch, dim].
+      retrieval: the retrieval task.
+      retrieval_weight: its weight in the total loss.
+    """
+
+    def __init__(self, query_tower: QueryTower, item_tower: ItemTower, retrieval: RetrievalTask,
+                 retrieval_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.query_tower, self.item_tower = query_tower, item_tower
+        self.retrieval, self.retrieval_weight = retrieval, retrieval_weight
+        self.encoder_optimizer: tf.keras.optimizers.Optimizer | None = None
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
+        query_embeddings = self.query_tower(features, training=training)
+        item_embeddings = self.item_tower(features, training=training)
+        return self.retrieval_weight * self.retrieval(
+            query_embeddings, item_embeddings, features["item_id"], features.get("item_probability"))
+
+    def _encoder_variable_ids(self) -> set[int]:
+        encoders = {id(e): e for e in (self.query_tower.encoder, self.item_tower.text_encoder) if e is not None}
+        return {id(v) for e in encoders.values() for v in e.trainable_variables}
+
+    def train_step(self, features: dict) -> dict:
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(features, training=True)
+            total = loss + tf.add_n([tf.reduce_sum(x) for x in self.losses]) if self.losses else loss
+        variables = self.trainable_variables
+        gradients = tape.gradient(total, variables)
+        encoder_ids = self._encoder_variable_ids() if self.encoder_optimizer is not None else set()
+        head = [(g, v) for g, v in zip(gradients, variables) if id(v) not in encoder_ids and g is not None]
+        encoder = [(g, v) for g, v in zip(gradients, variables) if id(v) in encoder_ids and g is not None]
+        self.optimizer.apply_gradients(head)
+        if encoder:
+            self.encoder_optimizer.apply_gradients(encoder)
+        return self._metrics_dict(loss)
+
+    def test_step(self, features: dict) -> dict:
+        return self._metrics_dict(self.compute_loss(features, training=False))
+
+    def _metrics_dict(self, loss: tf.Tensor) -> dict:
+        # The loss is averaged over the global batch, so each replica holds its share.
+        self.loss_tracker.update_state(loss * tf.distribute.get_strategy().num_replicas_in_sync)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def build_model(cfg, catalog) -> TwoTowerModel:
+    """Builds towers and tasks from a :class:`tfrec.config.Config` and the catalog.
+
+    Args:
+      cfg: the resolved config.
+      catalog: :class:`tfrec.data.dataset.Catalog` (id and categorical vocabularies).
+    """
+    from tfrec.encoders.text import BertTextEncoder
+
+    m = cfg.model
+    q = m.query_encoder
+    query_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers, seed=cfg.train.seed,
+                                    name="query_encoder")
+    if m.item_text_encoder == "shared":
+        item_encoder = query_encoder
+    elif m.item_text_encoder == "separate":
+        item_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
+                                       seed=cfg.train.seed + 1, name="item_encoder")
+    else:
+        item_encoder = None
+    vocabularies = {c: sorted(set(v)) for c, v in catalog.categorical.items()}
+    query_tower = QueryTower(query_encoder, m.hidden_units, m.embedding_dim, m.dropout, name="query_tower")
+    item_tower = ItemTower(catalog.item_ids, m.item_id_embedding_dim, item_encoder, vocabularies,
+                           m.categorical_embedding_dim, m.hidden_units, m.embedding_dim, m.dropout, name="item_tower")
+    r = cfg.retrieval
+    retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
+                              batch_metric_ks=(10,), name="retrieval")
+    return TwoTowerModel(query_tower, item_tower, retrieval, r.weight)

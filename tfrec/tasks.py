@@ -1,0 +1,69 @@
+"""Tasks own the losses and metrics; the model only wires towers into them."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+
+class RetrievalTask(tf.keras.layers.Layer):
+    """In-batch softmax retrieval on ``tfrs.tasks.Retrieval``.
+
+    Each query's positive is its own item; the other items of the batch are its
+    negatives. Logits are ``query . item / temperature``; with ``logq_correction``
+    each item's log sampling probability is subtracted (popular items appear as
+    negatives more often than uniform sampling would make them); with
+    ``remove_accidental_hits`` an in-batch copy of a query's own positive item is
+    not treated as a negative; ``num_hard_negatives`` keeps only the highest
+    scoring negatives.
+
+    Args:
+      temperature: logit temperature (> 0).
+      logq_correction: subtract log(item probability) from logits.
+      remove_accidental_hits: mask in-batch duplicates of the positive by id.
+      num_hard_negatives: keep only this many negatives per query, or None.
+      batch_metric_ks: cutoffs of the in-batch top-k accuracy metrics.
+    """
+
+    def __init__(self, temperature: float = 0.05, logq_correction: bool = True, remove_accidental_hits: bool = True,
+                 num_hard_negatives: int | None = None, batch_metric_ks: tuple[int, ...] = (10,), **kwargs):
+        super().__init__(**kwargs)
+        self.temperature, self.logq_correction = temperature, logq_correction
+        self.remove_accidental_hits, self.num_hard_negatives = remove_accidental_hits, num_hard_negatives
+        self.batch_metric_ks = tuple(batch_metric_ks)
+        self.task = tfrs.tasks.Retrieval(
+            # Per-example losses: the average is taken over the *global* batch
+            # below, so N replicas at batch B equal one replica at batch N*B.
+            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+            batch_metrics=[tf.keras.metrics.TopKCategoricalAccuracy(k, name=f"batch_recall@{k}")
+                           for k in self.batch_metric_ks],
+            temperature=temperature, num_hard_negatives=num_hard_negatives,
+            remove_accidental_hits=remove_accidental_hits)
+
+    def call(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Tensor,
+             item_probability: tf.Tensor | None = None, sample_weight: tf.Tensor | None = None,
+             compute_batch_metrics: bool = True) -> tf.Tensor:
+        """Returns the scalar loss (mean over the global batch).
+
+        Args:
+          query_embeddings: float32 [batch, dim].
+          item_embeddings: float32 [batch, dim]; row i is query i's positive.
+          item_ids: string [batch], for accidental-hit removal.
+          item_probability: float32 [batch], each item's sampling probability.
+          sample_weight: float32 [batch] or None.
+        """
+        per_example = self.task(
+            tf.cast(query_embeddings, tf.float32), tf.cast(item_embeddings, tf.float32),
+            sample_weight=sample_weight,
+            candidate_sampling_probability=item_probability if self.logq_correction else None,
+            candidate_ids=item_ids if self.remove_accidental_hits else None,
+            compute_metrics=False, compute_batch_metrics=compute_batch_metrics)
+        return tf.nn.compute_average_loss(per_example)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature, "logq_correction": self.logq_correction,
+                "remove_accidental_hits": self.remove_accidental_hits,
+                "num_hard_negatives": self.num_hard_negatives, "batch_metric_ks": list(self.batch_metric_ks)}
+
+
+tf.keras.utils.register_keras_serializable("tfrec")(RetrievalTask)

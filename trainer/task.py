@@ -1,0 +1,228 @@
+"""``python -m trainer.task``: arguments -> config -> :func:`train`.
+
+    python -m trainer.task [--preset NAME] [--config FILE.yaml] [--set dotted.key=value ...] [--job-dir DIR]
+
+The job dir defaults to the parent of ``AIP_MODEL_DIR`` when Vertex AI sets it,
+else ``runs/<preset>``. It receives ``params.yaml`` (the resolved config),
+``checkpoints/`` (rerunning the same command resumes), ``tensorboard/``,
+``eval.json`` and ``export/``. Exit code 0 on success; 2 on a user error, with
+one line on stderr (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import trainer  # noqa: F401  (environment first)
+from tfrec import config as config_lib
+from tfrec.errors import UserError
+
+log = logging.getLogger("tfrec")
+
+
+def train(cfg: config_lib.Config, job_dir: str) -> dict:
+    """Trains, evaluates and exports one run; returns the ``eval.json`` content."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfrec import evaluate, runtime, training
+    from tfrec.data import dataset, pipeline
+    from tfrec.models import build_model
+
+    # --- set-up --------------------------------------------------------------
+    started = time.time()
+    job = Path(job_dir)
+    chief = runtime.is_chief()
+    job.mkdir(parents=True, exist_ok=True)
+    _check_job_dir(job, cfg)
+    if chief:
+        (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    strategy = runtime.make_strategy(cfg.runtime)
+
+    # --- input ---------------------------------------------------------------
+    data = dataset.load(cfg.data, base_dir=str(job))
+    log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
+    item_probability = data.item_probability()
+
+    # --- model ---------------------------------------------------------------
+    with strategy.scope():
+        model = build_model(cfg, data.catalog)
+    query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
+    cache = cfg.train.cache_frozen_encoders
+    query_cache = item_cache = None
+    if cache and query_encoder.frozen:
+        texts = data.train.query_text + data.validation.query_text + data.test.query_text
+        query_cache = pipeline.TextCache(texts, query_encoder.encode_texts, progress="encoding queries")
+        log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
+    if cache and item_encoder is not None and item_encoder.frozen:
+        item_cache = pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts, progress="encoding items")
+        log.info("cache: %d item texts encoded once (frozen encoder)", len(item_cache.texts))
+
+    train_features = pipeline.training_features(data.train, data.catalog, item_probability, query_cache, item_cache)
+    batch = cfg.train.batch_size
+    steps = math.ceil(len(data.train) / batch)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    train_ds = pipeline.make_dataset(train_features, batch, shuffle=True, seed=cfg.train.seed,
+                                     drop_remainder=len(data.train) >= 2 * batch, repeat=True)
+    all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
+
+    def embed_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+        queries = pipeline.query_features(getattr(data, split).query_text, query_cache)
+        return evaluate.embed(model.query_tower, queries), evaluate.embed(model.item_tower, all_items)
+
+    def validation_metrics() -> dict:
+        q, items = embed_split("validation")
+        return evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
+
+    with strategy.scope():
+        head_opt = training.make_optimizer(cfg.train.learning_rate, steps * cfg.train.epochs,
+                                           cfg.train.warmup_fraction, cfg.train.weight_decay, "head_adamw")
+        model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution)
+        if not query_encoder.frozen or (item_encoder is not None and not item_encoder.frozen):
+            model.encoder_optimizer = training.make_optimizer(
+                cfg.train.encoder_learning_rate, steps * cfg.train.epochs, cfg.train.warmup_fraction,
+                cfg.train.weight_decay, "encoder_adamw")
+        sample = next(iter(pipeline.make_dataset(train_features, 2)))
+        model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
+
+    # --- train ---------------------------------------------------------------
+    ckpt_dir = job / "checkpoints" if chief else Path(job / f".worker-{os.getpid()}")
+    state_objects = {"model": model, "optimizer": head_opt}
+    if model.encoder_optimizer is not None:
+        state_objects["encoder_optimizer"] = model.encoder_optimizer
+    checkpoint = tf.train.Checkpoint(**state_objects)
+    saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
+                                            cfg.train.early_stopping_patience)
+    initial_epoch = saver.state["epoch"] + 1
+    if initial_epoch > 0:
+        checkpoint.restore(saver.manager.latest_checkpoint).expect_partial()
+        log.info("resume: restored epoch %d from %s", initial_epoch, saver.manager.latest_checkpoint)
+    callbacks = [training.ValidationMetrics(validation_metrics), training.LearningRateLogger(), saver,
+                 training.EpochLog(cfg.train.epochs),
+                 tf.keras.callbacks.TensorBoard(str(job / "tensorboard"), write_graph=False, profile_batch=0)]
+    if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
+        log.info("train: %d examples, %d steps/epoch, up to %d epochs", len(data.train), steps, cfg.train.epochs)
+        model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 0)
+    else:
+        log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
+    model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
+    log.info("train: kept epoch %d (val %s=%.4f)", saver.state["best_epoch"] + 1, cfg.train.early_stopping_metric,
+             saver.state["best"])
+
+    # --- evaluate ------------------------------------------------------------
+    q, item_embeddings = embed_split("test")
+    results = {"model": evaluate.evaluate_embeddings(q, item_embeddings, data, "test", cfg.eval.ks,
+                                                     cfg.eval.exclude_seen)}
+    baselines = {}
+    if cfg.eval.baselines:
+        baselines["popularity"] = evaluate.popularity_baseline(data, "test", cfg.eval.ks, cfg.eval.exclude_seen)
+        if cfg.data.interactions.user_id_column:
+            baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
+                data, "test", cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
+                exclude_seen=cfg.eval.exclude_seen)
+    report = {"model": results["model"], "baselines": baselines,
+              "data": {"counts": data.counts, "skipped": data.skipped},
+              "training": {"best_epoch": saver.state["best_epoch"] + 1, "epochs_run": saver.state["epoch"] + 1,
+                           "seconds": round(time.time() - started, 1)},
+              "config_hash": config_lib.config_hash(cfg)}
+    print("\n" + evaluate.format_table({"model": results["model"], **baselines}) + "\n", flush=True)
+
+    # --- TensorBoard extras, eval.json and export (chief only) ---------------
+    if chief:
+        tb = str(job / "tensorboard")
+        training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
+                               {f"test_{k}": v for k, v in results["model"].items()})
+        training.write_projector(tb, item_embeddings, data.catalog.titles)
+        (job / "eval.json").write_text(json.dumps(report, indent=2))
+        log.info("eval: wrote %s", job / "eval.json")
+        if cfg.export.enabled:
+            from serving import export
+
+            export.export_run(cfg, job, model, data, item_embeddings, query_cache=None)
+    log.info("done in %.0fs", time.time() - started)
+    return report
+
+
+def _check_job_dir(job: Path, cfg: config_lib.Config) -> None:
+    """Refuses to resume a job dir written by a different training config."""
+    previous = job / "params.yaml"
+    if not previous.is_file() or not (job / "checkpoints").exists():
+        return
+    old = training_flat(config_lib.from_dict(config_lib.read_yaml(previous)))
+    new = training_flat(cfg)
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differing:
+        raise UserError(f"{job}: holds a run with a different config ({', '.join(differing[:8])}); "
+                        "use another --job-dir or delete it")
+
+
+def training_flat(cfg: config_lib.Config) -> dict:
+    """The config keys that change what a checkpoint means (export/eval settings may change)."""
+    from tfrec.training import flatten
+
+    flat = flatten(config_lib.to_dict(cfg))
+    return {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "model", "retrieval", "ranking")}
+
+
+def default_job_dir(preset: str) -> str:
+    if os.environ.get("AIP_MODEL_DIR"):
+        return str(Path(os.environ["AIP_MODEL_DIR"].rstrip("/")).parent)
+    return os.path.join("runs", preset)
+
+
+def setup_logging(debug: bool = False) -> None:
+    import warnings
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    for noisy in ("tensorflow", "absl", "h5py", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:
+        warnings.filterwarnings("ignore")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="movielens", help=f"one of: {', '.join(config_lib.list_presets())}")
+    parser.add_argument("--config", help="a YAML file of overrides (applied after the preset)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, repeatable, applied last (e.g. --set train.epochs=3)")
+    parser.add_argument("--job-dir", "--job_dir", dest="job_dir", help="output folder (default: runs/<preset>)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
+    args, unknown = parser.parse_known_args(argv)  # platforms inject their own flags
+    if unknown:
+        logging.getLogger("tfrec").debug("ignoring unknown arguments: %s", unknown)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        cfg = config_lib.build(args.preset, args.config, args.set)
+        job_dir = args.job_dir or default_job_dir(args.preset)
+        log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
+        train(cfg, job_dir)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
