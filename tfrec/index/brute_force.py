@@ -50,6 +50,7 @@ class BruteForceIndex(tf.Module):
         ids = base.as_item_ids(item_ids, embeddings.shape[0])
         self.k = base.check_k(k)
         self.num_items, self.dim = embeddings.shape
+        self.k_out = min(self.k, self.num_items)
         # Variables rather than constants: they land in the SavedModel's
         # variables/ checkpoint instead of the graph proto (2 GB limit).
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
@@ -78,12 +79,13 @@ class BruteForceIndex(tf.Module):
         scores = tf.matmul(query_embeddings, self.item_embeddings, transpose_b=True)  # [B, N]
         # Over-fetch k + e so that k results survive dropping the excluded
         # ones; top_k fails if asked for more than N, hence the clamp.
-        fetch = tf.minimum(self.k + tf.shape(exclude_item_ids)[1], self.num_items)
+        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
         top_scores, top_rows = tf.math.top_k(scores, k=fetch, sorted=True)
         top_scores, top_ids, _ = base.filter_excluded(
-            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k
+            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
         )
-        return top_scores, top_ids
+        # Static k' helps callers' signatures (outputs [None, k'], not [None, None]).
+        return tf.ensure_shape(top_scores, [None, self.k_out]), tf.ensure_shape(top_ids, [None, self.k_out])
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable description of the index, for reports."""

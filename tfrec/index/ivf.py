@@ -1,0 +1,192 @@
+"""Inverted-file (IVF) approximate retrieval in pure TensorFlow.
+
+Build: k-means (``tfrec.index.kmeans``, numpy, deterministic per ``seed``)
+splits the catalog into ``num_partitions`` partitions; items are stored sorted
+by partition, so partition ``p`` is the contiguous row range
+``offsets[p]:offsets[p + 1]`` (no padding, so unbalanced partitions cost
+nothing extra).
+
+Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
+partitions, gather their members' rows (a ragged range per probed partition,
+padded per batch to ``[B, M]`` with ``-1``), score them exactly and keep the
+top ``k``. Cost per query is ``O(P * d + M * d)`` with ``M ~ nprobe * N / P``
+instead of ``O(N * d)``.
+
+Only core TF ops (MatMul, TopKV2, GatherV2, RaggedRange, If, ...) are used, so
+a SavedModel holding this index runs on stock TensorFlow Serving.
+
+Usage::
+
+    index = IVFIndex(item_embeddings, item_ids, k=10, nprobe=16)
+    scores, ids = index.search(query_embeddings, exclude_item_ids=seen)
+
+Guarantee: every search returns ``k' = min(k, num_items)`` results. If the
+probed partitions hold fewer than ``k'`` usable (non-excluded) items for some
+query in the batch, that batch is answered by exact search instead (rare; it
+keeps the output contract identical to ``BruteForceIndex``).
+
+Centroids are scored by dot product (the retrieval score) while partitions are
+formed in L2 geometry; for unit-norm embeddings the two agree.
+"""
+
+from __future__ import annotations
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec.index import base, kmeans
+
+# Lloyd iterations at build time; partition quality barely moves after ~10.
+KMEANS_ITERATIONS = 10
+
+
+def default_num_partitions(num_items: int) -> int:
+    """About ``sqrt(N)`` partitions (the usual IVF balance between centroid
+    scoring, ``O(P)``, and member scoring, ``O(N / P)``), at least 1."""
+    return max(1, int(round(math.sqrt(num_items))))
+
+
+def default_nprobe(num_partitions: int) -> int:
+    """~2% of the partitions, at least 8 (never more than all of them): gives
+    recall@10 around 0.95+ on clustered data while scanning a few % of items."""
+    return min(num_partitions, max(8, int(math.ceil(0.02 * num_partitions))))
+
+
+class IVFIndex(tf.Module):
+    """Approximate dot-product top-k via an inverted file.
+
+    Args:
+      item_embeddings: float32 ``[num_items, dim]``.
+      item_ids: ``[num_items]`` unique, non-empty strings.
+      k: results per query; searches return ``k' = min(k, num_items)``.
+      num_partitions: k-means partitions ``P``; default ``~sqrt(num_items)``,
+        clamped to ``[1, num_items]``.
+      nprobe: partitions scanned per query; default ``default_nprobe(P)``,
+        clamped to ``[1, P]``. ``nprobe == P`` is exact search.
+      seed: k-means sampling/seeding seed (build is deterministic per seed).
+      name: ``tf.Module`` name.
+    """
+
+    kind = "ivf"
+
+    def __init__(
+        self,
+        item_embeddings: np.ndarray | tf.Tensor,
+        item_ids: np.ndarray | tf.Tensor | Sequence[str],
+        k: int,
+        num_partitions: int | None = None,
+        nprobe: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        embeddings = base.as_embeddings(item_embeddings)
+        ids = base.as_item_ids(item_ids, embeddings.shape[0])
+        self.k = base.check_k(k)
+        self.num_items, self.dim = embeddings.shape
+        self.k_out = min(self.k, self.num_items)
+        if num_partitions is None:
+            num_partitions = default_num_partitions(self.num_items)
+        self.num_partitions = int(min(max(1, num_partitions), self.num_items))
+        if nprobe is None:
+            nprobe = default_nprobe(self.num_partitions)
+        self.nprobe = int(min(max(1, nprobe), self.num_partitions))
+        self.seed = int(seed)
+
+        centroids = kmeans.kmeans(embeddings, self.num_partitions, KMEANS_ITERATIONS, seed=self.seed)
+        labels = kmeans.assign(embeddings, centroids)
+        # Stable sort keeps catalog order inside a partition: deterministic.
+        order = np.argsort(labels, kind="stable")
+        sizes = np.bincount(labels, minlength=self.num_partitions)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.max_partition_size = int(sizes.max())
+        self.empty_partitions = int((sizes == 0).sum())
+
+        self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
+        self.item_embeddings = tf.Variable(embeddings[order], trainable=False, name="item_embeddings")
+        self.item_ids = tf.Variable(ids[order], dtype=tf.string, trainable=False, name="item_ids")
+        self.partition_offsets = tf.Variable(offsets, trainable=False, name="partition_offsets")
+
+    def search(
+        self, query_embeddings: tf.Tensor, exclude_item_ids: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Approximate top-k items by dot product.
+
+        Args:
+          query_embeddings: float32 ``[batch, dim]``.
+          exclude_item_ids: optional string ``[batch, e]`` padded with ``""``
+            (``e`` may be 0); these ids are never returned.
+
+        Returns:
+          ``(scores float32 [batch, k'], item_ids string [batch, k'])`` with
+          ``k' = min(k, num_items)``, best first, exact dot-product scores of
+          the returned items. Trailing slots are ``-inf`` / ``""`` only if
+          exclusion leaves fewer than ``k'`` items in the whole catalog.
+        """
+        query_embeddings = tf.convert_to_tensor(query_embeddings, tf.float32)
+        if exclude_item_ids is None:
+            exclude_item_ids = base.empty_exclusion(query_embeddings)
+        exclude_item_ids = tf.convert_to_tensor(exclude_item_ids, tf.string)
+        scores, ids, num_valid = self._search_probed(query_embeddings, exclude_item_ids)
+        scores, ids = tf.cond(
+            tf.reduce_all(num_valid >= self.k_out),
+            lambda: (scores, ids),
+            lambda: self._search_exact(query_embeddings, exclude_item_ids),
+        )
+        return tf.ensure_shape(scores, [None, self.k_out]), tf.ensure_shape(ids, [None, self.k_out])
+
+    def _search_probed(
+        self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """IVF search; returns (scores [B, k'], ids [B, k'], num_valid int32 [B])."""
+        centroid_scores = tf.matmul(queries, self.centroids, transpose_b=True)  # [B, P]
+        _, probed = tf.math.top_k(centroid_scores, k=self.nprobe, sorted=False)  # [B, nprobe]
+        starts = tf.gather(self.partition_offsets[:-1], probed)  # [B, nprobe] int64
+        limits = tf.gather(self.partition_offsets[1:], probed)
+        # One row range per probed partition, then regrouped per query.
+        ranges = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1]))
+        per_query = tf.reduce_sum(limits - starts, axis=1)
+        rows = tf.RaggedTensor.from_row_lengths(ranges.flat_values, per_query, validate=False)
+        # Pad to [B, M] with -1; at least k' columns so top_k below never
+        # asks for more than it has.
+        rows = rows.to_tensor(default_value=-1)
+        rows = tf.pad(rows, [[0, 0], [0, tf.maximum(0, self.k_out - tf.shape(rows)[1])]], constant_values=-1)
+        member_embeddings = tf.gather(self.item_embeddings, tf.maximum(rows, 0))  # [B, M, d]
+        scores = tf.linalg.matvec(member_embeddings, queries)  # [B, M]
+        scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
+        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], tf.shape(rows)[1])
+        top_scores, positions = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_rows = tf.gather(rows, positions, batch_dims=1)
+        return base.filter_excluded(top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out)
+
+    def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Exact search over the whole (partition-sorted) catalog."""
+        scores = tf.matmul(queries, self.item_embeddings, transpose_b=True)  # [B, N]
+        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
+        top_scores, top_rows = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_scores, top_ids, _ = base.filter_excluded(
+            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
+        )
+        return top_scores, top_ids
+
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable description of the index, for reports."""
+        return base.params_jsonable(
+            {
+                "kind": self.kind,
+                "k": self.k,
+                "num_items": self.num_items,
+                "dim": self.dim,
+                "num_partitions": self.num_partitions,
+                "nprobe": self.nprobe,
+                "seed": self.seed,
+                "kmeans_iterations": KMEANS_ITERATIONS,
+                "max_partition_size": self.max_partition_size,
+                "empty_partitions": self.empty_partitions,
+            }
+        )
