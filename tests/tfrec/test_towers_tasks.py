@@ -1,0 +1,107 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.encoders.text import BertTextEncoder
+from tfrec.tasks import RetrievalTask
+from tfrec.towers import ItemTower, QueryTower
+
+ITEMS = ["i1", "i2", "i3"]
+
+
+def item_batch():
+    return {"item_id": tf.constant(["i1", "i3", "unknown"]), "item_text": tf.constant(["rocket", "ghost", "jazz"]),
+            "item_genre": tf.constant(["space", "horror", "music"])}
+
+
+def make_towers(encoder):
+    query = QueryTower(encoder, [8], 4, name="query_tower")
+    item = ItemTower(ITEMS, 3, encoder, {"genre": ["space", "horror"]}, 2, [8], 4, name="item_tower")
+    return query, item
+
+
+def test_tower_shapes_and_unit_norm(tiny_encoder):
+    query, item = make_towers(tiny_encoder)
+    q = query({"query_text": tf.constant(["rocket", "ghost"])})
+    c = item(item_batch())
+    assert q.shape == (2, 4) and c.shape == (3, 4)
+    np.testing.assert_allclose(tf.norm(q, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(tf.norm(c, axis=1), 1.0, atol=1e-5)
+
+
+def test_cached_encoding_feature_equals_text(tiny_encoder):
+    query, _ = make_towers(tiny_encoder)
+    texts = ["rocket star", "looking for jazz"]
+    direct = query({"query_text": tf.constant(texts)})
+    cached = query({"query_text_encoding": tf.constant(tiny_encoder.encode_texts(texts))})
+    np.testing.assert_allclose(direct, cached, atol=1e-5)
+
+
+@pytest.mark.parametrize("tower", ["query", "item"])
+def test_tower_save_and_reload(tmp_path, tower):
+    encoder = BertTextEncoder("random://tiny", max_length=8, trainable_layers=1, seed=5)
+    query, item = make_towers(encoder)
+    layer, features = (query, {"query_text": tf.constant(["rocket"])}) if tower == "query" else (item, item_batch())
+    before = layer(features).numpy()
+    path = tf.train.Checkpoint(tower=layer).save(str(tmp_path / "ckpt"))
+    config = tf.keras.layers.serialize(layer)
+    clone = tf.keras.layers.deserialize(config)
+    assert type(clone) is type(layer)
+    clone(features)
+    tf.train.Checkpoint(tower=clone).restore(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(clone(features).numpy(), before, atol=1e-6)
+
+
+def test_retrieval_loss_by_hand():
+    # Two queries, two items, temperature 1, no corrections:
+    # logits = [[1, 0], [0, 1]]; each row's softmax cross-entropy is
+    # -log(e / (e + 1)) = log(1 + e^-1) = 0.313262; the mean is the same.
+    task = RetrievalTask(temperature=1.0, logq_correction=False, remove_accidental_hits=False)
+    q = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    loss = task(q, q, tf.constant(["a", "b"]))
+    assert math.isclose(float(loss), math.log(1 + math.exp(-1)), rel_tol=1e-5)
+
+
+def test_temperature_and_logq_by_hand():
+    # temperature 0.5 doubles the logits: [[2, 0], [0, 2]] -> log(1 + e^-2) = 0.126928.
+    task = RetrievalTask(temperature=0.5, logq_correction=True, remove_accidental_hits=False)
+    q = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    equal = task(q, q, tf.constant(["a", "b"]), item_probability=tf.constant([0.5, 0.5]))
+    assert math.isclose(float(equal), math.log(1 + math.exp(-2)), rel_tol=1e-5)  # equal p: no change
+    # p = [0.8, 0.2]: logits - log p -> row 0: [2 - log .8, -log .2] -> loss log(1 + e^(log(.8/.2) - 2))
+    skew = task(q, q, tf.constant(["a", "b"]), item_probability=tf.constant([0.8, 0.2]))
+    row0 = math.log(1 + math.exp(math.log(4.0) - 2))
+    row1 = math.log(1 + math.exp(-math.log(4.0) - 2))
+    assert math.isclose(float(skew), (row0 + row1) / 2, rel_tol=1e-5)
+
+
+def test_accidental_hits_removed():
+    # Rows 0 and 1 share item "a": without removal each treats the other's copy as a
+    # negative with the same logit as its positive (loss log 2 for those rows).
+    q = tf.constant([[1.0, 0.0], [1.0, 0.0]])
+    ids = tf.constant(["a", "a"])
+    keep = RetrievalTask(temperature=1.0, logq_correction=False, remove_accidental_hits=False)(q, q, ids)
+    removed = RetrievalTask(temperature=1.0, logq_correction=False, remove_accidental_hits=True)(q, q, ids)
+    assert math.isclose(float(keep), math.log(2), rel_tol=1e-5)
+    assert float(removed) < 1e-5
+
+
+def test_hard_negatives_keep_the_hardest():
+    q = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    c = tf.constant([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.9, 0.0, 1.0]])
+    ids = tf.constant(["a", "b", "c"])
+    hard = RetrievalTask(temperature=1.0, logq_correction=False, remove_accidental_hits=False, num_hard_negatives=1)
+    # Row 0 logits [1, .5, .9]: hardest negative .9 -> log(1 + e^(.9 - 1)).
+    row0 = math.log(1 + math.exp(-0.1))
+    row1 = math.log(1 + math.exp(0 - 1))  # logits [0, 1, 0]: negatives tie at 0
+    row2 = math.log(1 + math.exp(0 - 1))
+    assert math.isclose(float(hard(q, c, ids)), (row0 + row1 + row2) / 3, rel_tol=1e-5)
+
+
+def test_task_config_round_trip():
+    task = RetrievalTask(temperature=0.1, logq_correction=False, num_hard_negatives=3)
+    clone = RetrievalTask.from_config(task.get_config())
+    assert clone.get_config() == task.get_config()
+    assert isinstance(clone.get_config()["logq_correction"], bool)
