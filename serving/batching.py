@@ -1,0 +1,145 @@
+"""A small dynamic batcher: concurrent requests for one signature run as one call.
+
+``Batcher.submit`` queues a request (a dict of arrays with a leading batch
+dimension) and blocks until its slice of the merged result is ready. One worker
+thread per batcher takes the oldest request plus every compatible request that
+arrives within ``timeout_s`` of it, up to ``max_batch_size`` rows, pads the
+``paddable`` ``[rows, e]`` inputs to a common width, runs once and splits the
+outputs by rows. It stops waiting early when ``arriving()`` says no other
+request is on its way, so a lone client pays no batching delay. If a merged
+batch fails, its requests are retried one by one so only a bad one fails.
+
+Usage::
+
+    batcher = Batcher(signature, max_batch_size=64, timeout_s=0.002,
+                      paddable={"exclude_item_ids"})
+    outputs = batcher.submit({"query_text": q, "exclude_item_ids": e}, rows=len(q))
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from serving.signatures import pad_to
+
+Arrays = dict[str, np.ndarray]
+IDLE_EXIT_S = 2.0  # a worker with nothing to do for this long exits; submit restarts one
+
+
+class _Task:
+    __slots__ = ("inputs", "rows", "arrival", "key", "done", "result", "error")
+
+    def __init__(self, inputs: Arrays, rows: int, paddable: frozenset[str]):
+        self.inputs, self.rows, self.arrival = inputs, rows, time.monotonic()
+        self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()
+                                if n not in paddable))
+        self.done = threading.Event()
+        self.result: Arrays | None = None
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Merges concurrent calls of ``run_fn`` (see the module docstring).
+
+    Args:
+      run_fn: arrays with a leading batch dimension -> outputs with the same one.
+      max_batch_size: most rows in one call.
+      timeout_s: longest time the oldest queued request waits for company.
+      paddable: names of ``[rows, e]`` inputs that may be padded to a common ``e``.
+      arriving: returns how many requests are parsed but not yet submitted.
+      on_batch: called with the row count of every call (for metrics).
+    """
+
+    def __init__(self, run_fn: Callable[[Arrays], Arrays], max_batch_size: int, timeout_s: float,
+                 paddable: frozenset[str] | set[str] = frozenset(),
+                 arriving: Callable[[], int] = lambda: 0,
+                 on_batch: Callable[[int], None] = lambda rows: None):
+        self._run_fn, self._max, self._timeout = run_fn, max_batch_size, timeout_s
+        self._paddable = frozenset(paddable)
+        self._arriving, self._on_batch = arriving, on_batch
+        self._queue: list[_Task] = []
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    def submit(self, inputs: Arrays, rows: int, on_enqueue: Callable[[], None] = lambda: None
+               ) -> Arrays:
+        """Runs ``inputs`` (``rows`` <= max_batch_size rows), possibly merged with others."""
+        task = _Task(inputs, rows, self._paddable)
+        with self._cond:
+            self._queue.append(task)
+            on_enqueue()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="batcher", daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        assert task.result is not None
+        return task.result
+
+    def _take(self) -> list[_Task] | None:
+        """Waits for a batch under the lock; None when idle long enough to exit."""
+        with self._cond:
+            if not self._queue and not self._cond.wait_for(lambda: self._queue, IDLE_EXIT_S):
+                self._worker = None
+                return None
+            first = self._queue[0]
+            deadline = first.arrival + self._timeout
+            while True:
+                same = [t for t in self._queue if t.key == first.key]
+                rows = sum(t.rows for t in same)
+                left = deadline - time.monotonic()
+                if rows >= self._max or left <= 0 or self._arriving() <= 0:
+                    break
+                self._cond.wait(left)
+            batch, total = [], 0
+            for t in same:
+                if total + t.rows <= self._max:
+                    batch.append(t)
+                    total += t.rows
+            taken = set(map(id, batch))
+            self._queue = [t for t in self._queue if id(t) not in taken]
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._run(batch)
+            except BaseException as e:  # noqa: BLE001 - delivered to the waiting callers
+                if len(batch) == 1:
+                    batch[0].error = e
+                else:  # retry alone so that one bad request does not fail the others
+                    for t in batch:
+                        try:
+                            self._run([t])
+                        except BaseException as e1:  # noqa: BLE001
+                            t.error = e1
+            for t in batch:
+                t.done.set()
+
+    def _run(self, batch: list[_Task]) -> None:
+        total = sum(t.rows for t in batch)
+        self._on_batch(total)
+        if len(batch) == 1:
+            batch[0].result = self._run_fn(batch[0].inputs)
+            return
+        merged: Arrays = {}
+        for name in batch[0].inputs:
+            parts = [t.inputs[name] for t in batch]
+            if name in self._paddable:
+                width = max(p.shape[1] for p in parts)
+                parts = [pad_to(p, width) for p in parts]
+            merged[name] = np.concatenate(parts, axis=0)
+        outputs = self._run_fn(merged)
+        for name, out in outputs.items():
+            if out.ndim == 0 or out.shape[0] != total:
+                raise RuntimeError(f"output '{name}' has shape {out.shape}, not [{total}, ...]")
+        offset = 0
+        for t in batch:
+            t.result = {n: o[offset:offset + t.rows] for n, o in outputs.items()}
+            offset += t.rows

@@ -1,0 +1,72 @@
+"""A tiny SavedModel that follows tfrec's serving contract, for tests and benchmarks.
+
+It has no BERT: ``query_text`` is hashed into one of ``buckets`` rows of a random
+table, the catalog is ``num_items`` ids (``item_00``...) with random embeddings,
+and retrieval is an exact dot-product top-k with exclusion. Signatures:
+``serving_default``/``retrieve`` (query_text [b], exclude_item_ids [b, e] ->
+item_ids [b, k], scores [b, k]), ``embed_query`` and ``embed_item``.
+
+Usage::
+
+    from serving.tiny_model import write_tiny_model
+    from serving import layout
+    layout.publish_version("/tmp/export/tiny", lambda d: write_tiny_model(d, seed=1))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
+import tensorflow as tf
+
+
+class TinyRetrievalModel(tf.Module):
+    """Hash-embedding query tower + fixed catalog; see the module docstring."""
+
+    def __init__(self, seed: int = 0, num_items: int = 20, dim: int = 8, buckets: int = 64,
+                 k: int = 5):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        self.item_ids = tf.constant([f"item_{i:02d}" for i in range(num_items)])
+        self.item_embeddings = tf.Variable(rng.normal([num_items, dim]))
+        self.query_table = tf.Variable(rng.normal([buckets, dim]))
+        self.buckets, self.k = buckets, k
+
+    def _embed_text(self, text: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.query_table, tf.strings.to_hash_bucket_fast(text, self.buckets))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text")])
+    def embed_query(self, query_text):
+        """query_text [b] -> embedding float32 [b, d]."""
+        return {"embedding": self._embed_text(query_text)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id"),
+                                  tf.TensorSpec([None], tf.string, name="item_text")])
+    def embed_item(self, item_id, item_text):
+        """item_id [b], item_text [b] -> embedding float32 [b, d]."""
+        return {"embedding": self._embed_text(item_id) + self._embed_text(item_text)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
+                                  tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+    def retrieve(self, query_text, exclude_item_ids):
+        """query_text [b], exclude_item_ids [b, e] ("" pads) -> item_ids [b, k], scores [b, k]."""
+        scores = tf.matmul(self._embed_text(query_text), self.item_embeddings, transpose_b=True)
+        excluded = tf.reduce_any(
+            tf.equal(exclude_item_ids[:, :, None], self.item_ids[None, None, :]), axis=1)
+        scores = tf.where(excluded, tf.fill(tf.shape(scores), -1e9), scores)
+        top = tf.math.top_k(scores, k=self.k)
+        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+
+
+def write_tiny_model(export_dir: str | os.PathLike, seed: int = 0, **kwargs) -> None:
+    """Saves a TinyRetrievalModel SavedModel (with assets.extra/items.tsv) into export_dir."""
+    model = TinyRetrievalModel(seed=seed, **kwargs)
+    signatures = {"serving_default": model.retrieve, "retrieve": model.retrieve,
+                  "embed_query": model.embed_query, "embed_item": model.embed_item}
+    tf.saved_model.save(model, str(export_dir), signatures=signatures)
+    extra = Path(export_dir, "assets.extra")
+    extra.mkdir(exist_ok=True)
+    lines = [f"{i.decode()}\tTiny item number {n}" for n, i in enumerate(model.item_ids.numpy())]
+    (extra / "items.tsv").write_text("item_id\ttext\n" + "\n".join(lines) + "\n")
