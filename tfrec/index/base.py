@@ -105,3 +105,44 @@ def filter_excluded(
 def params_jsonable(params: dict[str, Any]) -> dict[str, Any]:
     """Turns numpy scalars into Python ones so ``json.dumps`` accepts them."""
     return {key: (value.item() if isinstance(value, np.generic) else value) for key, value in params.items()}
+
+
+def exact_rows_where_short(
+    scores: tf.Tensor,
+    item_ids: tf.Tensor,
+    num_valid: tf.Tensor,
+    k: int,
+    queries: tf.Tensor,
+    exclude_item_ids: tf.Tensor,
+    exact_search,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Re-answers, exactly, only the queries an approximate search left short.
+
+    An approximate candidate set can hold fewer than ``k`` usable items (tiny
+    partitions, heavy exclusion). Those rows are recomputed with
+    ``exact_search(queries [b, d], exclude [b, e]) -> (scores [b, k], ids [b, k])``
+    and scattered back; the ``tf.cond`` skips all of it in the common case.
+
+    Args:
+      scores, item_ids: approximate results ``[B, k]``.
+      num_valid: int32 ``[B]`` usable results per row.
+      k: results per row.
+      queries: float32 ``[B, d]``; exclude_item_ids: string ``[B, e]``.
+
+    Returns:
+      ``(scores float32 [B, k], item_ids string [B, k])``.
+    """
+    short = num_valid < k
+
+    def patch():
+        rows = tf.where(short)  # [b, 1] int64
+        # tf.gather, not gather_nd: gather_nd rejects an empty [B, 0] exclusion matrix.
+        fixed_scores, fixed_ids = exact_search(
+            tf.gather(queries, rows[:, 0]), tf.gather(exclude_item_ids, rows[:, 0])
+        )
+        return (
+            tf.tensor_scatter_nd_update(scores, rows, fixed_scores),
+            tf.tensor_scatter_nd_update(item_ids, rows, fixed_ids),
+        )
+
+    return tf.cond(tf.reduce_any(short), patch, lambda: (scores, item_ids))

@@ -21,9 +21,9 @@ Usage::
     scores, ids = index.search(query_embeddings, exclude_item_ids=seen)
 
 Guarantee: every search returns ``k' = min(k, num_items)`` results. If the
-probed partitions hold fewer than ``k'`` usable (non-excluded) items for some
-query in the batch, that batch is answered by exact search instead (rare; it
-keeps the output contract identical to ``BruteForceIndex``).
+probed partitions hold fewer than ``k'`` usable (non-excluded) items for a
+query, that query (only) is answered by exact search instead (rare with
+sensible ``nprobe``; it keeps the output contract of ``BruteForceIndex``).
 
 Centroids are scored by dot product (the retrieval score) while partitions are
 formed in L2 geometry; for unit-norm embeddings the two agree.
@@ -133,10 +133,8 @@ class IVFIndex(tf.Module):
             exclude_item_ids = base.empty_exclusion(query_embeddings)
         exclude_item_ids = tf.convert_to_tensor(exclude_item_ids, tf.string)
         scores, ids, num_valid = self._search_probed(query_embeddings, exclude_item_ids)
-        scores, ids = tf.cond(
-            tf.reduce_all(num_valid >= self.k_out),
-            lambda: (scores, ids),
-            lambda: self._search_exact(query_embeddings, exclude_item_ids),
+        scores, ids = base.exact_rows_where_short(
+            scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
         )
         return tf.ensure_shape(scores, [None, self.k_out]), tf.ensure_shape(ids, [None, self.k_out])
 
