@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("serving.rest")
 METRICS_PATH = "/monitoring/prometheus/metrics"
+DRAIN_LIMIT = 64 << 20  # unused bodies up to this size are read and dropped, not reset
 _PREDICT_RE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:(\w+)$", re.I)
 _STATUS_RE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata)?$", re.I)
 
@@ -116,11 +117,16 @@ class _Handler(BaseHTTPRequestHandler):
         raise RequestError(f"Malformed request: {method} {path[:200]}")
 
     def _discard_body(self) -> None:
+        """Reads and drops a body we will not use, so that the connection stays usable."""
         length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= 1 << 20:
-            self.rfile.read(int(length))
-        elif length or self.headers.get("Transfer-Encoding"):
+        if self.headers.get("Transfer-Encoding") or (length and not length.isdigit()):
             self.close_connection = True
+        elif length and int(length) > DRAIN_LIMIT:
+            self.close_connection = True  # too big to read: closing may reset the client
+        elif length:
+            left = int(length)
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
 
     def _read_json(self, ms: ModelServer) -> Any:
         length = self.headers.get("Content-Length")
@@ -128,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError("a request body with a Content-Length header is required")
         if int(length) > ms.max_request_bytes:
-            self.close_connection = True  # the body is not read
+            self._discard_body()
             raise RequestError(f"request body of {length} bytes is over the limit of "
                                f"{ms.max_request_bytes} bytes", "RESOURCE_EXHAUSTED")
         raw = self.rfile.read(int(length))

@@ -60,12 +60,36 @@ class TinyRetrievalModel(tf.Module):
         return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
 
 
-def write_tiny_model(export_dir: str | os.PathLike, seed: int = 0, **kwargs) -> None:
-    """Saves a TinyRetrievalModel SavedModel (with assets.extra/items.tsv) into export_dir."""
-    model = TinyRetrievalModel(seed=seed, **kwargs)
+class TinyScannModel(TinyRetrievalModel):
+    """The same model, retrieving through a TFRS ScaNN index (``Scann>*`` ops)."""
+
+    def __init__(self, seed: int = 0, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        import tensorflow_recommenders as tfrs
+
+        n = int(self.item_ids.shape[0])
+        self.index = tfrs.layers.factorized_top_k.ScaNN(
+            k=n, num_leaves=2, num_leaves_to_search=2, num_reordering_candidates=n)
+        self.index.index(self.item_embeddings, self.item_ids)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
+                                  tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+    def retrieve(self, query_text, exclude_item_ids):
+        """As TinyRetrievalModel.retrieve, via ScaNN over the whole (tiny) catalog."""
+        scores, ids = self.index(self._embed_text(query_text))
+        excluded = tf.reduce_any(tf.equal(exclude_item_ids[:, :, None], ids[:, None, :]), axis=1)
+        top = tf.math.top_k(tf.where(excluded, tf.fill(tf.shape(scores), -1e9), scores), k=self.k)
+        return {"item_ids": tf.gather(ids, top.indices, batch_dims=1), "scores": top.values}
+
+
+def write_tiny_model(export_dir: str | os.PathLike, seed: int = 0, scann: bool = False,
+                     **kwargs) -> None:
+    """Saves a TinyRetrievalModel (or TinyScannModel) with assets.extra/items.tsv."""
+    model = (TinyScannModel if scann else TinyRetrievalModel)(seed=seed, **kwargs)
     signatures = {"serving_default": model.retrieve, "retrieve": model.retrieve,
                   "embed_query": model.embed_query, "embed_item": model.embed_item}
-    tf.saved_model.save(model, str(export_dir), signatures=signatures)
+    tf.saved_model.save(model, str(export_dir), signatures=signatures,
+                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
     extra = Path(export_dir, "assets.extra")
     extra.mkdir(exist_ok=True)
     lines = [f"{i.decode()}\tTiny item number {n}" for n, i in enumerate(model.item_ids.numpy())]

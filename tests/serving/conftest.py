@@ -1,4 +1,4 @@
-"""Shared fixtures for the serving tests."""
+"""Shared fixtures for the serving tests: tiny SavedModels and running servers."""
 
 from __future__ import annotations
 
@@ -8,3 +8,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `pytest tests/serving` from anywhere finds `serving`
     sys.path.insert(0, str(REPO))
+
+import pytest  # noqa: E402
+
+import serving  # noqa: E402,F401  (tfrec's environment before tensorflow)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """EXPORT/ with tiny/1 (seed 1), tiny_scann/1 (same model through ScaNN), models.config."""
+    from serving import layout
+    from serving.tiny_model import write_tiny_model
+
+    root = tmp_path_factory.mktemp("export")
+    layout.publish_version(root / "tiny", lambda d: write_tiny_model(d, seed=1))
+    layout.publish_version(root / "tiny_scann", lambda d: write_tiny_model(d, seed=1, scann=True))
+    layout.write_models_config(root, ["tiny", "tiny_scann"])
+    layout.write_batching_parameters(root, max_batch_size=8)
+    return root
