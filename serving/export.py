@@ -77,10 +77,10 @@ class RetrievalModule(tf.Module):
         return {"embedding": self.item_tower(features, training=False)}
 
     def signatures(self) -> dict:
-        retrieve = self.retrieve.get_concrete_function()
-        return {"serving_default": retrieve, "retrieve": retrieve,
-                "embed_query": self.embed_query.get_concrete_function(),
-                "embed_item": self.embed_item.get_concrete_function()}
+        # The tf.functions themselves (not concrete functions), so the
+        # SignatureDef records exclude_item_ids' default and TF Serving may omit it.
+        return {"serving_default": self.retrieve, "retrieve": self.retrieve, "embed_query": self.embed_query,
+                "embed_item": self.embed_item}
 
 
 def _index_kinds(choice: str) -> list[str]:

@@ -181,10 +181,16 @@ def default_job_dir(preset: str) -> str:
 
 
 def setup_logging(debug: bool = False) -> None:
+    """One readable line per stage on stdout; TensorFlow and friends quiet unless --debug."""
     import warnings
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logger = logging.getLogger("tfrec")
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not any(getattr(h, "_tfrec", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        handler._tfrec = True
+        logger.addHandler(handler)
     for noisy in ("tensorflow", "absl", "h5py", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     if not debug:
