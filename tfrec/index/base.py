@@ -67,6 +67,52 @@ def empty_exclusion(query_embeddings: tf.Tensor) -> tf.Tensor:
     return tf.zeros([tf.shape(query_embeddings)[0], 0], dtype=tf.string)
 
 
+# Column-chunk width of chunked_top_k. 64 measured fastest for 200k-1M wide rows.
+TOP_K_CHUNK = 64
+# Rows narrower than this use tf.math.top_k directly (the chunking's few extra
+# ops cost more than they save).
+CHUNKED_TOP_K_MIN_WIDTH = 16384
+
+
+def chunked_top_k(scores: tf.Tensor, k: tf.Tensor | int, chunk: int = TOP_K_CHUNK) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exact ``tf.math.top_k(scores, k, sorted=True)`` for wide rows, several times faster.
+
+    TF's CPU TopKV2 costs a few ns per element (tens of ms for [64, 1M]),
+    more than the matmul that produced the scores. Instead: split each row
+    into chunks of ``chunk`` columns, take the ``k`` chunks with the largest
+    maxima (a cheap reduce_max plus a top_k over ``width / chunk`` values),
+    then top_k over just those ``k * chunk`` scores. Exact: an item in the
+    top k has at most ``k - 1`` better items, so at most ``k - 1`` chunks can
+    have a larger maximum than its own chunk.
+
+    Args:
+      scores: float32 ``[batch, width]`` (width may be dynamic).
+      k: int scalar, ``1 <= k <= width``.
+
+    Returns:
+      ``(values float32 [batch, k], indices int32 [batch, k])``, best first;
+      equal scores may come in a different order than ``tf.math.top_k``.
+    """
+    batch, width = tf.shape(scores)[0], tf.shape(scores)[1]
+    num_chunks = (width + chunk - 1) // chunk
+    padded = tf.pad(scores, [[0, 0], [0, num_chunks * chunk - width]], constant_values=NEG_INF)
+    blocks = tf.reshape(padded, [batch, num_chunks, chunk])
+    _, best_chunks = tf.math.top_k(tf.reduce_max(blocks, axis=2), k=tf.minimum(k, num_chunks), sorted=False)
+    candidates = tf.reshape(tf.gather(blocks, best_chunks, batch_dims=1), [batch, -1])  # [B, k' * chunk]
+    values, positions = tf.math.top_k(candidates, k=k, sorted=True)
+    columns = tf.gather(best_chunks, positions // chunk, batch_dims=1) * chunk + positions % chunk
+    # Padding columns only surface with -inf values, but keep indices in range.
+    return values, tf.minimum(columns, width - 1)
+
+
+def top_k(scores: tf.Tensor, k: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tf.math.top_k(sorted=True)``, switching to :func:`chunked_top_k` for wide or unknown-width rows."""
+    width = scores.shape[1]
+    if width is not None and width < CHUNKED_TOP_K_MIN_WIDTH:
+        return tf.math.top_k(scores, k=k, sorted=True)
+    return chunked_top_k(scores, k)
+
+
 def filter_excluded(
     scores: tf.Tensor, indices: tf.Tensor, item_ids: tf.Tensor, exclude_item_ids: tf.Tensor, k: int
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -94,7 +140,7 @@ def filter_excluded(
     )
     scores = tf.where(is_excluded, tf.constant(NEG_INF, tf.float32), scores)
     k_out = tf.minimum(k, tf.shape(scores)[1])
-    top_scores, positions = tf.math.top_k(scores, k=k_out, sorted=True)
+    top_scores, positions = tf.math.top_k(scores, k=k_out, sorted=True)  # c = k + e: narrow
     top_ids = tf.gather(candidate_ids, positions, batch_dims=1)
     valid = tf.math.is_finite(top_scores)
     top_ids = tf.where(valid, top_ids, tf.constant("", tf.string))

@@ -80,7 +80,7 @@ class BruteForceIndex(tf.Module):
         # Over-fetch k + e so that k results survive dropping the excluded
         # ones; top_k fails if asked for more than N, hence the clamp.
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_scores, top_rows = base.top_k(scores, fetch)
         top_scores, top_ids, _ = base.filter_excluded(
             top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
         )

@@ -158,7 +158,7 @@ class IVFIndex(tf.Module):
         scores = tf.linalg.matvec(member_embeddings, queries)  # [B, M]
         scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], tf.shape(rows)[1])
-        top_scores, positions = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_scores, positions = base.top_k(scores, fetch)
         top_rows = tf.gather(rows, positions, batch_dims=1)
         return base.filter_excluded(top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out)
 
@@ -166,7 +166,7 @@ class IVFIndex(tf.Module):
         """Exact search over the whole (partition-sorted) catalog."""
         scores = tf.matmul(queries, self.item_embeddings, transpose_b=True)  # [B, N]
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_scores, top_rows = base.top_k(scores, fetch)
         top_scores, top_ids, _ = base.filter_excluded(
             top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
         )

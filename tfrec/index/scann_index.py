@@ -201,7 +201,7 @@ class ScannIndex(tf.Module):
         dataset = tf.reshape(self.scann_state.dataset, [self.num_items, self.dim])
         scores = tf.matmul(queries, dataset, transpose_b=True)  # [B, N]
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = tf.math.top_k(scores, k=fetch, sorted=True)
+        top_scores, top_rows = base.top_k(scores, fetch)
         top_scores, top_ids, _ = base.filter_excluded(
             top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
         )
