@@ -1,13 +1,15 @@
 """A small dynamic batcher: concurrent requests for one signature run as one call.
 
 ``Batcher.submit`` queues a request (a dict of arrays with a leading batch
-dimension) and blocks until its slice of the merged result is ready. One worker
-thread per batcher takes the oldest request plus every compatible request that
-arrives within ``timeout_s`` of it, up to ``max_batch_size`` rows, pads the
-``paddable`` ``[rows, e]`` inputs to a common width, runs once and splits the
-outputs by rows. It stops waiting early when ``arriving()`` says no other
-request is on its way, so a lone client pays no batching delay. If a merged
-batch fails, its requests are retried one by one so only a bad one fails.
+dimension) and blocks until its slice of the merged result is ready. There is
+no batching thread: the first waiting caller becomes the leader, takes the
+oldest request plus every compatible request that arrives within ``timeout_s``
+of it (up to ``max_batch_size`` rows), pads the ``paddable`` ``[rows, e]``
+inputs to a common width, runs once in its own thread, splits the outputs by
+rows and hands leadership on. It stops waiting early when ``arriving()`` says
+no other request is on its way, so a lone client pays neither a batching delay
+nor a thread switch. If a merged batch fails, its requests are retried one by
+one so that only a bad one fails.
 
 Usage::
 
@@ -27,7 +29,6 @@ import numpy as np
 from serving.signatures import pad_to
 
 Arrays = dict[str, np.ndarray]
-IDLE_EXIT_S = 2.0  # a worker with nothing to do for this long exits; submit restarts one
 
 
 class _Task:
@@ -37,7 +38,7 @@ class _Task:
         self.inputs, self.rows, self.arrival = inputs, rows, time.monotonic()
         self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()
                                 if n not in paddable))
-        self.done = threading.Event()
+        self.done = False
         self.result: Arrays | None = None
         self.error: BaseException | None = None
 
@@ -63,7 +64,7 @@ class Batcher:
         self._arriving, self._on_batch = arriving, on_batch
         self._queue: list[_Task] = []
         self._cond = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._leading = False  # a caller is gathering or running a batch
 
     def submit(self, inputs: Arrays, rows: int, on_enqueue: Callable[[], None] = lambda: None
                ) -> Arrays:
@@ -72,55 +73,59 @@ class Batcher:
         with self._cond:
             self._queue.append(task)
             on_enqueue()
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="batcher", daemon=True)
-                self._worker.start()
-            self._cond.notify()
-        task.done.wait()
+            self._cond.notify_all()  # a leader waiting for company looks again
+        while True:
+            with self._cond:
+                while not task.done and self._leading:
+                    self._cond.wait()
+                if task.done:
+                    break
+                self._leading = True
+                batch = self._gather()
+            try:
+                self._run_isolated(batch)
+            finally:
+                with self._cond:
+                    for t in batch:
+                        t.done = True
+                    self._leading = False
+                    self._cond.notify_all()
         if task.error is not None:
             raise task.error
         assert task.result is not None
         return task.result
 
-    def _take(self) -> list[_Task] | None:
-        """Waits for a batch under the lock; None when idle long enough to exit."""
-        with self._cond:
-            if not self._queue and not self._cond.wait_for(lambda: self._queue, IDLE_EXIT_S):
-                self._worker = None
-                return None
-            first = self._queue[0]
-            deadline = first.arrival + self._timeout
-            while True:
-                same = [t for t in self._queue if t.key == first.key]
-                rows = sum(t.rows for t in same)
-                left = deadline - time.monotonic()
-                if rows >= self._max or left <= 0 or self._arriving() <= 0:
-                    break
-                self._cond.wait(left)
-            batch, total = [], 0
-            for t in same:
-                if total + t.rows <= self._max:
-                    batch.append(t)
-                    total += t.rows
-            taken = set(map(id, batch))
-            self._queue = [t for t in self._queue if id(t) not in taken]
-            return batch
+    def _gather(self) -> list[_Task]:
+        """Takes the next batch off the queue (lock held; may wait for company)."""
+        first = self._queue[0]
+        deadline = first.arrival + self._timeout
+        while True:
+            same = [t for t in self._queue if t.key == first.key]
+            left = deadline - time.monotonic()
+            if sum(t.rows for t in same) >= self._max or left <= 0 or self._arriving() <= 0:
+                break
+            self._cond.wait(left)
+        batch, total = [], 0
+        for t in same:
+            if total + t.rows <= self._max:
+                batch.append(t)
+                total += t.rows
+        taken = set(map(id, batch))
+        self._queue = [t for t in self._queue if id(t) not in taken]
+        return batch
 
-    def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                self._run(batch)
-            except BaseException as e:  # noqa: BLE001 - delivered to the waiting callers
-                if len(batch) == 1:
-                    batch[0].error = e
-                else:  # retry alone so that one bad request does not fail the others
-                    for t in batch:
-                        try:
-                            self._run([t])
-                        except BaseException as e1:  # noqa: BLE001
-                            t.error = e1
-            for t in batch:
-                t.done.set()
+    def _run_isolated(self, batch: list[_Task]) -> None:
+        try:
+            self._run(batch)
+        except BaseException as e:  # noqa: BLE001 - delivered to the waiting callers
+            if len(batch) == 1:
+                batch[0].error = e
+                return
+            for t in batch:  # retry alone so that one bad request does not fail the others
+                try:
+                    self._run([t])
+                except BaseException as e1:  # noqa: BLE001
+                    t.error = e1
 
     def _run(self, batch: list[_Task]) -> None:
         total = sum(t.rows for t in batch)

@@ -1,0 +1,195 @@
+"""Serving overhead: REST and gRPC single-query latency vs calling the signature directly.
+
+Starts ``python -m serving.server`` in a subprocess on free 127.0.0.1 ports (on
+a tiny hash-embedding model by default, or on a real export), then measures in
+this process, all in one run:
+
+- direct: p50/p99 of the loaded ``serving_default`` signature called in-process;
+- rest / grpc: p50/p99 of one-query requests over a keep-alive connection,
+  and the line ``<api> ratio server/direct p50: X``;
+- throughput (requests/s) with 1 and 16 concurrent clients, and the mean rows
+  per TensorFlow call the server's batcher formed.
+
+Usage::
+
+    .venv/bin/python bench/serving.py                       # tiny model, < 60 s
+    .venv/bin/python bench/serving.py --model_base_path runs/x/export/tfrec --model_name tfrec
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import serving  # noqa: E402,F401  (tfrec's environment before tensorflow)
+import grpc  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
+
+from serving import layout  # noqa: E402
+
+QUERY = "a space opera with a heist"
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds of samples in seconds."""
+    ordered = sorted(samples)
+    return (statistics.median(ordered) * 1e3,
+            ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3)
+
+
+def timed(fn: Callable[[], object], seconds: float, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def throughput(make_call: Callable[[], Callable[[], object]], clients: int, seconds: float
+               ) -> float:
+    """Requests/s of ``clients`` threads, each calling its own ``make_call()`` in a loop."""
+    counts, errors = [0] * clients, []
+    start_line = threading.Barrier(clients + 1)
+    end = [0.0]
+
+    def run(i: int) -> None:
+        call = make_call()
+        call()
+        start_line.wait()
+        while time.perf_counter() < end[0]:
+            try:
+                call()
+                counts[i] += 1
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    end[0] = time.perf_counter() + seconds + 0.05
+    start_line.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]!r}")
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def rest_caller(port: int, model: str) -> Callable[[], object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"instances": [{"query_text": QUERY}]}).encode()
+    headers = {"Content-Type": "application/json"}
+
+    def call() -> object:
+        conn.request("POST", f"/v1/models/{model}:predict", body, headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(data[:200])
+        return data
+    return call
+
+
+def grpc_caller(port: int, model: str) -> Callable[[], object]:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{port}"))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["query_text"].CopyFrom(tf.make_tensor_proto([QUERY]))
+    return lambda: stub.Predict(request, timeout=30)
+
+
+def start_server(base: Path, model: str) -> tuple[subprocess.Popen, int, int, list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
+         "--model_name", model, "--port", "0", "--rest_api_port", "0"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                     daemon=True).start()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        text = "".join(lines)
+        rest, grpc_port = (re.search(rf"{api} API on [\d.]+:(\d+)", text) for api in ("REST", "gRPC"))
+        if rest and grpc_port:
+            return proc, int(rest.group(1)), int(grpc_port.group(1)), lines
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not start:\n" + "".join(lines)[-2000:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_base_path", help="a real export's EXPORT/<model_name>")
+    p.add_argument("--model_name", default="tiny")
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    args = p.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    if args.model_base_path:
+        base = Path(args.model_base_path)
+    else:
+        from serving.tiny_model import write_tiny_model
+        base = Path(tmp.name) / args.model_name
+        layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
+    version = layout.latest_version(base)
+    if version is None:
+        sys.exit(f"no version under {base}")
+    proc, rest_port, grpc_port, _ = start_server(base, args.model_name)
+    try:
+        if args.model_name.endswith("_scann"):
+            import scann  # noqa: F401
+        fn = tf.saved_model.load(str(base / str(version))).signatures["serving_default"]
+        feed = {"query_text": tf.constant([QUERY]), "exclude_item_ids": tf.zeros([1, 0], tf.string)}
+        feed = {k: v for k, v in feed.items() if k in fn.structured_input_signature[1]}
+        print(f"model {args.model_name} version {version}: {base}")
+        direct_p50, direct_p99 = percentiles(timed(lambda: fn(**feed), args.seconds))
+        print(f"direct  p50 {direct_p50:7.3f} ms  p99 {direct_p99:7.3f} ms")
+        for api, caller, port in (("rest", rest_caller, rest_port), ("grpc", grpc_caller, grpc_port)):
+            p50, p99 = percentiles(timed(caller(port, args.model_name), args.seconds))
+            print(f"{api:<7} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+            print(f"{api} ratio server/direct p50: {p50 / direct_p50:.1f}")
+        for api, caller, port in (("rest", rest_caller, rest_port), ("grpc", grpc_caller, grpc_port)):
+            for clients in (1, 16):
+                rps = throughput(lambda: caller(port, args.model_name), clients, args.seconds)
+                print(f"{api:<7} throughput with {clients:2d} clients: {rps:8.1f} requests/s")
+        metrics = rest_metrics(rest_port)
+        print(f"server batches: {metrics[1]:.0f} TensorFlow calls, "
+              f"mean {metrics[0] / max(metrics[1], 1):.2f} rows per call")
+    finally:
+        proc.terminate()
+        print(f"server exit code on SIGTERM: {proc.wait(timeout=30)}")
+        tmp.cleanup()
+
+
+def rest_metrics(port: int) -> tuple[float, float]:
+    """(rows, calls) summed over the server's batch-size histograms."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/monitoring/prometheus/metrics")
+    text = conn.getresponse().read().decode()
+    rows = sum(float(v) for v in re.findall(r"^tfrec_serving_batch_size_sum\{.*\} (\S+)$", text, re.M))
+    calls = sum(float(v) for v in re.findall(r"^tfrec_serving_batch_size_count\{.*\} (\S+)$", text, re.M))
+    return rows, calls
+
+
+if __name__ == "__main__":
+    main()
