@@ -42,6 +42,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
+    def _other_method(self) -> None:  # answered as a malformed request (400), never a 501
+        self._handle(self.command)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+
     def _handle(self, method: str) -> None:
         ms: ModelServer = self.server.model_server  # type: ignore[attr-defined]
         with ms.http_request():

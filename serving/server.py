@@ -47,13 +47,12 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import layout
 from serving.batching import Batcher
 from serving.metrics import Metrics
-from serving.signatures import DEFAULT_SIGNATURE, RequestError, Signature, one_line
+from serving.signatures import RequestError, Signature, one_line
 
 log = logging.getLogger("serving.server")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -296,5 +296,8 @@ def json_response(outputs: dict[str, np.ndarray], fmt: str) -> dict[str, Any]:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
     if len(values) == 1:
         return {"predictions": next(iter(values.values()))}
-    rows = len(next(iter(values.values())))
-    return {"predictions": [{n: v[i] for n, v in values.items()} for i in range(rows)]}
+    rows = {n: len(v) if isinstance(v, list) else None for n, v in values.items()}
+    if len(set(rows.values())) > 1 or None in rows.values():
+        raise RequestError(f"outputs have inconsistent batch sizes {rows}: use the columnar "
+                           f"'inputs' form for this signature")
+    return {"predictions": [{n: v[i] for n, v in values.items()} for i in range(rows.popitem()[1])]}

@@ -264,6 +264,16 @@ def test_malformed_rest_request_gets_a_4xx(server, what, path, body, code):
     assert status == 200
 
 
+def test_other_methods_and_paths_are_client_errors(server):
+    assert http(server.rest_port, "/v1/models/tiny:predict", {"instances": ["a"]},
+                method="PUT")[0] == 400
+    assert http(server.rest_port, "/v1/models/tiny", method="DELETE")[0] == 400
+    assert http(server.rest_port, "/v1/models")[0] == 400
+    assert http(server.rest_port, "/v1/models/tiny/versions/1/nonsense")[0] == 400
+    assert http(server.rest_port, "/elsewhere")[0] == 404
+    assert http(server.rest_port, "/v1/models/tiny")[0] == 200
+
+
 def test_malformed_grpc_requests(server, stub):
     code = grpc.StatusCode
 
