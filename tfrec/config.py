@@ -283,10 +283,15 @@ def build(preset: str = "movielens", config_file: str | None = None, sets: list[
     cfg.name = preset
     if config_file:
         user = read_yaml(config_file)
-        interactions = (user.get("data") or {}).get("interactions") or {}
-        # A user's query column replaces the preset's history-built query.
-        if interactions.get("query_column") and "query_history_items" not in interactions:
-            cfg.data.interactions.query_history_items = None
+        user_data = user.get("data") if isinstance(user.get("data"), dict) else {}
+        # A file naming its own interactions or items describes a different data
+        # set: the preset's column names and formats for that section do not
+        # carry over (so a YAML of data keys alone is enough), and a user's query
+        # column replaces the preset's history-built query.
+        if isinstance(user_data.get("interactions"), dict) and "path" in user_data["interactions"]:
+            cfg.data.interactions = InteractionsConfig()
+        if isinstance(user_data.get("items"), dict) and "path" in user_data["items"]:
+            cfg.data.items = ItemsConfig()
         merge(cfg, user)
     for assignment in sets or []:
         _set_dotted(cfg, assignment)

@@ -129,7 +129,7 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
         if cfg.data.interactions.user_id_column:
             baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
                 data, "test", cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
-                exclude_seen=cfg.eval.exclude_seen)
+                exclude_seen=cfg.eval.exclude_seen, monitor=cfg.train.early_stopping_metric)
     report = {"model": results["model"], "baselines": baselines,
               "data": {"counts": data.counts, "skipped": data.skipped},
               "training": {"best_epoch": saver.state["best_epoch"] + 1, "epochs_run": saver.state["epoch"] + 1,
