@@ -73,8 +73,11 @@ class ServedModel:
             self.signature_defs, preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True)
         self.loaded = tf.saved_model.load(str(path))
-        self.signatures = {k: Signature(k, fn) for k, fn in self.loaded.signatures.items()}
-        self.batchers = {k: Batcher(s, paddable=s.optional, **batcher_args)
+        self.signatures = {
+            k: Signature(k, fn, {n: tf.make_ndarray(t) for n, t in
+                                 self.signature_defs.signature_def[k].defaults.items()})
+            for k, fn in self.loaded.signatures.items()}
+        self.batchers = {k: Batcher(s, paddable=s.paddable, **batcher_args)
                          for k, s in self.signatures.items() if s.batchable}
         for sig in self.signatures.values():  # first calls trace/initialise: do them now
             try:

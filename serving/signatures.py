@@ -13,6 +13,8 @@ A bare value (``"instances": ["a", "b"]`` / ``"inputs": ["a", "b"]``) feeds the
 signature's only required input. Inputs in ``OPTIONAL_INPUTS`` may be left out
 (they are fed as ``[batch, 0]``), and in the row form their per-instance lists
 may have different lengths: they are padded (``""`` / 0) to a common width.
+Other inputs that have a default in the SignatureDef may be left out as in TF
+Serving: their default value is fed.
 """
 
 from __future__ import annotations
@@ -164,23 +166,31 @@ class Signature:
     Args:
       name: the signature key, e.g. ``serving_default``.
       fn: the concrete function (``loaded.signatures[name]``).
+      defaults: the SignatureDef's default values of inputs (``tf.make_ndarray``'d).
     """
 
-    def __init__(self, name: str, fn: Any):
+    def __init__(self, name: str, fn: Any, defaults: dict[str, np.ndarray] | None = None):
         self.name, self.fn = name, fn
         self.inputs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
         self.outputs: dict[str, tf.TensorSpec] = {
             k: tf.TensorSpec(v.shape, v.dtype) for k, v in fn.structured_outputs.items()}
-        self.optional = {n for n, s in self.inputs.items()
-                         if n in OPTIONAL_INPUTS and s.shape.rank == 2}
+        # Omitted paddable inputs are fed as [batch, 0]; other defaulted ones get their default.
+        self.paddable = frozenset(n for n, s in self.inputs.items()
+                                  if n in OPTIONAL_INPUTS and s.shape.rank == 2)
+        self.defaults = {n: v for n, v in (defaults or {}).items()
+                         if n in self.inputs and n not in self.paddable}
+        self.optional = self.paddable | set(self.defaults)
         self.required = [n for n in self.inputs if n not in self.optional]
         specs = list(self.inputs.values()) + list(self.outputs.values())
         # Batchable: every input and output has a leading dynamic batch dimension.
-        self.batchable = bool(self.inputs) and all(
+        # A defaulted (non-paddable) input may be a per-request parameter: never merge those.
+        self.batchable = bool(self.inputs) and not self.defaults and all(
             s.shape.rank is not None and s.shape.rank >= 1 and s.shape[0] is None for s in specs)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {n: tf.constant(a, dtype=self.inputs[n].dtype) for n, a in arrays.items()}
+        for n in self.defaults.keys() - feed.keys():
+            feed[n] = tf.constant(self.defaults[n], dtype=self.inputs[n].dtype)
         return {n: t.numpy() for n, t in self.fn(**feed).items()}
 
     def _check_names(self, names: set[str]) -> None:
@@ -223,7 +233,7 @@ class Signature:
         if max_rows is not None and self.batchable and n_rows > max_rows:
             raise RequestError(f"Task size {n_rows} is larger than maximum input batch size "
                                f"{max_rows}")
-        for n in self.optional - set(arrays):
+        for n in self.paddable - set(arrays):
             arrays[n] = np.empty((n_rows, 0), dtype=self.inputs[n].dtype.as_numpy_dtype)
         return arrays, n_rows
 
@@ -255,13 +265,17 @@ class Signature:
             raise RequestError("'instances' mixes objects and plain values")
         if not objects[0]:
             instances = [{self._only_required(): i} for i in instances]
-        columns: dict[str, list[np.ndarray]] = {n: [] for n in self.required}
+        given = self.required + [n for n in self.defaults if n in instances[0]]
+        columns: dict[str, list[np.ndarray]] = {n: [] for n in given}
         for row, instance in enumerate(instances):
             try:
                 self._check_names(set(instance))
+                if set(instance) - self.paddable != set(given):
+                    raise RequestError(f"give the inputs {{{','.join(sorted(self.defaults))}}} "
+                                       f"in every instance or in none")
             except RequestError as e:
                 raise RequestError(f"instance {row}: {e.message}") from None
-            for n in self.required:
+            for n in given:
                 arr = json_to_array(instance[n], self.inputs[n].dtype, n)
                 self._check_shape(n, arr, batched=False)
                 columns[n].append(arr)
@@ -271,7 +285,7 @@ class Signature:
                 raise RequestError(f"input '{n}': instances have different shapes "
                                    f"{sorted({p.shape for p in parts})}")
             arrays[n] = np.stack(parts)
-        for n in self.optional:  # may be left out of some rows; rows are padded to one width
+        for n in self.paddable:  # may be left out of some rows; rows are padded to one width
             if any(n in i for i in instances):
                 dtype = self.inputs[n].dtype
                 parts = [json_to_array(i[n], dtype, n) if n in i

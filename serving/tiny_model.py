@@ -21,6 +21,8 @@ from pathlib import Path
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import tensorflow as tf
 
+_NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0], broadcast to [batch, 0]
+
 
 class TinyRetrievalModel(tf.Module):
     """Hash-embedding query tower + fixed catalog; see the module docstring."""
@@ -50,14 +52,30 @@ class TinyRetrievalModel(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
                                   tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
-    def retrieve(self, query_text, exclude_item_ids):
-        """query_text [b], exclude_item_ids [b, e] ("" pads) -> item_ids [b, k], scores [b, k]."""
+    def retrieve(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
+        """query_text [b], exclude_item_ids [b, e] ("" pads) -> item_ids [b, k], scores [b, k].
+
+        As in tfrec's export, exclude_item_ids has a default (recorded in the SignatureDef).
+        """
+        exclude_item_ids = _broadcast_rows(exclude_item_ids, query_text)
         scores = tf.matmul(self._embed_text(query_text), self.item_embeddings, transpose_b=True)
         excluded = tf.reduce_any(
             tf.equal(exclude_item_ids[:, :, None], self.item_ids[None, None, :]), axis=1)
         scores = tf.where(excluded, tf.fill(tf.shape(scores), -1e9), scores)
         top = tf.math.top_k(scores, k=self.k)
         return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
+                                  tf.TensorSpec([], tf.float32, name="scale")])
+    def scaled_embed_query(self, query_text, scale=tf.constant(1.0)):
+        """query_text [b], optional scalar scale -> embedding * scale (a defaulted input)."""
+        return {"embedding": self._embed_text(query_text) * scale}
+
+
+def _broadcast_rows(exclude_item_ids: tf.Tensor, query_text: tf.Tensor) -> tf.Tensor:
+    shape = tf.stack([tf.shape(query_text)[0], tf.shape(exclude_item_ids)[1]])
+    return tf.broadcast_to(exclude_item_ids, shape)
 
 
 class TinyScannModel(TinyRetrievalModel):
@@ -74,8 +92,9 @@ class TinyScannModel(TinyRetrievalModel):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
                                   tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
-    def retrieve(self, query_text, exclude_item_ids):
+    def retrieve(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
         """As TinyRetrievalModel.retrieve, via ScaNN over the whole (tiny) catalog."""
+        exclude_item_ids = _broadcast_rows(exclude_item_ids, query_text)
         scores, ids = self.index(self._embed_text(query_text))
         excluded = tf.reduce_any(tf.equal(exclude_item_ids[:, :, None], ids[:, None, :]), axis=1)
         top = tf.math.top_k(tf.where(excluded, tf.fill(tf.shape(scores), -1e9), scores), k=self.k)
@@ -87,7 +106,8 @@ def write_tiny_model(export_dir: str | os.PathLike, seed: int = 0, scann: bool =
     """Saves a TinyRetrievalModel (or TinyScannModel) with assets.extra/items.tsv."""
     model = (TinyScannModel if scann else TinyRetrievalModel)(seed=seed, **kwargs)
     signatures = {"serving_default": model.retrieve, "retrieve": model.retrieve,
-                  "embed_query": model.embed_query, "embed_item": model.embed_item}
+                  "embed_query": model.embed_query, "embed_item": model.embed_item,
+                  "scaled_embed_query": model.scaled_embed_query}
     tf.saved_model.save(model, str(export_dir), signatures=signatures,
                         options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
     extra = Path(export_dir, "assets.extra")

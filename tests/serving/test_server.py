@@ -135,6 +135,18 @@ def test_rest_columnar_format_and_single_output_signatures(server, direct):
     assert status == 200 and np.asarray(body["predictions"]).shape == (1, 8)
 
 
+def test_inputs_with_signature_defaults_may_be_omitted(server, direct):
+    want = direct["embed_query"](query_text=tf.constant(["a"]))["embedding"].numpy()
+    for inputs, factor in (({"query_text": ["a"]}, 1.0), ({"query_text": ["a"], "scale": 2.0}, 2.0)):
+        status, body = http(server.rest_port, "/v1/models/tiny:predict",
+                            {"signature_name": "scaled_embed_query", "inputs": inputs})
+        assert status == 200, body
+        np.testing.assert_allclose(body["outputs"], want * factor, rtol=1e-6)
+    status, body = http(server.rest_port, "/v1/models/tiny:predict",
+                        {"signature_name": "scaled_embed_query", "inputs": {"scale": 2.0}})
+    assert status == 400 and "query_text" in body["error"]
+
+
 def test_exclusions_are_honoured_end_to_end(server, stub, direct):
     queries = ["space opera", "romance", "noir"]
     plain, _ = direct_retrieve(direct, queries)
