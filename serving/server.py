@@ -64,8 +64,7 @@ class ServedModel:
     def __init__(self, name: str, version: int, path: Path, batcher_args: dict[str, Any]):
         self.name, self.version, self.path = name, version, path
         pb = (path / "saved_model.pb").read_bytes()
-        if name.endswith("_scann") or b"Scann>" in pb:
-            import scann  # noqa: F401  (registers the Scann>* ops before loading)
+        _register_custom_ops(scann=name.endswith("_scann") or b"Scann>" in pb)
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, sig in saved_model_pb2.SavedModel.FromString(pb).meta_graphs[0].signature_def.items():
             self.signature_defs.signature_def[key].CopyFrom(sig)
@@ -84,6 +83,16 @@ class ServedModel:
                 sig(sig.complete({n: _dummy(sig.inputs[n]) for n in sig.required})[0])
             except Exception as e:  # noqa: BLE001 - dummy inputs may be meaningless
                 log.debug("warm-up of %s/%s skipped: %s", name, sig.name, one_line(e))
+
+
+def _register_custom_ops(scann: bool) -> None:
+    """Imports the op libraries tfrec models use (stock TF Serving links text ops in too)."""
+    try:
+        import tensorflow_text  # noqa: F401  (FastBertNormalize, FastWordpieceTokenize...)
+    except ImportError:
+        pass
+    if scann:
+        import scann as _scann  # noqa: F401  (the Scann>* ops of ScaNN indexes)
 
 
 def _dummy(spec: tf.TensorSpec) -> np.ndarray:
