@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from serving import layout  # noqa: E402
+from serving.server import register_custom_ops  # noqa: E402
 
 QUERY = "a space opera with a heist"
 
@@ -156,8 +157,7 @@ def main() -> None:
         sys.exit(f"no version under {base}")
     proc, rest_port, grpc_port, _ = start_server(base, args.model_name)
     try:
-        if args.model_name.endswith("_scann"):
-            import scann  # noqa: F401
+        register_custom_ops(scann=args.model_name.endswith("_scann"))
         fn = tf.saved_model.load(str(base / str(version))).signatures["serving_default"]
         feed = {"query_text": tf.constant([QUERY]), "exclude_item_ids": tf.zeros([1, 0], tf.string)}
         feed = {k: v for k, v in feed.items() if k in fn.structured_input_signature[1]}

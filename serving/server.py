@@ -64,7 +64,7 @@ class ServedModel:
     def __init__(self, name: str, version: int, path: Path, batcher_args: dict[str, Any]):
         self.name, self.version, self.path = name, version, path
         pb = (path / "saved_model.pb").read_bytes()
-        _register_custom_ops(scann=name.endswith("_scann") or b"Scann>" in pb)
+        register_custom_ops(scann=name.endswith("_scann") or b"Scann>" in pb)
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, sig in saved_model_pb2.SavedModel.FromString(pb).meta_graphs[0].signature_def.items():
             self.signature_defs.signature_def[key].CopyFrom(sig)
@@ -85,7 +85,7 @@ class ServedModel:
                 log.debug("warm-up of %s/%s skipped: %s", name, sig.name, one_line(e))
 
 
-def _register_custom_ops(scann: bool) -> None:
+def register_custom_ops(scann: bool) -> None:
     """Imports the op libraries tfrec models use (stock TF Serving links text ops in too)."""
     try:
         import tensorflow_text  # noqa: F401  (FastBertNormalize, FastWordpieceTokenize...)
