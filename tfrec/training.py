@@ -76,7 +76,8 @@ class LearningRateLogger(tf.keras.callbacks.Callback):
                                                                    self.model.encoder_optimizer)):
             if opt is not None:
                 lr = opt.learning_rate
-                logs[key] = float(lr(opt.iterations) if callable(lr) else lr)
+                # get_value: under tf.distribute the rate is a MirroredVariable (no float()).
+                logs[key] = float(tf.keras.backend.get_value(lr(opt.iterations) if callable(lr) else lr))
 
 
 class EpochLog(tf.keras.callbacks.Callback):
