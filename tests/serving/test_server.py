@@ -432,9 +432,11 @@ def test_swaps_to_a_new_version_under_load_without_failing_requests(tmp_path, ca
 
 def test_stop_finishes_in_flight_requests(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}) as server:
-        sig = server._models["tiny"].signatures["embed_query"]
-        fast = sig.fn
-        sig.fn = lambda **kw: (time.sleep(1.0), fast(**kw))[1]  # a slow model
+        started = threading.Semaphore(0)
+        for name in ("embed_query", "scaled_embed_query"):  # make both slow
+            sig = server._models["tiny"].signatures[name]
+            sig.fn = (lambda fast: lambda **kw: (started.release(), time.sleep(1.0),
+                                                 fast(**kw))[2])(sig.fn)
         results = {}
 
         def rest_call():
@@ -443,12 +445,13 @@ def test_stop_finishes_in_flight_requests(tiny_export):
 
         def grpc_call():
             c = client_lib.GrpcClient("127.0.0.1", server.grpc_port, "tiny")
-            results["grpc"] = c.predict({"query_text": ["b"]}, "embed_query")["embedding"].shape
+            results["grpc"] = c.predict({"query_text": ["b"]}, "scaled_embed_query")[
+                "embedding"].shape
 
         threads = [threading.Thread(target=rest_call), threading.Thread(target=grpc_call)]
         for t in threads:
             t.start()
-        time.sleep(0.4)
+        assert started.acquire(timeout=20) and started.acquire(timeout=20)  # both in flight
         server.stop(grace_s=10)
         for t in threads:
             t.join(10)
