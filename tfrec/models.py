@@ -42,18 +42,41 @@ class TwoTowerModel(tfrs.Model):
         return {id(v) for e in encoders.values() for v in e.trainable_variables}
 
     def train_step(self, features: dict) -> dict:
-        with tf.GradientTape() as tape:
+        scaled = [o for o in (self.optimizer, self.encoder_optimizer)
+                  if isinstance(o, tf.keras.mixed_precision.LossScaleOptimizer)]
+        with tf.GradientTape(persistent=bool(scaled)) as tape:
             loss = self.compute_loss(features, training=True)
             total = loss + tf.add_n([tf.reduce_sum(x) for x in self.losses]) if self.losses else loss
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
         encoder_ids = self._encoder_variable_ids() if self.encoder_optimizer is not None else set()
+        if scaled:
+            gradients = self._scaled_gradients(tape, total, variables, encoder_ids)
+        else:
+            gradients = tape.gradient(total, variables)
         head = [(g, v) for g, v in zip(gradients, variables) if id(v) not in encoder_ids and g is not None]
         encoder = [(g, v) for g, v in zip(gradients, variables) if id(v) in encoder_ids and g is not None]
         self.optimizer.apply_gradients(head)
         if encoder:
             self.encoder_optimizer.apply_gradients(encoder)
         return self._metrics_dict(loss)
+
+    def _scaled_gradients(self, tape, total, variables, encoder_ids) -> list:
+        """mixed_float16: each LossScaleOptimizer scales the loss for its own variables and unscales
+        their gradients (the backward pass seeded with its loss scale), so each adapts its own scale."""
+        gradients = [None] * len(variables)
+        for opt, is_encoder in ((self.optimizer, False), (self.encoder_optimizer, True)):
+            idx = [i for i, v in enumerate(variables) if (id(v) in encoder_ids) == is_encoder]
+            if opt is None or not idx:
+                continue
+            if isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer):
+                grads = tape.gradient(total, [variables[i] for i in idx],
+                                      output_gradients=tf.cast(opt.loss_scale, total.dtype))
+                grads = opt.get_unscaled_gradients(grads)
+            else:
+                grads = tape.gradient(total, [variables[i] for i in idx])
+            for i, g in zip(idx, grads):
+                gradients[i] = g
+        return gradients
 
     def test_step(self, features: dict) -> dict:
         return self._metrics_dict(self.compute_loss(features, training=False))
@@ -90,5 +113,6 @@ def build_model(cfg, catalog) -> TwoTowerModel:
                            m.categorical_embedding_dim, m.hidden_units, m.embedding_dim, m.dropout, name="item_tower")
     r = cfg.retrieval
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
-                              batch_metric_ks=(10,), name="retrieval")
+                              batch_metric_ks=(10,), cross_replica_negatives=r.cross_replica_negatives,
+                              name="retrieval")
     return TwoTowerModel(query_tower, item_tower, retrieval, r.weight)
