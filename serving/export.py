@@ -17,6 +17,15 @@ Signatures of every SavedModel (tokenisation is inside the graph):
 * ``embed_query``: ``query_text`` -> ``embedding`` float32 [batch, d].
 * ``embed_item``: ``item_id``, ``item_text`` (and ``item_<column>`` per
   categorical column), string [batch] -> ``embedding`` float32 [batch, d].
+
+When the model has a ranking head (``ranking.weight > 0``), also:
+
+* ``rank``: ``query_text`` string [batch], ``item_ids`` string [batch, c] ->
+  ``scores`` float32 [batch, c] (predicted rating, or probability for
+  ``ranking.objective: binary``; ids not in the catalog and ``""`` score -inf).
+* ``retrieve_and_rank``: ``query_text``, optional ``exclude_item_ids`` -> the
+  top k retrieved items re-ordered by the ranking head: ``item_ids`` string
+  [batch, k], ``ranking_scores`` and ``retrieval_scores`` float32 [batch, k].
 """
 
 from __future__ import annotations
@@ -48,9 +57,12 @@ class RetrievalModule(tf.Module):
       item_tower: item features -> float32 [batch, d].
       index: a :mod:`tfrec.index` index over the catalog's item embeddings.
       categorical_columns: the item tower's categorical columns.
+      ranking_head: :class:`tfrec.ranking.RankingHead`, or None (no ranking signatures).
+      catalog: :class:`tfrec.ranking.CatalogLookup` (item id -> embedding), with ``ranking_head``.
     """
 
-    def __init__(self, query_tower, item_tower, index, categorical_columns: list[str]):
+    def __init__(self, query_tower, item_tower, index, categorical_columns: list[str], ranking_head=None,
+                 catalog=None):
         super().__init__(name="tfrec_retrieval")
         self.query_tower, self.item_tower, self.index = query_tower, item_tower, index
         self.categorical_columns = list(categorical_columns)
@@ -59,6 +71,13 @@ class RetrievalModule(tf.Module):
         for col in self.categorical_columns:
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
+        self.ranking_head, self.catalog = ranking_head, catalog
+        if ranking_head is not None:
+            query_spec = tf.TensorSpec([None], tf.string, name="query_text")
+            self.rank = tf.function(self._rank, input_signature=[
+                query_spec, tf.TensorSpec([None, None], tf.string, name="item_ids")])
+            self.retrieve_and_rank = tf.function(self._retrieve_and_rank, input_signature=[
+                query_spec, tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
                                   tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
@@ -76,11 +95,31 @@ class RetrievalModule(tf.Module):
     def _embed_item(self, features):
         return {"embedding": self.item_tower(features, training=False)}
 
+    def _rank(self, query_text, item_ids):
+        from tfrec.ranking import rank_candidates
+
+        query = self.query_tower({"query_text": query_text}, training=False)
+        return {"scores": rank_candidates(self.ranking_head, self.catalog, query, item_ids)}
+
+    def _retrieve_and_rank(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
+        from tfrec.ranking import rank_candidates, rerank
+
+        query = self.query_tower({"query_text": query_text}, training=False)  # once, for both stages
+        batch = tf.shape(query_text)[0]
+        exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
+        retrieval_scores, item_ids = self.index.search(query, exclude)
+        ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids)
+        ranking_scores, item_ids, retrieval_scores = rerank(ranking_scores, item_ids, retrieval_scores)
+        return {"item_ids": item_ids, "ranking_scores": ranking_scores, "retrieval_scores": retrieval_scores}
+
     def signatures(self) -> dict:
         # The tf.functions themselves (not concrete functions), so the
         # SignatureDef records exclude_item_ids' default and TF Serving may omit it.
-        return {"serving_default": self.retrieve, "retrieve": self.retrieve, "embed_query": self.embed_query,
-                "embed_item": self.embed_item}
+        out = {"serving_default": self.retrieve, "retrieve": self.retrieve, "embed_query": self.embed_query,
+               "embed_item": self.embed_item}
+        if self.ranking_head is not None:
+            out.update(rank=self.rank, retrieve_and_rank=self.retrieve_and_rank)
+        return out
 
 
 def _index_kinds(choice: str) -> list[str]:
@@ -121,7 +160,13 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         idx, note = _build_index(kind, item_embeddings, data.catalog.item_ids, k)
         if note:
             log.info("export: %s", note)
-        module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical))
+        ranking_head, catalog = getattr(model, "ranking_head", None), None
+        if ranking_head is not None:
+            from tfrec.ranking import CatalogLookup
+
+            catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
+        module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical),
+                                 ranking_head, catalog)
         report = {"model_name": name, "version": version, "index": {"kind": getattr(idx, "kind", kind),
                                                                     "requested": kind, "k": k, "note": note},
                   "data": data.counts, "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),

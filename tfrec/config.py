@@ -112,6 +112,9 @@ class RankingConfig:
     objective: str = "regression"  # regression | binary
     positive_threshold: float = 4.0
     hidden_units: list[int] = field(default_factory=lambda: [128, 64])
+    cross_layers: int = 2  # dcn: number of Cross layers
+    projection_dim: Optional[int] = None  # dcn: low-rank Cross kernels; null = full rank
+    extra_features: list[str] = field(default_factory=list)  # categorical | retrieval_score
 
 
 # ----------------------------------------------------------------- training
@@ -365,6 +368,12 @@ def validate(cfg: Config) -> Config:
     _check(r.weight > 0 or rk.weight > 0, "retrieval.weight", "retrieval.weight and ranking.weight are both 0")
     _one_of(rk.head, "ranking.head", ("mlp", "dcn"))
     _one_of(rk.objective, "ranking.objective", ("regression", "binary"))
+    _check(all(u >= 1 for u in rk.hidden_units), "ranking.hidden_units", "units must be >= 1")
+    _check(rk.cross_layers >= 1, "ranking.cross_layers", "must be >= 1")
+    if rk.projection_dim is not None:
+        _check(rk.projection_dim >= 1, "ranking.projection_dim", "must be >= 1 or null")
+    for f in rk.extra_features:
+        _one_of(f, "ranking.extra_features", ("categorical", "retrieval_score"))
     if rk.weight > 0:
         _check(d.interactions.label_column is not None, "data.interactions.label_column",
                "is required when ranking.weight > 0")

@@ -12,6 +12,9 @@ from tfrec.towers import ItemTower, QueryTower
 class TwoTowerModel(tfrs.Model):
     """``loss = retrieval_weight * retrieval_loss (+ ranking_weight * ranking_loss)``.
 
+    A task whose weight is 0 is not computed at all (no loss, no metrics, no
+    gradient), so either task can be switched off.
+
     Training uses two optimizers: ``optimizer`` (from ``compile``) for the heads
     and embeddings, ``encoder_optimizer`` (lower learning rate) for the BERT
     layers that train. Set ``encoder_optimizer`` to None when encoders are frozen.
@@ -21,21 +24,33 @@ class TwoTowerModel(tfrs.Model):
       item_tower: features -> float32 [batch, dim].
       retrieval: the retrieval task.
       retrieval_weight: its weight in the total loss.
+      ranking_head: :class:`tfrec.ranking.RankingHead` over the towers' outputs, or None.
+      ranking: :class:`tfrec.ranking.RankingTask` (with ``ranking_head``), or None.
+      ranking_weight: its weight in the total loss.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower, retrieval: RetrievalTask,
-                 retrieval_weight: float = 1.0, **kwargs):
+                 retrieval_weight: float = 1.0, ranking_head=None, ranking=None, ranking_weight: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.query_tower, self.item_tower = query_tower, item_tower
         self.retrieval, self.retrieval_weight = retrieval, retrieval_weight
+        self.ranking_head, self.ranking, self.ranking_weight = ranking_head, ranking, ranking_weight
         self.encoder_optimizer: tf.keras.optimizers.Optimizer | None = None
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
         query_embeddings = self.query_tower(features, training=training)
         item_embeddings = self.item_tower(features, training=training)
-        return self.retrieval_weight * self.retrieval(
-            query_embeddings, item_embeddings, features["item_id"], features.get("item_probability"))
+        loss = tf.constant(0.0)
+        # Python-level checks: a task with weight 0 is left out of the graph.
+        if self.retrieval_weight > 0:
+            loss += self.retrieval_weight * self.retrieval(
+                query_embeddings, item_embeddings, features["item_id"], features.get("item_probability"))
+        if self.ranking is not None and self.ranking_weight > 0:
+            scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
+            loss += self.ranking_weight * self.ranking(features["label"], scores)
+        return loss
 
     def _encoder_variable_ids(self) -> set[int]:
         encoders = {id(e): e for e in (self.query_tower.encoder, self.item_tower.text_encoder) if e is not None}
@@ -115,4 +130,15 @@ def build_model(cfg, catalog) -> TwoTowerModel:
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
                               batch_metric_ks=(10,), cross_replica_negatives=r.cross_replica_negatives,
                               name="retrieval")
-    return TwoTowerModel(query_tower, item_tower, retrieval, r.weight)
+    rk = cfg.ranking
+    ranking_head = ranking = None
+    if rk.weight > 0:
+        from tfrec.ranking import RankingHead, RankingTask
+
+        ranking_head = RankingHead(
+            rk.head, rk.hidden_units, rk.objective, rk.cross_layers, rk.projection_dim,
+            vocabularies if "categorical" in rk.extra_features else None, m.categorical_embedding_dim,
+            "retrieval_score" in rk.extra_features, name="ranking_head")
+        ranking_head.build_variables(m.embedding_dim)
+        ranking = RankingTask(rk.objective, rk.positive_threshold, name="ranking")
+    return TwoTowerModel(query_tower, item_tower, retrieval, r.weight, ranking_head, ranking, rk.weight)

@@ -136,6 +136,11 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
                            "seconds": round(time.time() - started, 1)},
               "config_hash": config_lib.config_hash(cfg)}
     print("\n" + evaluate.format_table({"model": results["model"], **baselines}) + "\n", flush=True)
+    if model.ranking is not None:
+        from tfrec import ranking
+
+        report["ranking"] = ranking.evaluate_ranking(model, data, "test", q, item_embeddings, cfg.eval.exclude_seen)
+        print(ranking.format_report(report["ranking"]) + "\n", flush=True)
 
     # --- TensorBoard extras, eval.json and export (chief only) ---------------
     if chief:
