@@ -43,6 +43,44 @@ from tfrec.index import base, kmeans
 
 # Lloyd iterations at build time; partition quality barely moves after ~10.
 KMEANS_ITERATIONS = 10
+# Items per storage block. Partitions are padded to whole blocks (~L/2 wasted
+# slots per partition); smaller blocks waste less but add per-block overhead.
+BLOCK_SIZE = 64
+
+
+def _pack_blocks(
+    embeddings: np.ndarray, labels: np.ndarray, sizes: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lays partitions out as transposed, padded blocks.
+
+    Returns:
+      blocks: float32 ``[num_blocks + 1, dim, block_size]`` (block ``b`` holds
+        up to ``block_size`` items of one partition, one per column; padding
+        columns are 0; the extra last block is all padding).
+      block_rows: int32 ``[num_blocks + 1, block_size]``: position of each
+        column's item in partition order, -1 for padding.
+      block_offsets: int64 ``[P + 1]``: partition ``p`` owns blocks
+        ``block_offsets[p]:block_offsets[p + 1]``.
+      order: int64 ``[num_items]``: catalog row of the item at each position
+        in partition order.
+    """
+    num_items, dim = embeddings.shape
+    # Stable sort keeps catalog order inside a partition: deterministic.
+    order = np.argsort(labels, kind="stable")
+    blocks_per_partition = -(-sizes // block_size)
+    block_offsets = np.concatenate([[0], np.cumsum(blocks_per_partition)]).astype(np.int64)
+    num_blocks = int(block_offsets[-1])
+    item_offsets = np.concatenate([[0], np.cumsum(sizes)])
+    # Slot of each item (in partition order) in the flattened [num_blocks * L] layout.
+    position = np.arange(num_items)
+    partition = labels[order]
+    slot = block_offsets[partition] * block_size + (position - item_offsets[partition])
+    block_rows = np.full((num_blocks + 1) * block_size, -1, dtype=np.int32)
+    block_rows[slot] = position
+    flat = np.zeros(((num_blocks + 1) * block_size, dim), dtype=np.float32)
+    flat[slot] = embeddings[order]
+    blocks = np.ascontiguousarray(flat.reshape(num_blocks + 1, block_size, dim).transpose(0, 2, 1))
+    return blocks, block_rows.reshape(num_blocks + 1, block_size), block_offsets, order
 
 
 def default_num_partitions(num_items: int) -> int:
@@ -100,17 +138,21 @@ class IVFIndex(tf.Module):
 
         centroids = kmeans.kmeans(embeddings, self.num_partitions, KMEANS_ITERATIONS, seed=self.seed)
         labels = kmeans.assign(embeddings, centroids)
-        # Stable sort keeps catalog order inside a partition: deterministic.
-        order = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=self.num_partitions)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.max_partition_size = int(sizes.max())
         self.empty_partitions = int((sizes == 0).sum())
+        blocks, block_rows, block_offsets, order = _pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
+        self.num_blocks = int(block_offsets[-1])
 
         self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-        self.item_embeddings = tf.Variable(embeddings[order], trainable=False, name="item_embeddings")
+        # [num_blocks + 1, dim, BLOCK_SIZE]; the last block is the all-padding sentinel.
+        self.blocks = tf.Variable(blocks, trainable=False, name="blocks")
+        # [num_blocks + 1, BLOCK_SIZE] int32 position in item_ids, -1 = padding slot.
+        self.block_rows = tf.Variable(block_rows, trainable=False, name="block_rows")
+        # [P + 1] int64: partition p owns blocks block_offsets[p]:block_offsets[p + 1].
+        self.block_offsets = tf.Variable(block_offsets, trainable=False, name="block_offsets")
+        # [num_items] ids in partition order (the order block_rows points into).
         self.item_ids = tf.Variable(ids[order], dtype=tf.string, trainable=False, name="item_ids")
-        self.partition_offsets = tf.Variable(offsets, trainable=False, name="partition_offsets")
 
     def search(
         self, query_embeddings: tf.Tensor, exclude_item_ids: tf.Tensor | None = None
@@ -142,20 +184,30 @@ class IVFIndex(tf.Module):
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """IVF search; returns (scores [B, k'], ids [B, k'], num_valid int32 [B])."""
+        batch = tf.shape(queries)[0]
         centroid_scores = tf.matmul(queries, self.centroids, transpose_b=True)  # [B, P]
         _, probed = tf.math.top_k(centroid_scores, k=self.nprobe, sorted=False)  # [B, nprobe]
-        starts = tf.gather(self.partition_offsets[:-1], probed)  # [B, nprobe] int64
-        limits = tf.gather(self.partition_offsets[1:], probed)
-        # One row range per probed partition, then regrouped per query.
+        starts = tf.gather(self.block_offsets[:-1], probed)  # [B, nprobe] int64
+        limits = tf.gather(self.block_offsets[1:], probed)
+        # The probed partitions' block ids, one ragged row per query, padded
+        # with the sentinel block (all padding) to [B, nb].
         ranges = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1]))
         per_query = tf.reduce_sum(limits - starts, axis=1)
-        rows = tf.RaggedTensor.from_row_lengths(ranges.flat_values, per_query, validate=False)
-        # Pad to [B, M] with -1; at least k' columns so top_k below never
-        # asks for more than it has.
-        rows = rows.to_tensor(default_value=-1)
-        rows = tf.pad(rows, [[0, 0], [0, tf.maximum(0, self.k_out - tf.shape(rows)[1])]], constant_values=-1)
-        member_embeddings = tf.gather(self.item_embeddings, tf.maximum(rows, 0))  # [B, M, d]
-        scores = tf.linalg.matvec(member_embeddings, queries)  # [B, M]
+        block_ids = tf.RaggedTensor.from_row_lengths(ranges.flat_values, per_query, validate=False)
+        block_ids = block_ids.to_tensor(default_value=self.num_blocks)  # [B, nb]
+        # At least enough slots for k' results so top_k never asks for more than it has.
+        min_blocks = -(-self.k_out // BLOCK_SIZE)
+        block_ids = tf.pad(
+            block_ids,
+            [[0, 0], [0, tf.maximum(0, min_blocks - tf.shape(block_ids)[1])]],
+            constant_values=self.num_blocks,
+        )
+        # [B, nb, d, L] x [B, 1, 1, d] -> [B, nb, 1, L]: contiguous L-wide rows
+        # per block make this a vectorised GEMV per (query, block).
+        member_blocks = tf.gather(self.blocks, block_ids)
+        scores = tf.matmul(queries[:, tf.newaxis, tf.newaxis, :], member_blocks)
+        scores = tf.reshape(scores, [batch, -1])  # [B, nb * L]
+        rows = tf.reshape(tf.gather(self.block_rows, block_ids), [batch, -1])
         scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], tf.shape(rows)[1])
         top_scores, positions = base.top_k(scores, fetch)
@@ -163,10 +215,13 @@ class IVFIndex(tf.Module):
         return base.filter_excluded(top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out)
 
     def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Exact search over the whole (partition-sorted) catalog."""
-        scores = tf.matmul(queries, self.item_embeddings, transpose_b=True)  # [B, N]
+        """Exact search over every block (only for queries IVF left short)."""
+        scores = tf.reshape(tf.einsum("bd,ndl->bnl", queries, self.blocks), [tf.shape(queries)[0], -1])
+        rows = tf.reshape(self.block_rows, [1, -1])
+        scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = base.top_k(scores, fetch)
+        top_scores, positions = base.top_k(scores, fetch)
+        top_rows = tf.gather(rows[0], positions)
         top_scores, top_ids, _ = base.filter_excluded(
             top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
         )
@@ -185,6 +240,8 @@ class IVFIndex(tf.Module):
                 "seed": self.seed,
                 "kmeans_iterations": KMEANS_ITERATIONS,
                 "max_partition_size": self.max_partition_size,
+                "block_size": BLOCK_SIZE,
+                "num_blocks": self.num_blocks,
                 "empty_partitions": self.empty_partitions,
             }
         )

@@ -61,6 +61,6 @@ def test_deterministic_and_params(helpers):
     items, ids, _ = helpers.clustered(1200, dim=8, seed=5)
     a, b = IVFIndex(items, ids, k=5, seed=1), IVFIndex(items, ids, k=5, seed=1)
     np.testing.assert_array_equal(a.centroids.numpy(), b.centroids.numpy())
-    np.testing.assert_array_equal(a.partition_offsets.numpy(), b.partition_offsets.numpy())
+    np.testing.assert_array_equal(a.block_offsets.numpy(), b.block_offsets.numpy())
     params = json.loads(json.dumps(a.params()))
     assert params["kind"] == "ivf" and params["num_partitions"] == 35 and params["nprobe"] == 8
