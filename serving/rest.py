@@ -36,6 +36,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - no access log
         pass
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None
+                   ) -> None:
+        """Protocol-level errors (bad request line, huge headers) as JSON as well."""
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # so that a status line and headers are sent
+        self.close_connection = True
+        self._reply(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -58,10 +66,16 @@ class _Handler(BaseHTTPRequestHandler):
                 code, payload = self._route(ms, method)
             except RequestError as e:
                 code, payload = e.http_status, {"error": e.message}
+            except OSError:  # the client went away or stalled mid-body: nobody to answer
+                self.close_connection = True
+                return
             except Exception as e:  # noqa: BLE001 - a bug must not kill the connection thread
                 log.exception("internal error on %s %s", method, self.path[:200])
                 code, payload = 500, {"error": f"internal error: {one_line(e)}"}
-            self._reply(code, payload)
+            try:
+                self._reply(code, payload)
+            except OSError:
+                self.close_connection = True
 
     def _reply(self, code: int, payload: dict | str) -> None:
         if isinstance(payload, str):
@@ -73,8 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        if hasattr(self, "_headers_buffer"):  # headers and body in one write: one TCP segment
+            self._headers_buffer.extend([b"\r\n", body])
+            self.flush_headers()
+        else:
+            self.end_headers()
+            self.wfile.write(body)
 
     def _route(self, ms: ModelServer, method: str) -> tuple[int, dict | str]:
         path = urllib.parse.urlsplit(self.path).path

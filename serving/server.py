@@ -239,6 +239,9 @@ class ModelServer:
         except RequestError as e:
             c.status = e.code
             raise
+        except OSError:  # the client's connection failed
+            c.status = "CANCELLED"
+            raise
         except BaseException:
             if c.status == "OK":
                 c.status = "INTERNAL"

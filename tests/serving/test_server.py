@@ -286,6 +286,36 @@ def test_other_methods_and_paths_are_client_errors(server):
     assert http(server.rest_port, "/v1/models/tiny")[0] == 200
 
 
+def test_broken_connections_and_bodies_do_not_hurt_the_server(server):
+    import socket
+
+    def raw(data: bytes, read: bool = True) -> bytes:
+        """Sends bytes; returns one whole answer (headers + Content-Length body)."""
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+            sock.sendall(data)
+            answer = b""
+            while read:
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"Content-Length: (\d+)", head)
+                if length and len(body) >= int(length.group(1)):
+                    break
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer
+
+    head = b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+    assert raw(head + b"Content-Length: 1000\r\n\r\n{\"inst", read=False) == b""  # hangs up
+    assert raw(head + b"\r\n").startswith(b"HTTP/1.1 400")  # no Content-Length
+    answer = raw(b"garbage\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b'{"error": ' in answer
+    assert raw(head + b"Content-Length: 2\r\n\r\n{}").startswith(b"HTTP/1.1 400")
+    assert http(server.rest_port, "/v1/models/tiny:predict", {"instances": ["ok"]})[0] == 200
+    text = http(server.rest_port, "/monitoring/prometheus/metrics")[1]
+    assert 'status="INTERNAL"' not in text
+
+
 def test_malformed_grpc_requests(server, stub):
     code = grpc.StatusCode
 
