@@ -51,7 +51,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import layout
 from serving.batching import Batcher
+from serving.grpc_service import add_services
 from serving.metrics import Metrics
+from serving.rest import make_http_server
 from serving.signatures import RequestError, Signature, one_line
 
 log = logging.getLogger("serving.server")
@@ -259,13 +261,11 @@ class ModelServer:
                 futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
                 options=[("grpc.max_receive_message_length", self.max_request_bytes),
                          ("grpc.so_reuseport", 0)])
-            from serving.grpc_service import add_services
             add_services(self, self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
             self._grpc.start()
             log.info("gRPC API on %s:%d", self.host, self.grpc_port)
         if self.rest_port is not None:
-            from serving.rest import make_http_server
             self._http = make_http_server(self, self.rest_host, self.rest_port)
             self.rest_port = self._http.server_address[1]
             self._threads.append(threading.Thread(target=self._http.serve_forever,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import numpy as np
 import tensorflow as tf
 
