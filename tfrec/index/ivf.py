@@ -1,24 +1,30 @@
 """Inverted-file (IVF) approximate retrieval in pure TensorFlow.
 
-Build: k-means (``tfrec.index.kmeans``, numpy, deterministic per ``seed``)
-splits the catalog into ``num_partitions`` partitions; items are stored sorted
-by partition, so partition ``p`` is the contiguous row range
-``offsets[p]:offsets[p + 1]`` (no padding, so unbalanced partitions cost
-nothing extra).
+Build (numpy, deterministic per ``seed``): k-means (``tfrec.index.kmeans``)
+splits the catalog into ``num_partitions`` (default ~sqrt(N)) partitions.
+Each partition is stored as whole blocks of ``BLOCK_SIZE`` items, transposed
+to ``[dim, BLOCK_SIZE]`` and zero-padded (``tfrec.index.ivf_build``). Unless
+``nprobe`` is given, it is calibrated: the smallest number of probed
+partitions that reaches ``target_recall`` (default 0.95) recall@k on sample
+queries (``calibration_queries``, or catalog items standing in for queries).
 
 Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
-partitions, gather their members' rows (a ragged range per probed partition,
-padded per batch to ``[B, M]`` with ``-1``), score them exactly and keep the
-top ``k``. Cost per query is ``O(P * d + M * d)`` with ``M ~ nprobe * N / P``
-instead of ``O(N * d)``.
+partitions, gather their blocks (a ragged range of block ids per probed
+partition, padded per batch with an all-padding sentinel block), score them
+exactly with one small GEMV per (query, block), mask padding and keep the top
+``k``. Cost per query is ``O(P * d + M * d)`` for ``M ~ nprobe * N / P``
+scanned items instead of ``O(N * d)``.
 
-Only core TF ops (MatMul, TopKV2, GatherV2, RaggedRange, If, ...) are used, so
-a SavedModel holding this index runs on stock TensorFlow Serving.
+Only core TF ops (MatMul, BatchMatMulV2, TopKV2, GatherV2, RaggedRange, If,
+...) are used, so a SavedModel holding this index runs on stock TensorFlow
+Serving.
 
 Usage::
 
-    index = IVFIndex(item_embeddings, item_ids, k=10, nprobe=16)
+    index = IVFIndex(item_embeddings, item_ids, k=10)              # calibrated nprobe
+    index = IVFIndex(item_embeddings, item_ids, k=10, nprobe=16)   # fixed nprobe
     scores, ids = index.search(query_embeddings, exclude_item_ids=seen)
+    index.params()["nprobe"], index.params()["calibrated_recall"]
 
 Guarantee: every search returns ``k' = min(k, num_items)`` results. If the
 probed partitions hold fewer than ``k'`` usable (non-excluded) items for a
@@ -33,70 +39,19 @@ from __future__ import annotations
 
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfrec.index import base, kmeans
+from tfrec.index import base, ivf_build, kmeans
+from tfrec.index.ivf_build import default_num_partitions  # noqa: F401  (re-export)
 
 # Lloyd iterations at build time; partition quality barely moves after ~10.
 KMEANS_ITERATIONS = 10
 # Items per storage block. Partitions are padded to whole blocks (~L/2 wasted
 # slots per partition); smaller blocks waste less but add per-block overhead.
 BLOCK_SIZE = 64
-
-
-def _pack_blocks(
-    embeddings: np.ndarray, labels: np.ndarray, sizes: np.ndarray, block_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lays partitions out as transposed, padded blocks.
-
-    Returns:
-      blocks: float32 ``[num_blocks + 1, dim, block_size]`` (block ``b`` holds
-        up to ``block_size`` items of one partition, one per column; padding
-        columns are 0; the extra last block is all padding).
-      block_rows: int32 ``[num_blocks + 1, block_size]``: position of each
-        column's item in partition order, -1 for padding.
-      block_offsets: int64 ``[P + 1]``: partition ``p`` owns blocks
-        ``block_offsets[p]:block_offsets[p + 1]``.
-      order: int64 ``[num_items]``: catalog row of the item at each position
-        in partition order.
-    """
-    num_items, dim = embeddings.shape
-    # Stable sort keeps catalog order inside a partition: deterministic.
-    order = np.argsort(labels, kind="stable")
-    blocks_per_partition = -(-sizes // block_size)
-    block_offsets = np.concatenate([[0], np.cumsum(blocks_per_partition)]).astype(np.int64)
-    num_blocks = int(block_offsets[-1])
-    item_offsets = np.concatenate([[0], np.cumsum(sizes)])
-    # Slot of each item (in partition order) in the flattened [num_blocks * L] layout.
-    position = np.arange(num_items)
-    partition = labels[order]
-    slot = block_offsets[partition] * block_size + (position - item_offsets[partition])
-    block_rows = np.full((num_blocks + 1) * block_size, -1, dtype=np.int32)
-    block_rows[slot] = position
-    flat = np.zeros(((num_blocks + 1) * block_size, dim), dtype=np.float32)
-    flat[slot] = embeddings[order]
-    blocks = np.ascontiguousarray(flat.reshape(num_blocks + 1, block_size, dim).transpose(0, 2, 1))
-    return blocks, block_rows.reshape(num_blocks + 1, block_size), block_offsets, order
-
-
-def default_num_partitions(num_items: int) -> int:
-    """About ``sqrt(N)`` partitions (the usual IVF balance between centroid
-    scoring, ``O(P)``, and member scoring, ``O(N / P)``), at least 1."""
-    return max(1, int(round(math.sqrt(num_items))))
-
-
-def default_nprobe(num_partitions: int) -> int:
-    """~1% of the partitions, at least 8 (never more than all of them).
-
-    On the clustered benchmark data (bench/index.py) this gives recall@10
-    around 0.95-1.0 while scanning ~1-2% of the catalog; raise it for more
-    recall, lower it for speed.
-    """
-    return min(num_partitions, max(8, int(math.ceil(0.01 * num_partitions))))
 
 
 class IVFIndex(tf.Module):
@@ -108,9 +63,14 @@ class IVFIndex(tf.Module):
       k: results per query; searches return ``k' = min(k, num_items)``.
       num_partitions: k-means partitions ``P``; default ``~sqrt(num_items)``,
         clamped to ``[1, num_items]``.
-      nprobe: partitions scanned per query; default ``default_nprobe(P)``,
-        clamped to ``[1, P]``. ``nprobe == P`` is exact search.
-      seed: k-means sampling/seeding seed (build is deterministic per seed).
+      nprobe: partitions scanned per query, clamped to ``[1, P]``;
+        ``nprobe == P`` is exact search. Default: calibrated to
+        ``target_recall``.
+      target_recall: recall@k the calibrated ``nprobe`` must reach on the
+        calibration queries (ignored when ``nprobe`` is given).
+      calibration_queries: optional float32 ``[Q, dim]`` representative
+        queries for calibration; default: 256 catalog items.
+      seed: k-means and calibration sampling seed (build is deterministic).
       name: ``tf.Module`` name.
     """
 
@@ -123,6 +83,8 @@ class IVFIndex(tf.Module):
         k: int,
         num_partitions: int | None = None,
         nprobe: int | None = None,
+        target_recall: float = 0.95,
+        calibration_queries: np.ndarray | tf.Tensor | None = None,
         seed: int = 0,
         name: str | None = None,
     ):
@@ -135,9 +97,8 @@ class IVFIndex(tf.Module):
         if num_partitions is None:
             num_partitions = default_num_partitions(self.num_items)
         self.num_partitions = int(min(max(1, num_partitions), self.num_items))
-        if nprobe is None:
-            nprobe = default_nprobe(self.num_partitions)
-        self.nprobe = int(min(max(1, nprobe), self.num_partitions))
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
         self.seed = int(seed)
 
         centroids = kmeans.kmeans(embeddings, self.num_partitions, KMEANS_ITERATIONS, seed=self.seed)
@@ -145,7 +106,21 @@ class IVFIndex(tf.Module):
         sizes = np.bincount(labels, minlength=self.num_partitions)
         self.max_partition_size = int(sizes.max())
         self.empty_partitions = int((sizes == 0).sum())
-        blocks, block_rows, block_offsets, order = _pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
+        if nprobe is None:
+            if calibration_queries is not None:
+                calibration_queries = base.as_embeddings(calibration_queries)
+                if calibration_queries.shape[1] != self.dim:
+                    raise ValueError(
+                        f"calibration_queries have dim {calibration_queries.shape[1]}, items have {self.dim}"
+                    )
+            nprobe, self.calibrated_recall = ivf_build.calibrate_nprobe(
+                embeddings, centroids, labels, self.k_out, target_recall, calibration_queries, seed=self.seed
+            )
+            self.target_recall: float | None = float(target_recall)
+        else:
+            self.target_recall, self.calibrated_recall = None, None
+        self.nprobe = int(min(max(1, nprobe), self.num_partitions))
+        blocks, block_rows, block_offsets, order = ivf_build.pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
         self.num_blocks = int(block_offsets[-1])
 
         self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
@@ -245,6 +220,8 @@ class IVFIndex(tf.Module):
                 "dim": self.dim,
                 "num_partitions": self.num_partitions,
                 "nprobe": self.nprobe,
+                "target_recall": self.target_recall,
+                "calibrated_recall": self.calibrated_recall,
                 "seed": self.seed,
                 "kmeans_iterations": KMEANS_ITERATIONS,
                 "max_partition_size": self.max_partition_size,

@@ -5,6 +5,7 @@ import tfrec  # noqa: F401
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfrec.index import BruteForceIndex, IVFIndex, recall_against_exact
@@ -22,10 +23,22 @@ def test_probing_all_partitions_is_exact(helpers):
 
 def test_recall_high_on_clustered_data(clustered_data):
     items, ids, queries = clustered_data
-    index = IVFIndex(items, ids, k=10)  # defaults: ~sqrt(N)=63 partitions, nprobe 8
-    assert index.num_partitions == 63 and index.nprobe == 8
+    index = IVFIndex(items, ids, k=10)  # defaults: ~sqrt(N)=63 partitions, nprobe calibrated to 0.95
+    assert index.num_partitions == 63 and 1 <= index.nprobe < 63
+    assert index.calibrated_recall >= 0.95
     recall = recall_against_exact(index, BruteForceIndex(items, ids, k=10), queries, k=10)
     assert recall >= 0.9, recall
+
+
+@pytest.mark.parametrize("target", [0.8, 1.0])
+def test_calibration_on_the_served_queries_hits_target(clustered_data, target):
+    # Calibrating on the very queries we measure makes the estimate exact.
+    items, ids, queries = clustered_data
+    index = IVFIndex(items, ids, k=10, num_partitions=100, target_recall=target, calibration_queries=queries)
+    recall = recall_against_exact(index, BruteForceIndex(items, ids, k=10), queries, k=10)
+    assert recall >= target - 1e-6 and abs(recall - index.calibrated_recall) < 0.01, (recall, index.params())
+    if target < 1.0:
+        assert index.nprobe < 100
 
 
 def test_low_nprobe_is_approximate(clustered_data):
@@ -63,4 +76,7 @@ def test_deterministic_and_params(helpers):
     np.testing.assert_array_equal(a.centroids.numpy(), b.centroids.numpy())
     np.testing.assert_array_equal(a.block_offsets.numpy(), b.block_offsets.numpy())
     params = json.loads(json.dumps(a.params()))
-    assert params["kind"] == "ivf" and params["num_partitions"] == 35 and params["nprobe"] == 8
+    assert params["kind"] == "ivf" and params["num_partitions"] == 35 and a.nprobe == b.nprobe
+    assert params["target_recall"] == 0.95 and params["calibrated_recall"] >= 0.95
+    fixed = IVFIndex(items, ids, k=5, nprobe=3).params()
+    assert fixed["nprobe"] == 3 and fixed["calibrated_recall"] is None
