@@ -16,7 +16,9 @@ matrix), drops it, reloads it (``tfrec.index.load_saved_model``) and measures,
 through the loaded ``serving_default`` signature:
 
 * recall@10 of the index's top-10 against the loaded brute-force top-10;
-* queries/sec at batch 1 and at batch 64 (no exclusions, warm-up first).
+* queries/sec at batch 1 and at batch 64 (no exclusions, warm-up first),
+  timed in interleaved rounds across the indexes, best round kept, so that
+  other load on the machine hits every index alike.
 
 It prints one detail line per index and then, for the approximate ones,
 exactly ``<kind>: recall@10=<r> speedup=<s>x`` where speedup = the index's
@@ -32,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,17 +71,32 @@ def make_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return items, ids, queries
 
 
-def queries_per_second(signature, queries: np.ndarray, batch: int, min_seconds: float, min_calls: int) -> float:
-    """Calls ``signature`` on consecutive query batches until both minimums are met."""
-    batches = [tf.constant(queries[i : i + batch]) for i in range(0, len(queries) - batch + 1, batch)]
-    no_exclusions = tf.zeros([batch, 0], tf.string)
-    for b in batches[:2]:  # warm-up: first calls trace/compile and fault pages in
-        signature(query_embeddings=b, exclude_item_ids=no_exclusions)
+def timed_calls(signature, batches: list[tf.Tensor], seconds: float, min_calls: int) -> float:
+    """Queries/sec of ``signature`` over consecutive ``batches`` for about ``seconds``."""
+    no_exclusions = tf.zeros([int(batches[0].shape[0]), 0], tf.string)
     calls, start = 0, time.perf_counter()
-    while calls < min_calls or time.perf_counter() - start < min_seconds:
+    while calls < min_calls or time.perf_counter() - start < seconds:
         signature(query_embeddings=batches[calls % len(batches)], exclude_item_ids=no_exclusions)
         calls += 1
-    return calls * batch / (time.perf_counter() - start)
+    return calls * int(batches[0].shape[0]) / (time.perf_counter() - start)
+
+
+def measure_throughput(
+    signatures: dict[str, Any], queries: np.ndarray, batch: int, seconds: float, rounds: int
+) -> dict[str, float]:
+    """Best queries/sec per index at one batch size, rounds interleaved across indexes.
+
+    Interleaving (brute force, ivf, scann, brute force, ...) and keeping each
+    index's best round makes the ratios robust to other load on the machine.
+    """
+    batches = [tf.constant(queries[i : i + batch]) for i in range(0, len(queries) - batch + 1, batch)]
+    for signature in signatures.values():  # warm-up: first calls fault pages in
+        timed_calls(signature, batches, 0.0, 2)
+    best = {kind: 0.0 for kind in signatures}
+    for _ in range(rounds):
+        for kind, signature in signatures.items():
+            best[kind] = max(best[kind], timed_calls(signature, batches, seconds / rounds, 3))
+    return best
 
 
 class _SignatureSearch:
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scann-leaves", type=int)
     parser.add_argument("--scann-leaves-to-search", type=int)
     parser.add_argument("--scann-reorder", type=int)
-    parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing per (index, batch size)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing per (index, batch size), all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds (best one is kept)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if kinds[0] != "brute_force":
@@ -132,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         f"unit centres, sigma={args.sigma}, unit-normalised ({time.perf_counter() - t0:.1f}s)",
         flush=True,
     )
-    print(f"tf {tf.__version__}, {os.cpu_count()} cpus, k={K}", flush=True)
+    print(f"tf {tf.__version__}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}, k={K}", flush=True)
 
-    results: dict[str, dict] = {}
-    exact = None
+    signatures: dict[str, Any] = {}
+    recalls: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="tfrec_bench_index_") as tmp:
         for kind in kinds:
             t0 = time.perf_counter()
@@ -151,33 +170,28 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             loaded = index_lib.load_saved_model(path)
             load_s = time.perf_counter() - t0
-            signature = loaded.signatures["serving_default"]
-            search = _SignatureSearch(signature)
-            if exact is None:
-                exact = search  # keeps the loaded brute force alive as the reference
-            recall = index_lib.recall_against_exact(search, exact, queries, k=K)
-            qps1 = queries_per_second(signature, queries, 1, args.seconds, 20)
-            qps64 = queries_per_second(signature, queries, 64, args.seconds, 5)
-            results[kind] = {"recall": recall, "qps1": qps1, "qps64": qps64}
+            signatures[kind] = loaded.signatures["serving_default"]
+            recalls[kind] = index_lib.recall_against_exact(
+                _SignatureSearch(signatures[kind]), _SignatureSearch(signatures["brute_force"]), queries, k=K
+            )
             print(
-                f"[{kind}] build={build_s:.1f}s save={save_s:.1f}s load={load_s:.1f}s recall@{K}={recall:.3f} "
-                f"qps@batch1={qps1:.0f} qps@batch64={qps64:.0f}"
+                f"[{kind}] build={build_s:.1f}s save={save_s:.1f}s load={load_s:.1f}s recall@{K}={recalls[kind]:.3f}"
                 + (f" note={note!r}" if note else "")
                 + f" params={json.dumps(params)}",
                 flush=True,
             )
+        qps1 = measure_throughput(signatures, queries, 1, args.seconds, args.rounds)
+        qps64 = measure_throughput(signatures, queries, 64, args.seconds, args.rounds)
 
-    base = results["brute_force"]
+    print(f"timing done, load average {os.getloadavg()[0]:.1f}", flush=True)
+    for kind in kinds:
+        print(f"  {kind}: queries/sec batch1={qps1[kind]:.0f} batch64={qps64[kind]:.0f}", flush=True)
     for kind in kinds[1:]:
-        r = results[kind]
+        print(f"  {kind}: speedup at batch 1 = {qps1[kind] / qps1['brute_force']:.1f}x", flush=True)
+    for kind in kinds[1:]:
         print(
-            f"  {kind}: speedup at batch 1 = {r['qps1'] / base['qps1']:.1f}x "
-            f"({r['qps1']:.0f} vs {base['qps1']:.0f} q/s)",
-            flush=True,
+            f"{kind}: recall@10={recalls[kind]:.3f} speedup={qps64[kind] / qps64['brute_force']:.1f}x", flush=True
         )
-    for kind in kinds[1:]:
-        r = results[kind]
-        print(f"{kind}: recall@10={r['recall']:.3f} speedup={r['qps64'] / base['qps64']:.1f}x", flush=True)
     return 0
 
 
