@@ -143,7 +143,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_base_path", help="a real export's EXPORT/<model_name>")
     p.add_argument("--model_name", default="tiny")
-    p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     if args.model_base_path:
