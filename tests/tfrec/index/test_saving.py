@@ -68,3 +68,30 @@ def test_search_module_round_trip(clustered_data, tmp_path):
     np.testing.assert_array_equal(got, want)
     assert index_lib.save_options_for(index) is None
     assert index_lib.SAVE_OPTIONS.namespace_whitelist == ["Scann"]
+
+
+def _saved_ops(path) -> set[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+@pytest.mark.parametrize("kind", ["brute_force", "ivf"])
+def test_core_indexes_use_only_core_ops(kind, clustered_data, tmp_path):
+    # Stock TF Serving has exactly TF's own kernels: every op must be in tf.raw_ops.
+    items, ids, _ = clustered_data
+    index_lib.save(_build(kind, items, ids), tmp_path)
+    ops = _saved_ops(tmp_path)
+    assert "MatMul" in ops and not {op for op in ops if not hasattr(tf.raw_ops, op)}
+
+
+def test_scann_saved_model_needs_scann_ops(clustered_data, tmp_path):
+    items, ids, _ = clustered_data
+    index_lib.save(_build("scann", items, ids), tmp_path)
+    assert any(op.startswith("Scann>") for op in _saved_ops(tmp_path))
