@@ -404,6 +404,8 @@ def validate(cfg: Config) -> Config:
     _one_of(x.index, "export.index", ("brute_force", "ivf", "scann", "all"))
     _check(0.0 <= x.min_recall <= 1.0, "export.min_recall", "must be in [0, 1]")
     _one_of(cfg.runtime.strategy, "runtime.strategy", ("auto", "default", "mirrored", "multi_worker", "tpu"))
+    _check(not (cfg.runtime.strategy == "tpu" and t.mixed_precision == "mixed_float16"), "train.mixed_precision",
+           "TPUs compute in bfloat16: use mixed_bfloat16 (mixed_float16 needs loss scaling, which TPUs do not support)")
     return cfg
 
 

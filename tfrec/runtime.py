@@ -56,12 +56,40 @@ def make_strategy(cfg: RuntimeConfig) -> tf.distribute.Strategy:
     return strategy
 
 
+def kind(strategy: tf.distribute.Strategy) -> str:
+    """``tpu``, ``multi_worker``, ``mirrored`` or ``default`` for a strategy object."""
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return "tpu"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default"
+
+
+def set_precision(policy: str) -> None:
+    """Sets the Keras global dtype policy (``train.mixed_precision``; ``none`` = float32).
+
+    Layers take the policy in force when they are built, so :func:`trainer.task.train`
+    sets it just before building the model and puts float32 back right after:
+    evaluation, baselines and export layers stay float32. Towers cast their outputs,
+    and the retrieval task its logits and loss, to float32.
+    """
+    tf.keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
+
+
+def host_preprocessing(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+    """Whether strings must become ints in the host's tf.data pipeline (TPUs have no string ops;
+    XLA compiles no tokeniser or lookup table)."""
+    return jit_compile or kind(strategy) == "tpu"
+
+
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief worker."""
     task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
     if not task:
         return True
-    if task.get("type") == "chief":
+    if task.get("type") in ("chief", "master"):  # "master": AI Platform's name for the chief
         return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not {"chief", "master"} & set(cluster)

@@ -36,12 +36,23 @@ class RetrievalTask(tf.keras.layers.Layer):
     def __init__(self, temperature: float = 0.05, logq_correction: bool = True, remove_accidental_hits: bool = True,
                  num_hard_negatives: int | None = None, batch_metric_ks: tuple[int, ...] = (10,),
                  cross_replica_negatives: bool = False, **kwargs):
+        # Logits, softmax and loss in float32 under any mixed-precision policy: a float32 layer does not
+        # cast its inputs down, and the TFRS task inside is built under a float32 policy too.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.cross_replica_negatives = cross_replica_negatives
         self.temperature, self.logq_correction = temperature, logq_correction
         self.remove_accidental_hits, self.num_hard_negatives = remove_accidental_hits, num_hard_negatives
         self.batch_metric_ks = tuple(batch_metric_ks)
-        self.task = tfrs.tasks.Retrieval(
+        policy = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy("float32")
+        try:
+            self.task = self._make_task(temperature, num_hard_negatives, remove_accidental_hits)
+        finally:
+            tf.keras.mixed_precision.set_global_policy(policy)
+
+    def _make_task(self, temperature, num_hard_negatives, remove_accidental_hits) -> tfrs.tasks.Retrieval:
+        return tfrs.tasks.Retrieval(
             # Per-example losses: the average is taken over the *global* batch
             # below, so N replicas at batch B equal one replica at batch N*B.
             loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
@@ -83,16 +94,20 @@ class RetrievalTask(tf.keras.layers.Layer):
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync == 1:
             return items, ids, probability
-        sizes = ctx.all_gather(tf.shape(items)[:1], axis=0)  # per-replica batch sizes (may differ)
+        # tf.identity: an input pipeline's tensor may carry no device, which the multi-worker gather rejects.
+        def gather(t):
+            return ctx.all_gather(tf.identity(t), axis=0)
+
+        sizes = gather(tf.shape(items)[:1])  # per-replica batch sizes (may differ)
         shift = -tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
-        items = tf.roll(ctx.all_gather(items, axis=0), shift, axis=0)  # differentiable
+        items = tf.roll(gather(items), shift, axis=0)  # differentiable
         if self.remove_accidental_hits:
             # Collectives carry no strings; ids are only compared for equality.
             if ids.dtype == tf.string:
                 ids = tf.strings.to_hash_bucket_fast(ids, 2**62)
-            ids = tf.roll(ctx.all_gather(ids, axis=0), shift, axis=0)
+            ids = tf.roll(gather(ids), shift, axis=0)
         if self.logq_correction and probability is not None:
-            probability = tf.roll(ctx.all_gather(tf.cast(probability, tf.float32), axis=0), shift, axis=0)
+            probability = tf.roll(gather(tf.cast(probability, tf.float32)), shift, axis=0)
         return items, ids, probability
 
     def get_config(self) -> dict:

@@ -7,6 +7,14 @@ Feature names (all tensors have a leading batch dimension):
 * ``item_id``: string [batch]; ``item_text``: string [batch] or
   ``item_text_encoding``: float32 [batch, hidden]; ``item_<column>``: string
   [batch] per categorical column.
+
+Host-preprocessed form (TPUs have no string ops, XLA compiles no lookups):
+:func:`host_features`, run inside ``tf.data`` on the host, replaces
+``query_text`` / ``item_text`` with ``query_input_ids`` + ``query_attention_mask``
+/ ``item_input_ids`` + ``item_attention_mask`` (int32 [batch, max_length]) and
+``item_id`` / ``item_<column>`` with their int64 lookup indices (the rows the
+towers' own ``StringLookup`` layers give), so the model sees fixed-shape ints
+only. The towers accept either form; exported SavedModels take raw strings.
 """
 
 from __future__ import annotations
@@ -35,7 +43,43 @@ def _l2(x: tf.Tensor) -> tf.Tensor:
 def _encode(encoder: BertTextEncoder, features: dict, name: str, training: bool) -> tf.Tensor:
     if f"{name}_encoding" in features:
         return features[f"{name}_encoding"]
+    prefix = name[: -len("_text")]
+    if f"{prefix}_input_ids" in features:  # tokenised on the host (host_features)
+        return encoder({"input_ids": features[f"{prefix}_input_ids"],
+                        "attention_mask": features[f"{prefix}_attention_mask"]}, training=training)
     return encoder(features[name], training=training)
+
+
+def _embed_ids(layer: IdEmbedding, values: tf.Tensor) -> tf.Tensor:
+    """Strings, or their lookup indices already computed on the host (:func:`host_features`)."""
+    if values.dtype.is_integer:
+        return layer.embedding(tf.reshape(values, [-1]))
+    return layer(values)
+
+
+def host_features(query_tower: "QueryTower", item_tower: "ItemTower", features: dict) -> dict:
+    """String features -> fixed-shape int tensors, for ``tf.data.Dataset.map`` on the host.
+
+    ``query_text`` / ``item_text`` -> ``<query|item>_input_ids`` and
+    ``<query|item>_attention_mask`` int32 [batch, max_length]; ``item_id`` and
+    ``item_<column>`` -> int64 [batch] lookup indices. Other features (cached
+    encodings, probabilities, labels) pass through unchanged.
+    """
+    out = dict(features)
+    for name, encoder in (("query_text", query_tower.encoder), ("item_text", item_tower.text_encoder)):
+        if name in out and encoder is not None:
+            ids, mask = encoder.tokenize(out.pop(name))
+            prefix = name[: -len("_text")]
+            out[f"{prefix}_input_ids"], out[f"{prefix}_attention_mask"] = ids, mask
+    layers = dict({f"item_{c}": layer for c, layer in item_tower.categorical.items()})
+    if item_tower.id_embedding is not None:
+        layers["item_id"] = item_tower.id_embedding
+    for key, layer in layers.items():
+        if key in out and out[key].dtype == tf.string:
+            out[key] = layer.lookup(tf.reshape(out[key], [-1]))
+    if "item_id" in out and out["item_id"].dtype == tf.string:  # no id embedding: ids only for accidental hits
+        out["item_id"] = tf.strings.to_hash_bucket_fast(out["item_id"], 2**62)
+    return out
 
 
 class QueryTower(tf.keras.layers.Layer):
@@ -101,11 +145,11 @@ class ItemTower(tf.keras.layers.Layer):
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         parts = []
         if self.id_embedding is not None:
-            parts.append(self.id_embedding(features["item_id"]))
+            parts.append(_embed_ids(self.id_embedding, features["item_id"]))
         if self.text_encoder is not None:
             parts.append(_encode(self.text_encoder, features, "item_text", training))
         for col, layer in self.categorical.items():
-            parts.append(layer(features[f"item_{col}"]))
+            parts.append(_embed_ids(layer, features[f"item_{col}"]))
         fused = tf.concat([tf.cast(p, tf.float32) for p in parts], axis=-1)
         return _l2(self.head(fused, training=training))
 

@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +30,24 @@ log = logging.getLogger("tfrec")
 
 
 def train(cfg: config_lib.Config, job_dir: str) -> dict:
-    """Trains, evaluates and exports one run; returns the ``eval.json`` content."""
+    """Trains, evaluates and exports one run; returns the ``eval.json`` content.
+
+    Under ``runtime.strategy=multi_worker`` a non-chief worker runs every
+    training step with the others (collective ops need all workers) but writes
+    its checkpoints, TensorBoard logs and data into a temporary folder deleted
+    at the end; evaluation, ``eval.json`` and the export are the chief's (a
+    non-chief returns ``{}``).
+    """
+    from tfrec import runtime
+
+    if runtime.is_chief():
+        return _train(cfg, job_dir, None)
+    with tempfile.TemporaryDirectory(prefix="tfrec-worker-") as scratch:
+        log.info("non-chief worker: writing to %s (deleted at the end)", scratch)
+        return _train(cfg, job_dir, Path(scratch))
+
+
+def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -48,13 +67,17 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
     strategy = runtime.make_strategy(cfg.runtime)
 
     # --- input ---------------------------------------------------------------
-    data = dataset.load(cfg.data, base_dir=str(job))
+    data = dataset.load(cfg.data, base_dir=str(scratch or job))
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
     item_probability = data.item_probability()
 
     # --- model ---------------------------------------------------------------
-    with strategy.scope():
-        model = build_model(cfg, data.catalog)
+    runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
+    try:
+        with strategy.scope():
+            model = build_model(cfg, data.catalog)
+    finally:
+        runtime.set_precision("none")
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
     cache = cfg.train.cache_frozen_encoders
     query_cache = item_cache = None
@@ -71,8 +94,16 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
     steps = math.ceil(len(data.train) / batch)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
+    strategy_kind = runtime.kind(strategy)
     train_ds = pipeline.make_dataset(train_features, batch, shuffle=True, seed=cfg.train.seed,
-                                     drop_remainder=len(data.train) >= 2 * batch, repeat=True)
+                                     drop_remainder=len(data.train) >= 2 * batch
+                                     or strategy_kind in ("tpu", "multi_worker"), repeat=True)
+    if runtime.host_preprocessing(strategy, cfg.train.jit_compile):
+        from tfrec.towers import host_features
+
+        # Tokenise and look ids up in the host's input pipeline: the model sees fixed-shape ints only.
+        train_ds = train_ds.map(lambda f: host_features(model.query_tower, model.item_tower, f),
+                                num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
 
     def embed_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -83,19 +114,29 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
         q, items = embed_split("validation")
         return evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
 
+    loss_scaled = cfg.train.mixed_precision == "mixed_float16"  # bfloat16 needs no loss scaling
     with strategy.scope():
         head_opt = training.make_optimizer(cfg.train.learning_rate, steps * cfg.train.epochs,
                                            cfg.train.warmup_fraction, cfg.train.weight_decay, "head_adamw")
-        model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution)
+        if loss_scaled:
+            head_opt = tf.keras.mixed_precision.LossScaleOptimizer(head_opt)
+        model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution,
+                      jit_compile=cfg.train.jit_compile)
         if not query_encoder.frozen or (item_encoder is not None and not item_encoder.frozen):
             model.encoder_optimizer = training.make_optimizer(
                 cfg.train.encoder_learning_rate, steps * cfg.train.epochs, cfg.train.warmup_fraction,
                 cfg.train.weight_decay, "encoder_adamw")
+            if loss_scaled:
+                model.encoder_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(model.encoder_optimizer)
         sample = next(iter(pipeline.make_dataset(train_features, 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
     # --- train ---------------------------------------------------------------
-    ckpt_dir = job / "checkpoints" if chief else Path(job / f".worker-{os.getpid()}")
+    ckpt_dir = job / "checkpoints"
+    if not chief:  # saving runs collective ops on every worker: a private copy, resuming like the chief
+        ckpt_dir = scratch / "checkpoints"
+        if (job / "checkpoints").is_dir():
+            shutil.copytree(job / "checkpoints", ckpt_dir)
     state_objects = {"model": model, "optimizer": head_opt}
     if model.encoder_optimizer is not None:
         state_objects["encoder_optimizer"] = model.encoder_optimizer
@@ -108,7 +149,8 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
         log.info("resume: restored epoch %d from %s", initial_epoch, saver.manager.latest_checkpoint)
     callbacks = [training.ValidationMetrics(validation_metrics), training.LearningRateLogger(), saver,
                  training.EpochLog(cfg.train.epochs),
-                 tf.keras.callbacks.TensorBoard(str(job / "tensorboard"), write_graph=False, profile_batch=0)]
+                 tf.keras.callbacks.TensorBoard(str((scratch or job) / "tensorboard"), write_graph=False,
+                                                profile_batch=0)]
     if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
         log.info("train: %d examples, %d steps/epoch, up to %d epochs", len(data.train), steps, cfg.train.epochs)
         model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
@@ -118,6 +160,8 @@ def train(cfg: config_lib.Config, job_dir: str) -> dict:
     model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
     log.info("train: kept epoch %d (val %s=%.4f)", saver.state["best_epoch"] + 1, cfg.train.early_stopping_metric,
              saver.state["best"])
+    if not chief:
+        return {}  # evaluation, eval.json and the export are the chief's
 
     # --- evaluate ------------------------------------------------------------
     q, item_embeddings = embed_split("test")

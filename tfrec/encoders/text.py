@@ -140,8 +140,15 @@ class BertTextEncoder(tf.keras.layers.Layer):
         mask = tf.cast(attention_mask, hidden.dtype)[:, :, None]
         return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
-    def call(self, texts: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Strings [batch] -> float32 [batch, hidden_size]."""
+    def call(self, texts, training: bool = False) -> tf.Tensor:
+        """Strings [batch] -> float32 [batch, hidden_size].
+
+        ``texts`` may instead be ``{"input_ids": ..., "attention_mask": ...}``,
+        int32 [batch, length] from :meth:`tokenize` run earlier (in the host's
+        ``tf.data`` pipeline for TPUs and XLA): the same result, no string ops.
+        """
+        if isinstance(texts, dict):
+            return self.encode_tokens(texts["input_ids"], texts["attention_mask"], training=training)
         ids, mask = self.tokenize(texts)
         return self.encode_tokens(ids, mask, training=training)
 
