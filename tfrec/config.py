@@ -9,8 +9,10 @@ The resolved tree is written to ``JOB_DIR/params.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -202,7 +204,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(key, f"expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(key, f"expected a number, got {value!r}")
     if tp is str:
@@ -221,7 +230,9 @@ def merge(cfg: Any, overrides: dict, prefix: str = "") -> None:
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(dotted, f"unknown key (known: {', '.join(sorted(names))})")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(dotted, f"unknown key; {hint}(known: {', '.join(sorted(names))})")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
             merge(current, value, dotted + ".")
@@ -389,6 +400,8 @@ def validate(cfg: Config) -> Config:
     _check(t.steps_per_execution >= 1, "train.steps_per_execution", "must be >= 1")
     if t.max_steps_per_epoch is not None:
         _check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1 or null")
+    if t.checkpoint_every_steps is not None:
+        _check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1 or null")
     _one_of(t.mixed_precision, "train.mixed_precision", ("none", "mixed_float16", "mixed_bfloat16"))
     metric = t.early_stopping_metric
     _check(metric.split("@")[0] in ("recall", "ndcg") and metric.split("@")[-1].isdigit(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -98,48 +99,150 @@ class EpochLog(tf.keras.callbacks.Callback):
 
 
 class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
-    """Saves the latest state every epoch, keeps the best epoch's weights, stops early.
+    """Saves the latest state every epoch (and every ``every_steps`` steps), keeps the best epoch's weights,
+    stops early.
 
-    ``JOB_DIR/checkpoints/`` holds ``latest`` (model and optimisers, for resume),
-    ``best`` (model weights of the best epoch by ``monitor``) and ``state.json``
-    (epoch, best value, patience counter), written last and atomically so a run
-    killed mid-save resumes from the previous complete epoch.
+    ``JOB_DIR/checkpoints/`` holds ``latest`` (model and optimisers, for resume;
+    ``ckpt-<global step>``), ``best`` (model weights of the best epoch by
+    ``monitor``, swapped in whole by renames) and ``state.json`` (epoch, batches
+    done in the next epoch, the checkpoint to resume from, best value, patience
+    counter), written last and atomically: a run killed at any moment, or whose
+    disk fills up, resumes from the last complete checkpoint that
+    ``state.json`` names, never from a half-written one.
+
+    Args:
+      directory: the checkpoints folder.
+      checkpoint: a ``tf.train.Checkpoint`` of the model and optimisers.
+      monitor: the epoch log key to maximise (``val_recall@10``).
+      patience: epochs without improvement before stopping.
+      every_steps: also save every this many training steps inside an epoch
+        (``train.checkpoint_every_steps``); None = at epoch ends only.
     """
 
-    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, monitor: str, patience: int):
+    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, monitor: str, patience: int,
+                 every_steps: int | None = None):
         super().__init__()
         self.directory, self.monitor, self.patience = Path(directory), monitor, patience
+        self.every_steps = every_steps
         self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory / "latest"), max_to_keep=2)
         self.state = read_state(directory) or {"epoch": -1, "best": -np.inf, "best_epoch": -1, "wait": 0,
                                                "stopped": False}
+        self.state.setdefault("batch", 0)  # batches of epoch `epoch + 1` inside the latest checkpoint
+        self._recover_best()
+        self._epoch, self._first_batch, self._first_iteration, self._saved_batch = 0, 0, 0, 0
+
+    # -- resume -------------------------------------------------------------------------------------------
+    def resume_path(self) -> str | None:
+        """The checkpoint to restore: the one ``state.json`` names (complete by construction), or None."""
+        if self.state["epoch"] < 0 and not self.state["batch"]:
+            return None
+        name = self.state.get("checkpoint")
+        path = str(self.directory / name) if name else self.manager.latest_checkpoint  # older state.json
+        if not path or not tf.io.gfile.exists(path + ".index"):
+            from tfrec.errors import UserError
+
+            raise UserError(f"{self.directory}: state.json names checkpoint '{name}', which is missing; "
+                            "delete the checkpoints folder to start over")
+        return path
+
+    def _recover_best(self) -> None:
+        """Finishes or undoes a best-weights swap that a kill interrupted."""
+        best, new, old = (self.directory / n for n in ("best", "best.new", "best.old"))
+        if not best.exists() and old.exists():
+            os.replace(old, best)  # killed between the two renames: the previous best is complete
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        marker = best / "best.json"
+        if marker.is_file():
+            saved = json.loads(marker.read_text())
+            if saved["epoch"] > self.state["best_epoch"]:
+                # Saved, then killed before state.json: those weights did reach that value; keep them as best.
+                self.state.update(best=saved["value"], best_epoch=saved["epoch"], wait=0)
+
+    # -- saving -------------------------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._first_batch = self.state["batch"] if epoch == self.state["epoch"] + 1 else 0
+        self._saved_batch = self._first_batch
+        self._first_iteration = (int(tf.keras.backend.get_value(self.model.optimizer.iterations))
+                                 if self.every_steps else 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.every_steps:
+            return
+        ran = int(tf.keras.backend.get_value(self.model.optimizer.iterations)) - self._first_iteration
+        done = self._first_batch + ran
+        if done - self._saved_batch >= self.every_steps and ran < self.params.get("steps", ran + 1):
+            self._save(epoch=self._epoch - 1, batch=done)  # the epoch end saves the last batch
+            self._saved_batch = done
+            log.info("checkpoint: epoch %d, batch %d (step %d)", self._epoch + 1, done,
+                     int(tf.keras.backend.get_value(self.model.optimizer.iterations)))
 
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {}).get(self.monitor, np.nan))
         improved = value > self.state["best"]
         if improved:
-            self.model.save_weights(str(self.directory / "best" / "weights"))
+            self._guard(self._save_best, epoch, value)
             self.state.update(best=value, best_epoch=epoch, wait=0)
         else:
             self.state["wait"] += 1
-        self.manager.save(checkpoint_number=epoch + 1)
-        self.state["epoch"] = epoch
         if self.state["wait"] > self.patience:
             self.state["stopped"] = True
             self.model.stop_training = True
             log.info("early stop: %s did not improve for %d epochs (best %.4f at epoch %d)", self.monitor,
                      self.state["wait"], self.state["best"], self.state["best_epoch"] + 1)
-        write_state(self.directory, self.state)
+        self._save(epoch=epoch, batch=0)
+
+    def _save(self, epoch: int, batch: int) -> None:
+        step = int(tf.keras.backend.get_value(self.model.optimizer.iterations))
+        path = self._guard(self.manager.save, checkpoint_number=step)
+        self.state.update(epoch=epoch, batch=batch, step=step,
+                          checkpoint=os.path.relpath(path, self.directory))
+        self._guard(write_state, self.directory, self.state)
+
+    def _save_best(self, epoch: int, value: float) -> None:
+        best, new, old = (self.directory / n for n in ("best", "best.new", "best.old"))
+        shutil.rmtree(new, ignore_errors=True)
+        self.model.save_weights(str(new / "weights"))
+        (new / "best.json").write_text(json.dumps({"epoch": epoch, "value": value}))
+        if best.exists():
+            os.replace(best, old)
+        os.replace(new, best)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _guard(self, fn, *args, **kwargs):
+        """Runs a write; a full disk or an unwritable folder becomes a one-line UserError."""
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, tf.errors.OpError) as e:
+            from tfrec.errors import UserError
+
+            reason = getattr(e, "strerror", None) or str(getattr(e, "message", e)).splitlines()[0]
+            kept = self.state.get("checkpoint") or "none yet"
+            raise UserError(f"{self.directory}: could not write a checkpoint ({reason}); the last complete one "
+                            f"({kept}) is kept: free space or fix permissions, then rerun the same command to "
+                            "resume") from None
 
 
 def read_state(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        from tfrec.errors import UserError
+
+        raise UserError(f"{path}: not valid JSON; delete the checkpoints folder to start over") from None
 
 
 def write_state(directory: str | os.PathLike, state: dict) -> None:
     path = Path(directory) / "state.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(state))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -12,6 +12,7 @@ one line on stderr (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -59,10 +60,13 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
     started = time.time()
     job = Path(job_dir)
     chief = runtime.is_chief()
-    job.mkdir(parents=True, exist_ok=True)
-    _check_job_dir(job, cfg)
-    if chief:
-        (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+        _check_job_dir(job, cfg)
+        if chief:
+            (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
+    except OSError as e:
+        raise UserError(f"{job}: cannot write the job dir ({e.strerror or e}); pick another --job-dir") from None
     tf.keras.utils.set_random_seed(cfg.train.seed)
     strategy = runtime.make_strategy(cfg.runtime)
 
@@ -142,19 +146,31 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
         state_objects["encoder_optimizer"] = model.encoder_optimizer
     checkpoint = tf.train.Checkpoint(**state_objects)
     saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
-                                            cfg.train.early_stopping_patience)
+                                            cfg.train.early_stopping_patience, cfg.train.checkpoint_every_steps)
     initial_epoch = saver.state["epoch"] + 1
-    if initial_epoch > 0:
-        checkpoint.restore(saver.manager.latest_checkpoint).expect_partial()
-        log.info("resume: restored epoch %d from %s", initial_epoch, saver.manager.latest_checkpoint)
+    resume_batch = min(saver.state["batch"], steps - 1)  # > 0: killed inside an epoch after a step checkpoint
+    resume_from = saver.resume_path()
+    if resume_from:
+        checkpoint.restore(resume_from).expect_partial()
+        inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
+        log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
     callbacks = [training.ValidationMetrics(validation_metrics), training.LearningRateLogger(), saver,
                  training.EpochLog(cfg.train.epochs),
                  tf.keras.callbacks.TensorBoard(str((scratch or job) / "tensorboard"), write_graph=False,
                                                 profile_batch=0)]
     if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
         log.info("train: %d examples, %d steps/epoch, up to %d epochs", len(data.train), steps, cfg.train.epochs)
-        model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 0)
+        # The shuffled stream is seeded and repeated (one iterator for the whole fit), so skipping the batches
+        # already trained on gives a resumed run exactly the batches an uninterrupted one would have seen.
+        done = initial_epoch * steps + resume_batch
+        if resume_batch:  # Keras' own mid-epoch resume hook (BackupAndRestore's): the first epoch starts there
+            model._maybe_load_initial_counters_from_ckpt = lambda steps_per_epoch, epoch: (epoch, resume_batch)
+        try:
+            model.fit(train_ds.skip(done) if done else train_ds, epochs=cfg.train.epochs,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 0)
+        finally:
+            model.__dict__.pop("_maybe_load_initial_counters_from_ckpt", None)
     else:
         log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
     model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
@@ -240,6 +256,9 @@ def setup_logging(debug: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         handler._tfrec = True
         logger.addHandler(handler)
+    root = logging.getLogger()
+    if not root.handlers:  # else a library's logging.info() installs a stderr handler that repeats every line
+        root.addHandler(logging.NullHandler())
     for noisy in ("tensorflow", "absl", "h5py", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     if not debug:
@@ -260,6 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                       errno.ENOTDIR, errno.EISDIR}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.debug)
@@ -272,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or an unwritable folder outside the checkpoint writes
+        if args.debug or e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {e.filename or 'writing'}: {e.strerror}; free space or fix permissions, then rerun the "
+              "same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -87,8 +88,8 @@ def detect_format(files: list[str], fmt: str) -> str:
         return fmt
     ext = Path(files[0]).suffix.lower()
     if ext == ".gz":
-        raise DataError(files[0], "compressed files are not read; decompress it or convert it with "
-                        "`python -m tfrec.data.to_tfrecord`")
+        raise DataError(files[0], "compressed files are not read; decompress it first (gunzip) and point the "
+                        "config at the .csv, .tsv, .jsonl or .tfrecord file")
     if ext not in EXTENSIONS:
         raise DataError(files[0], f"cannot tell the format from extension '{ext}'; set format to one of "
                         "csv, tsv, jsonl, tfrecord, recbole")
@@ -126,12 +127,18 @@ def _read_delimited(file: str, fmt: str, skip: "_Skipper") -> tuple[list[str], l
             raise DataError(file, f"the header has one column '{header[0][:60]}', which contains {name}s: "
                             f"the file looks {name}-separated; set format: {'tsv' if other == chr(9) else 'csv'}",
                             row=0)
+        for other, name in ((";", "semicolon"), ("|", "pipe")):
+            if other in header[0]:
+                raise DataError(file, f"the header has one column '{header[0][:60]}', which contains {name}s: "
+                                f"the file looks {name}-separated; expected {'commas' if delimiter == ',' else 'tabs'}"
+                                " (save it as CSV or TSV)", row=0)
     dupes = {h for h in header if header.count(h) > 1}
     if dupes:
         raise DataError(file, f"duplicate column names in header: {', '.join(sorted(dupes))}", row=0)
     rows, lines = [], []
     row_number = 0
     while True:
+        first_line = reader.line_num + 1
         try:
             fields = next(reader)
         except StopIteration:
@@ -144,7 +151,13 @@ def _read_delimited(file: str, fmt: str, skip: "_Skipper") -> tuple[list[str], l
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue  # blank line
         if len(fields) != len(header):
-            skip(file, row_number, f"expected {len(header)} fields as in the header, found {len(fields)}")
+            message = f"expected {len(header)} fields as in the header, found {len(fields)}"
+            if reader.line_num - first_line > 1 and any("\n" in f for f in fields):
+                # Not skippable: the rows after an unclosed quote were swallowed into this one.
+                raise DataError(file, f"{message}: a quoted field runs from line {first_line} over "
+                                f"{reader.line_num - first_line + 1} lines; is a closing quote (\") missing?",
+                                row=row_number)
+            skip(file, row_number, message)
             continue
         rows.append(fields)
         lines.append(row_number)
@@ -203,7 +216,8 @@ def _read_tfrecord(file: str, skip: "_Skipper") -> tuple[list[str], list[dict], 
                 records.append(obj)
                 lines.append(n)
     except tf.errors.DataLossError as e:
-        raise DataError(file, f"not a TFRecord file or truncated ({e.message.splitlines()[0]})") from None
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", e.message.splitlines()[0]).strip()
+        raise DataError(file, f"not a TFRecord file or truncated ({reason})") from None
     return list(keys), records, lines
 
 

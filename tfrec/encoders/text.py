@@ -92,15 +92,23 @@ class BertTextEncoder(tf.keras.layers.Layer):
             raise UserError(f"model.query_encoder.checkpoint: unknown '{checkpoint}', expected random://tiny")
         else:
             folder = resolve_checkpoint(checkpoint)
-            vocab = Path(folder, "vocab.txt").read_text(encoding="utf-8").splitlines()
+            try:
+                vocab = Path(folder, "vocab.txt").read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise UserError(f"{folder}/vocab.txt: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             lower = True
             tok_cfg = Path(folder, "tokenizer_config.json")
             if tok_cfg.is_file():
-                lower = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+                try:
+                    lower = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+                except (ValueError, AttributeError) as e:  # JSONDecodeError, UnicodeDecodeError, not an object
+                    raise UserError(f"{tok_cfg}: expected a JSON object ({str(e).splitlines()[0]})") from None
             try:
                 self.bert = TFBertModel.from_pretrained(folder, name="bert_model")
-            except (OSError, ValueError) as e:
-                raise UserError(f"{folder}: could not load the BERT weights ({str(e).splitlines()[0]})") from None
+            except Exception as e:  # noqa: BLE001 - any failure to read the user's weights (safetensors, h5py, ...)
+                reason = (str(e).splitlines() or [type(e).__name__])[0]
+                raise UserError(f"{folder}: could not load the BERT weights ({reason}); expected a Hugging Face "
+                                "BERT checkpoint with model.safetensors or tf_model.h5") from e
         if max_length > self.bert.config.max_position_embeddings:
             raise UserError(f"model.query_encoder.max_length: {max_length} exceeds the checkpoint's "
                             f"max_position_embeddings={self.bert.config.max_position_embeddings}")
@@ -175,7 +183,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         out = np.zeros([len(texts), self.hidden_size], np.float32)
         encode = tf.function(lambda i, m: self.encode_tokens(i, m, training=False), reduce_retracing=True)
         bar = tqdm(total=len(texts), desc=progress, unit="text", mininterval=2.0, leave=False,
-                   disable=progress is None or not log.isEnabledFor(logging.INFO))
+                   disable=True if progress is None or not log.isEnabledFor(logging.INFO) else None)  # None: a TTY only
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             width = int(min(self.max_length, -(-int(lengths[idx].max()) // 8) * 8))

@@ -45,6 +45,8 @@ from tfrec.index import base
 
 # ScaNN's asymmetric hashing trains 16 centres per block on the data.
 MIN_ITEMS = 16
+# Default leaves_to_search scans at least this many candidates per result.
+CANDIDATES_PER_RESULT = 20
 # Custom-op namespace that tf.saved_model.save must be told to accept.
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 
@@ -72,9 +74,11 @@ def default_num_leaves(num_items: int) -> int:
     return max(1, min(int(round(math.sqrt(num_items))), num_items // MIN_ITEMS))
 
 
-def default_leaves_to_search(num_leaves: int) -> int:
-    """~5% of the leaves (ScaNN's README example: 100 of 2000), at least 8."""
-    return min(num_leaves, max(8, int(math.ceil(0.05 * num_leaves))))
+def default_leaves_to_search(num_leaves: int, num_items: int, k: int) -> int:
+    """~5% of the leaves (ScaNN's README example: 100 of 2000), at least 8,
+    and enough leaves to hold ~20 k candidates (small catalogs, large k)."""
+    for_k = math.ceil(CANDIDATES_PER_RESULT * k * num_leaves / num_items)
+    return min(num_leaves, max(8, math.ceil(0.05 * num_leaves), for_k))
 
 
 class ScannIndex(tf.Module):
@@ -85,7 +89,8 @@ class ScannIndex(tf.Module):
       item_ids: ``[num_items]`` unique, non-empty strings.
       k: results per query; searches return ``k' = min(k, num_items)``.
       num_leaves: partitioning tree leaves; default ``~sqrt(N)``.
-      num_leaves_to_search: leaves scanned per query; default ~5% of leaves.
+      num_leaves_to_search: leaves scanned per query; default
+        ``default_leaves_to_search`` (~5% of leaves, more for small catalogs).
       reorder_k: candidates re-scored exactly; default ``max(100, 4 * k)``,
         never below ``k``.
       training_sample_size: points used to train the tree and the hashing;
@@ -121,9 +126,9 @@ class ScannIndex(tf.Module):
             raise ValueError(f"ScaNN needs at least {MIN_ITEMS} items, got {self.num_items}; use BruteForceIndex")
         self.k_out = min(self.k, self.num_items)
         self.num_leaves = int(min(max(1, num_leaves or default_num_leaves(self.num_items)), self.num_items))
-        self.num_leaves_to_search = int(
-            min(max(1, num_leaves_to_search or default_leaves_to_search(self.num_leaves)), self.num_leaves)
-        )
+        if num_leaves_to_search is None:
+            num_leaves_to_search = default_leaves_to_search(self.num_leaves, self.num_items, self.k_out)
+        self.num_leaves_to_search = int(min(max(1, num_leaves_to_search), self.num_leaves))
         self.reorder_k = int(max(self.k_out, reorder_k or max(100, 4 * self.k)))
         self.training_sample_size = int(min(self.num_items, training_sample_size or 100_000))
         self.anisotropic_quantization_threshold = float(anisotropic_quantization_threshold)
