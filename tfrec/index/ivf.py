@@ -168,30 +168,30 @@ class IVFIndex(tf.Module):
         _, probed = tf.math.top_k(centroid_scores, k=self.nprobe, sorted=False)  # [B, nprobe]
         starts = tf.gather(self.block_offsets[:-1], probed)  # [B, nprobe] int64
         limits = tf.gather(self.block_offsets[1:], probed)
-        # The probed partitions' block ids, one ragged row per query, padded
-        # with the sentinel block (all padding) to [B, nb].
+        # Every probed (query, block) pair, flat and query-major: no padding
+        # where the expensive work (gathering blocks, scoring them) happens.
         ranges = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1]))
-        per_query = tf.reduce_sum(limits - starts, axis=1)
-        block_ids = tf.RaggedTensor.from_row_lengths(ranges.flat_values, per_query, validate=False)
-        block_ids = block_ids.to_tensor(default_value=self.num_blocks)  # [B, nb]
-        # At least enough slots for k' results so top_k never asks for more than it has.
-        min_blocks = -(-self.k_out // BLOCK_SIZE)
-        block_ids = tf.pad(
-            block_ids,
-            [[0, 0], [0, tf.maximum(0, min_blocks - tf.shape(block_ids)[1])]],
-            constant_values=self.num_blocks,
-        )
-        # One [1, d] x [d, L] product per (query, block), as a flat batch
-        # [B * nb, 1, d] x [B * nb, d, L]: L contiguous columns vectorise well,
-        # and a non-broadcasting BatchMatMul measured ~1.5-3x faster than
-        # broadcasting the queries or gathering item rows and using matvec.
-        num_probed = tf.shape(block_ids)[1]
-        member_blocks = tf.gather(self.blocks, tf.reshape(block_ids, [-1]))  # [B * nb, d, L]
-        repeated = tf.broadcast_to(queries[:, tf.newaxis, tf.newaxis, :], [batch, num_probed, 1, self.dim])
-        scores = tf.matmul(tf.reshape(repeated, [-1, 1, self.dim]), member_blocks)  # [B * nb, 1, L]
-        scores = tf.reshape(scores, [batch, -1])  # [B, nb * L]
-        rows = tf.reshape(tf.gather(self.block_rows, block_ids), [batch, -1])
-        scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
+        pair_blocks = ranges.flat_values  # [pairs] int64
+        blocks_per_query = tf.cast(tf.reduce_sum(limits - starts, axis=1), tf.int32)  # [B]
+        pair_query = tf.repeat(tf.range(batch), blocks_per_query)  # [pairs]
+        # One [1, d] x [d, L] product per pair as a flat BatchMatMul
+        # [pairs, 1, d] x [pairs, d, L]: the L contiguous columns vectorise
+        # well; measured ~1.5-3x faster than gathering item rows + matvec.
+        member_blocks = tf.gather(self.blocks, pair_blocks)  # [pairs, d, L]
+        pair_queries = tf.gather(queries, pair_query)[:, tf.newaxis, :]  # [pairs, 1, d]
+        pair_scores = tf.reshape(tf.matmul(pair_queries, member_blocks), [-1, BLOCK_SIZE])  # [pairs, L]
+        pair_rows = tf.gather(self.block_rows, pair_blocks)  # [pairs, L]
+        pair_scores = tf.where(pair_rows >= 0, pair_scores, tf.constant(base.NEG_INF, tf.float32))
+        # Regroup per query, padded to the batch's longest list. Only the
+        # scores and row numbers (8 bytes per slot) get padded; at least k'
+        # slots so top_k below never asks for more than it has.
+        width = tf.maximum(tf.reduce_max(blocks_per_query) * BLOCK_SIZE, self.k_out)
+        scores = tf.RaggedTensor.from_row_lengths(
+            tf.reshape(pair_scores, [-1]), blocks_per_query * BLOCK_SIZE, validate=False
+        ).to_tensor(default_value=base.NEG_INF, shape=tf.stack([batch, width]))  # [B, width]
+        rows = tf.RaggedTensor.from_row_lengths(
+            tf.reshape(pair_rows, [-1]), blocks_per_query * BLOCK_SIZE, validate=False
+        ).to_tensor(default_value=-1, shape=tf.stack([batch, width]))
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], tf.shape(rows)[1])
         top_scores, positions = base.top_k(scores, fetch)
         top_rows = tf.gather(rows, positions, batch_dims=1)
