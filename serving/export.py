@@ -85,7 +85,9 @@ class RetrievalModule(tf.Module):
         query = self.query_tower({"query_text": query_text}, training=False)
         batch = tf.shape(query_text)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
-        scores, item_ids = self.index.search(query, exclude)
+        # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
+        # mixed up methods of the three index classes when all are exported in one process.
+        scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
         return {"item_ids": item_ids, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text")])
@@ -107,7 +109,7 @@ class RetrievalModule(tf.Module):
         query = self.query_tower({"query_text": query_text}, training=False)  # once, for both stages
         batch = tf.shape(query_text)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
-        retrieval_scores, item_ids = self.index.search(query, exclude)
+        retrieval_scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
         ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids)
         ranking_scores, item_ids, retrieval_scores = rerank(ranking_scores, item_ids, retrieval_scores)
         return {"item_ids": item_ids, "ranking_scores": ranking_scores, "retrieval_scores": retrieval_scores}
@@ -130,36 +132,88 @@ def _model_name(base: str, kind: str) -> str:
     return base if kind == "brute_force" else f"{base}_{kind}"
 
 
-def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int):
+def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int, params: dict | None = None):
     from tfrec import index as index_lib
 
-    if kind == "brute_force" or not hasattr(index_lib, "build_index"):
+    if kind == "brute_force":
         return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
-    return index_lib.build_index(kind, item_embeddings, item_ids, k)
+    return index_lib.build_index(kind, item_embeddings, item_ids, k, **(params or {}))
+
+
+class ExportRefused(UserError):
+    """An approximate index missed ``export.min_recall``; nothing was published."""
+
+
+def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_embeddings: np.ndarray, k: int,
+                 min_recall: float) -> dict[str, float]:
+    """Recall of ``idx`` against exact search on held-out queries; raises ExportRefused below the gate.
+
+    Args:
+      query_embeddings: float32 [num_queries, d], e.g. the test split's queries.
+    Returns:
+      ``{"recall@10": r10, "recall@K": rK}`` (K = the index's k).
+    """
+    from tfrec import index as index_lib
+
+    exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
+    cutoffs = sorted({min(10, k), k})
+    recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
+    gate = recall[f"recall@{min(10, k)}"]
+    log.info("export: %s index recall against exact search on %d held-out queries: %s", idx.kind,
+             len(query_embeddings), ", ".join(f"{m}={v:.3f}" for m, v in recall.items()))
+    if gate < min_recall:
+        raise ExportRefused(f"export: the {idx.kind} index reached recall@{min(10, k)}={gate:.3f} against exact "
+                            f"search on {len(query_embeddings)} held-out queries, below export.min_recall="
+                            f"{min_recall}; no version was published (search more partitions/leaves, or lower "
+                            "export.min_recall)")
+    return recall
 
 
 def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
-               index: str | None = None, k: int | None = None, query_cache=None) -> list[Path]:
-    """Writes one new version per index kind; returns the version folders.
+               index: str | None = None, k: int | None = None, query_embeddings: np.ndarray | None = None,
+               index_params: dict | None = None) -> list[Path]:
+    """Builds every requested index, checks the approximate ones, then publishes one version each.
 
     Args:
       cfg: the run's config.
       job_dir: the run's folder; output goes to ``job_dir/export``.
       model: the trained :class:`tfrec.models.TwoTowerModel`.
-      data: :class:`tfrec.data.dataset.RetrievalData` (catalog and counts).
+      data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
       item_embeddings: float32 [num_items, d] from the trained item tower.
+      index: brute_force | ivf | scann | all (default ``export.index``).
+      k: results per query (default ``export.k``).
+      query_embeddings: float32 [n, d] held-out queries for the recall gate
+        (default: the test split's queries through the query tower).
+      index_params: constructor arguments for the approximate indexes (e.g. nprobe).
+    Returns:
+      The published version folders. Raises ExportRefused (exit code 2) if an
+      approximate index's recall@10 is below ``export.min_recall``.
     """
+    from tfrec import evaluate
+
     export_root = Path(job_dir) / "export"
     k = k or cfg.export.k
     kinds = _index_kinds(index or cfg.export.index)
-    names = [_model_name(cfg.export.model_name, kind) for kind in kinds]
-    version = max(layout.next_version(export_root / name) for name in names)
-    published = []
-    for kind, name in zip(kinds, names):
-        t0 = time.time()
-        idx, note = _build_index(kind, item_embeddings, data.catalog.item_ids, k)
+    item_ids = data.catalog.item_ids
+    built = []
+    for kind in kinds:
+        idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
         if note:
             log.info("export: %s", note)
+        info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
+        if idx.kind != "brute_force":
+            if query_embeddings is None:
+                queries = {"query_text": np.array(data.test.query_text, dtype=object)}
+                query_embeddings = evaluate.embed(model.query_tower, queries)
+            info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
+                                          cfg.export.min_recall)
+            info["min_recall"] = cfg.export.min_recall
+        built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
+
+    version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
+    published = []
+    for kind, name, idx, info in built:
+        t0 = time.time()
         ranking_head, catalog = getattr(model, "ranking_head", None), None
         if ranking_head is not None:
             from tfrec.ranking import CatalogLookup
@@ -167,14 +221,10 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
             catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
         module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical),
                                  ranking_head, catalog)
-        report = {"model_name": name, "version": version, "index": {"kind": getattr(idx, "kind", kind),
-                                                                    "requested": kind, "k": k, "note": note},
-                  "data": data.counts, "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
+        report = {"model_name": name, "version": version, "index": info, "data": data.counts,
+                  "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if hasattr(idx, "params"):
-            report["index"]["params"] = idx.params()
-        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if getattr(idx, "kind", "") == "scann" \
-            else None
+        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if idx.kind == "scann" else None
 
         def write(folder: str, module=module, report=report, options=options) -> None:
             tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
@@ -187,7 +237,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
                     f.write(f"{item}\t{text.replace(chr(9), ' ').replace(chr(10), ' ')}\n")
 
         path = layout.publish_version(export_root / name, write, version=version)
-        log.info("export: %s (%s index, k=%d) in %.0fs", path, getattr(idx, "kind", kind), k, time.time() - t0)
+        log.info("export: %s (%s index, k=%d) in %.0fs", path, idx.kind, k, time.time() - t0)
         published.append(path)
     existing = sorted(p.name for p in export_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     layout.write_models_config(export_root, existing)

@@ -21,12 +21,19 @@ from tfrec.data.dataset import RetrievalData
 log = logging.getLogger("tfrec")
 
 
-def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024) -> np.ndarray:
-    """Runs a tower over feature arrays in batches: float32 [n, dim]."""
+def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, progress: str | None = None
+          ) -> np.ndarray:
+    """Runs a tower over feature arrays in batches: float32 [n, dim].
+
+    Memory stays bounded by one batch of inputs plus the [n, dim] output.
+    """
+    from tqdm.auto import tqdm
+
     n = len(next(iter(features.values())))
     fn = tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
     out = []
-    for start in range(0, n, batch_size):
+    for start in tqdm(range(0, n, batch_size), desc=progress, disable=progress is None, unit="batch",
+                      mininterval=2.0, leave=False):
         batch = {k: (tf.constant(v[start:start + batch_size].astype(str).tolist()) if v.dtype == object
                      else tf.constant(v[start:start + batch_size])) for k, v in features.items()}
         out.append(fn(batch).numpy())

@@ -213,7 +213,7 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
         if cfg.export.enabled:
             from serving import export
 
-            export.export_run(cfg, job, model, data, item_embeddings, query_cache=None)
+            export.export_run(cfg, job, model, data, item_embeddings, query_embeddings=q)
     log.info("done in %.0fs", time.time() - started)
     return report
 
