@@ -68,7 +68,10 @@ def host_features(query_tower: "QueryTower", item_tower: "ItemTower", features: 
     out = dict(features)
     for name, encoder in (("query_text", query_tower.encoder), ("item_text", item_tower.text_encoder)):
         if name in out and encoder is not None:
-            ids, mask = encoder.tokenize(out.pop(name))
+            texts = out.pop(name)
+            ids, mask = encoder.tokenize(texts)
+            static = [texts.shape[0], encoder.max_length]  # the batch size is static after drop_remainder
+            ids, mask = tf.ensure_shape(ids, static), tf.ensure_shape(mask, static)
             prefix = name[: -len("_text")]
             out[f"{prefix}_input_ids"], out[f"{prefix}_attention_mask"] = ids, mask
     layers = dict({f"item_{c}": layer for c, layer in item_tower.categorical.items()})
