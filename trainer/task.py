@@ -245,20 +245,31 @@ def default_job_dir(preset: str) -> str:
     return os.path.join("runs", preset)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (pytest and notebooks swap it)."""
+
+    _tfrec = True
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(debug: bool = False) -> None:
     """One readable line per stage on stdout; TensorFlow and friends quiet unless --debug."""
     import warnings
 
     logger = logging.getLogger("tfrec")
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False  # libraries that configure the root logger would print every line twice
     if not any(getattr(h, "_tfrec", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        handler._tfrec = True
         logger.addHandler(handler)
-    root = logging.getLogger()
-    if not root.handlers:  # else a library's logging.info() installs a stderr handler that repeats every line
-        root.addHandler(logging.NullHandler())
     for noisy in ("tensorflow", "absl", "h5py", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     if not debug:
