@@ -31,6 +31,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         qps1 = measure_throughput(signatures, queries, 1, args.seconds, args.rounds)
         qps64 = measure_throughput(signatures, queries, 64, args.seconds, args.rounds)
 
-    print(f"timing done, load average {os.getloadavg()[0]:.1f}", flush=True)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"timing done, load average {os.getloadavg()[0]:.1f}, peak RSS {peak_mb:.0f} MB", flush=True)
     for kind in kinds:
         print(f"  {kind}: queries/sec batch1={qps1[kind]:.0f} batch64={qps64[kind]:.0f}", flush=True)
     for kind in kinds[1:]:

@@ -15,7 +15,8 @@ Kinds:
 
 * ``brute_force`` (:class:`BruteForceIndex`): exact; core TF ops.
 * ``ivf`` (:class:`IVFIndex`): k-means inverted file; core TF ops only, so
-  stock TensorFlow Serving runs it.
+  stock TensorFlow Serving runs it. ``nprobe`` defaults to the smallest value
+  reaching ``target_recall`` (0.95) recall@k on a build-time sample.
 * ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder;
   needs ``save_options()`` when saving, ``import scann`` before loading, and a
   ScaNN-enabled TF Serving.
