@@ -241,7 +241,10 @@ class IVFIndex(tf.Module):
 
     def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Exact search over every block (only for queries IVF left short)."""
-        scores = tf.reshape(tf.einsum("bd,ndl->bnl", queries, self.blocks), [tf.shape(queries)[0], -1])
+        # [1, B, d] x [NB, d, L] -> [NB, B, L]: broadcasting BatchMatMul reads
+        # the blocks in place (an einsum would first transpose all of them).
+        scores = tf.matmul(queries[tf.newaxis], self.blocks)
+        scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(queries)[0], -1])  # [B, NB * L]
         rows = tf.reshape(self.block_rows, [1, -1])
         scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)

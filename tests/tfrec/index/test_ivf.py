@@ -80,3 +80,18 @@ def test_deterministic_and_params(helpers):
     assert params["target_recall"] == 0.95 and params["calibrated_recall"] >= 0.95
     fixed = IVFIndex(items, ids, k=5, nprobe=3).params()
     assert fixed["nprobe"] == 3 and fixed["calibrated_recall"] is None
+
+
+def test_chunked_pair_scoring_matches_single_chunk(clustered_data, monkeypatch):
+    # Large batches score (query, block) pairs in cache-sized chunks; force
+    # 3-pair chunks (uneven split) and compare with the one-chunk path.
+    from tfrec.index import ivf
+
+    items, ids, queries = clustered_data
+    index = IVFIndex(items, ids, k=10, nprobe=5)
+    exclude = tf.constant([[ids[i], ""] for i in range(len(queries))])
+    want = index.search(queries, exclude)
+    monkeypatch.setattr(ivf, "PAIR_CHUNK_BYTES", 4 * index.dim * ivf.BLOCK_SIZE * 3)
+    got = tf.function(index.search)(tf.constant(queries), exclude)
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-6)
