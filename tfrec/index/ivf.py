@@ -9,11 +9,13 @@ partitions that reaches ``target_recall`` (default 0.95) recall@k on sample
 queries (``calibration_queries``, or catalog items standing in for queries).
 
 Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
-partitions, gather their blocks (a ragged range of block ids per probed
-partition, padded per batch with an all-padding sentinel block), score them
-exactly with one small GEMV per (query, block), mask padding and keep the top
-``k``. Cost per query is ``O(P * d + M * d)`` for ``M ~ nprobe * N / P``
-scanned items instead of ``O(N * d)``.
+partitions and list every probed (query, block) pair (a ragged range of
+block ids per probed partition, flattened). Each pair is scored exactly by a
+``[1, d] x [d, BLOCK_SIZE]`` product (one flat BatchMatMul, in cache-sized
+chunks for big batches); only the resulting scores are padded per query
+before padding is masked and the top ``k`` kept. Cost per query is
+``O(P * d + M * d)`` for ``M ~ nprobe * N / P`` scanned items instead of
+``O(N * d)``.
 
 Only core TF ops (MatMul, BatchMatMulV2, TopKV2, GatherV2, RaggedRange, If,
 ...) are used, so a SavedModel holding this index runs on stock TensorFlow
