@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -217,7 +218,10 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         except (OSError, tf.errors.OpError) as e:
             from tfrec.errors import UserError
 
-            reason = getattr(e, "strerror", None) or str(getattr(e, "message", e)).splitlines()[0]
+            # TF: "{{function_node ...}} /path/ckpt-26_temp/part...; No space left on device [Op:SaveV2]"
+            reason = getattr(e, "strerror", None) or re.sub(r"\{\{.*?\}\}|\[Op:[^\]]*\]", "",
+                                                            str(getattr(e, "message", e)).splitlines()[0])
+            reason = reason.rsplit("; ", 1)[-1].strip()
             kept = self.state.get("checkpoint") or "none yet"
             raise UserError(f"{self.directory}: could not write a checkpoint ({reason}); the last complete one "
                             f"({kept}) is kept: free space or fix permissions, then rerun the same command to "

@@ -41,8 +41,8 @@ def resolve_checkpoint(checkpoint: str) -> str:
             raise UserError(f"{checkpoint}: not a BERT checkpoint folder: '{name}' is missing")
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{folder / 'config.json'}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:  # AttributeError: not an object
+        raise UserError(f"{folder / 'config.json'}: expected a JSON object ({e})") from None
     if model_type != "bert":
         raise UserError(f"{folder / 'config.json'}: model_type is '{model_type}', expected 'bert'")
     if not any((folder / w).is_file() for w in ("model.safetensors", "tf_model.h5", "pytorch_model.bin")):
