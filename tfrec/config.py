@@ -363,6 +363,8 @@ def validate(cfg: Config) -> Config:
     _one_of(q.pooling, "model.query_encoder.pooling", ("mean", "cls"))
     _check(q.trainable_layers >= 0, "model.query_encoder.trainable_layers", "must be >= 0")
     _check(q.lora_rank >= 0, "model.query_encoder.lora_rank", "must be >= 0")
+    _check(not (q.lora_rank and q.trainable_layers), "model.query_encoder.lora_rank",
+           "LoRA trains adapters on every layer with the rest frozen: set trainable_layers to 0")
     _one_of(m.item_text_encoder, "model.item_text_encoder", ("shared", "separate", "none"))
     _check(m.item_id_embedding_dim >= 0, "model.item_id_embedding_dim", "must be >= 0 (0 = no id embedding)")
     _check(m.categorical_embedding_dim >= 1, "model.categorical_embedding_dim", "must be >= 1")

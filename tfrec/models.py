@@ -114,12 +114,12 @@ def build_model(cfg, catalog) -> TwoTowerModel:
     m = cfg.model
     q = m.query_encoder
     query_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers, seed=cfg.train.seed,
-                                    name="query_encoder")
+                                    lora_rank=q.lora_rank, name="query_encoder")
     if m.item_text_encoder == "shared":
         item_encoder = query_encoder
     elif m.item_text_encoder == "separate":
         item_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
-                                       seed=cfg.train.seed + 1, name="item_encoder")
+                                       seed=cfg.train.seed + 1, lora_rank=q.lora_rank, name="item_encoder")
     else:
         item_encoder = None
     vocabularies = {c: sorted(set(v)) for c, v in catalog.categorical.items()}

@@ -213,6 +213,10 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
         if cfg.export.enabled:
             from serving import export
 
+            if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
+                from tfrec.encoders.lora import merge_adapters
+
+                log.info("lora: merged %d adapters into the encoder before export", merge_adapters(model))
             export.export_run(cfg, job, model, data, item_embeddings, query_embeddings=q)
     log.info("done in %.0fs", time.time() - started)
     return report

@@ -71,10 +71,13 @@ class BertTextEncoder(tf.keras.layers.Layer):
       trainable_layers: how many of the top transformer layers train; 0 freezes
         the encoder (embeddings never train).
       seed: initialisation seed for ``random://tiny``.
+      lora_rank: > 0 adds rank-r LoRA adapters to every layer's attention
+        projections and trains only those (:mod:`tfrec.encoders.lora`;
+        ``trainable_layers`` must then be 0).
     """
 
     def __init__(self, checkpoint: str, max_length: int = 32, pooling: str = "mean", trainable_layers: int = 0,
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, lora_rank: int = 0, **kwargs):
         super().__init__(**kwargs)
         from transformers import BertConfig, TFBertModel
         from transformers.utils import logging as hf_logging
@@ -82,6 +85,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         hf_logging.set_verbosity_error()  # "some weights of the checkpoint were not used" (the pooler)
         self.checkpoint, self.max_length, self.pooling = checkpoint, max_length, pooling
         self.trainable_layers, self.seed = trainable_layers, seed
+        self.lora_rank = lora_rank
         if checkpoint == "random://tiny":
             vocab, lower = tiny_vocabulary(), True
             config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -122,6 +126,11 @@ class BertTextEncoder(tf.keras.layers.Layer):
         self.hidden_size = self.bert.config.hidden_size
         self.num_layers = self.bert.config.num_hidden_layers
         self._set_trainable_layers(trainable_layers)
+        if lora_rank:
+            from tfrec.encoders.lora import add_adapters
+
+            add_adapters(self.bert, lora_rank)
+            self.frozen = False
 
     def _set_trainable_layers(self, n: int) -> None:
         main = self.bert.bert
@@ -194,7 +203,8 @@ class BertTextEncoder(tf.keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "checkpoint": self.checkpoint, "max_length": self.max_length,
-                "pooling": self.pooling, "trainable_layers": self.trainable_layers, "seed": self.seed}
+                "pooling": self.pooling, "trainable_layers": self.trainable_layers, "seed": self.seed,
+                "lora_rank": self.lora_rank}
 
 
 tf.keras.utils.register_keras_serializable("tfrec")(BertTextEncoder)

@@ -1,0 +1,65 @@
+"""LoRA adapters (``model.query_encoder.lora_rank``): start at the pretrained encoder, train only adapters, merge."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec.encoders.lora import LoRADense, adapters_of, merge_adapters
+from tfrec.encoders.text import BertTextEncoder
+
+TEXTS = tf.constant(["rocket star", "quiet jazz evening", "a"])
+
+
+def _encoder(lora_rank: int) -> BertTextEncoder:
+    return BertTextEncoder("random://tiny", max_length=16, pooling="mean", trainable_layers=0, seed=5,
+                           lora_rank=lora_rank)
+
+
+def test_adapters_start_at_the_pretrained_encoder_and_only_they_train():
+    lora = _encoder(4)
+    start = lora(TEXTS).numpy()
+    adapters = adapters_of(lora)
+    assert all(not np.any(a.lora_b.numpy()) for a in adapters)  # B = 0: the pretrained encoder's function
+    assert len(adapters) == 3 * lora.num_layers and all(isinstance(a, LoRADense) for a in adapters)
+    trainable = lora.trainable_variables
+    assert {v.name.split("/")[-1].split(":")[0] for v in trainable} == {"lora_a", "lora_b"}
+    assert len(trainable) == 2 * len(adapters) and not lora.frozen
+    assert sum(int(np.prod(v.shape)) for v in trainable) == lora.num_layers * 3 * (32 * 4 + 4 * 32)
+
+    frozen_before = [v.numpy() for v in lora.non_trainable_variables]
+    opt = tf.keras.optimizers.Adam(0.05)
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(lora(TEXTS, training=False) - 1.0))
+        opt.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(frozen_before, lora.non_trainable_variables))
+    trained = lora(TEXTS).numpy()
+    assert not np.allclose(trained, start, atol=1e-4)  # the adapters learned
+
+    assert merge_adapters(lora) == len(adapters)
+    assert not adapters_of(lora) and not [v for v in lora.variables if "lora" in v.name]  # plain BERT again
+    np.testing.assert_allclose(lora(TEXTS).numpy(), trained, atol=1e-5)  # the same function
+
+
+def test_config_refuses_lora_with_trainable_layers(smoke_cfg):
+    from tfrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora_rank.*trainable_layers to 0"):
+        smoke_cfg("model.query_encoder.lora_rank=4")  # the smoke preset fine-tunes one layer
+
+
+def test_trainer_with_lora_exports_merged_weights(tmp_path):
+    from trainer import task
+
+    job = tmp_path / "job"
+    assert task.main(["--preset", "smoke", "--job-dir", str(job), "--set", "model.query_encoder.trainable_layers=0",
+                      "--set", "model.query_encoder.lora_rank=2", "--set", "train.encoder_learning_rate=0.01",
+                      "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
+                      "--set", "eval.baselines=false"]) == 0
+    export = job / "export" / "smoke" / "1"
+    reader = tf.train.load_checkpoint(str(export / "variables" / "variables"))
+    names = list(reader.get_variable_to_shape_map())
+    assert not [n for n in names if "lora" in n]  # merged: the served model is plain BERT
+    loaded = tf.saved_model.load(str(export))
+    emb = loaded.signatures["embed_query"](query_text=tf.constant(["rocket star"]))["embedding"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
