@@ -5,8 +5,10 @@
   uninterrupted run of the same seed.
 * SIGKILL inside an export, after the SavedModel was written and before it was published: no new version
   becomes visible, a server keeps serving the previous one, and the next export publishes cleanly.
-* A job dir that cannot be created, and a write that fails mid-run (``RLIMIT_FSIZE``, the portable stand-in for
-  a full disk): one line on stderr, exit code 2, and the last complete checkpoint stays "latest".
+* A job dir that cannot be created, and a checkpoint write that fails mid-run, both on a really full disk (a
+  4 MB tmpfs filled up; needs root, skipped elsewhere) and under ``RLIMIT_FSIZE`` (EFBIG, the portable stand-in):
+  one line on stderr, exit code 2, the last complete checkpoint stays "latest", and once there is space again the
+  same command resumes from it.
 
 (A job dir written by a different config is refused in ``test_task.py``.)
 
@@ -229,22 +231,55 @@ def _limit_file_size() -> None:  # preexec_fn: files may not grow past 100 kB (a
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing us
 
 
-def test_write_failure_mid_run_keeps_the_last_checkpoint(reference, tmp_path):
-    job = tmp_path / "job"
-    shutil.copytree(reference, job, ignore=shutil.ignore_patterns("export"))
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MB tmpfs (root only; skipped elsewhere). Yields (folder, fill) where fill() leaves ~60 kB free."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+                      ).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the RLIMIT_FSIZE variant covers the logic")
+
+    def fill() -> Path:
+        st = os.statvfs(mount)
+        ballast = mount / "ballast"
+        ballast.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 60_000))
+        return ballast
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["file_size_limit", "disk_full"])
+def test_write_failure_mid_run_keeps_the_last_checkpoint(fault, reference, tmp_path, request):
+    """The completed 4-epoch run is extended to 5 epochs; its first checkpoint write in epoch 5 fails."""
+    if fault == "disk_full":
+        folder, fill = request.getfixturevalue("full_disk")
+    else:
+        folder, fill = tmp_path, None
+    job = folder / "job"
+    shutil.copytree(reference, job, ignore=shutil.ignore_patterns("export", "tensorboard"))
     before = state(job)
     more = [*NO_EXPORT, "--set", f"train.epochs={EPOCHS + 1}"]
-    rc, out, err = finish(trainer(job, *more, preexec_fn=_limit_file_size))
+    if fill:
+        ballast = fill()
+        rc, out, err = finish(trainer(job, *more))
+    else:
+        rc, out, err = finish(trainer(job, *more, preexec_fn=_limit_file_size))
     line = assert_one_line_error(rc, err, f"{job / 'checkpoints'}: could not write a checkpoint (",
                                  f"the last complete one ({before['checkpoint']}) is kept",
                                  "rerun the same command to resume")
-    assert "too large" in line.lower()
+    assert ("no space left" if fill else "too large") in line.lower()
     assert f"resume: restored epoch {EPOCHS}" in out  # it got as far as training epoch 5
     assert state(job) == before  # "latest" still names the complete checkpoint
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(job / "checkpoints" / before["checkpoint"]))
     assert int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")) == EPOCHS * STEPS
+    if fill:
+        ballast.unlink()
     rc, out, err = finish(trainer(job, *more))  # space again: the same command resumes and finishes
     assert rc == 0, err
     assert f"resume: restored epoch {EPOCHS} from " in out
