@@ -136,7 +136,7 @@ class TrainConfig:
     seed: int = 1234
     mixed_precision: str = "none"
     jit_compile: bool = False
-    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_steps: Optional[int] = None  # also checkpoint every N steps inside an epoch; null = epoch ends
 
 
 @dataclass
