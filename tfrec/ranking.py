@@ -78,7 +78,8 @@ class RankingHead(tf.keras.layers.Layer):
                       for n in range(cross_layers if kind == "dcn" else 0)]
         self.dense = [tf.keras.layers.Dense(units, activation="relu", name=f"dense_{n}")
                       for n, units in enumerate(self.hidden_units)]
-        self.out = tf.keras.layers.Dense(1, name="score")
+        # float32 output under mixed precision: a rating or logit needs the range and the precision.
+        self.out = tf.keras.layers.Dense(1, dtype="float32", name="score")
 
     def features(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor,
                  item_features: dict | None = None) -> tf.Tensor:
@@ -108,7 +109,7 @@ class RankingHead(tf.keras.layers.Layer):
             x = layer(x0, x)
         for layer in self.dense:
             x = layer(x)
-        return tf.squeeze(self.out(x), axis=-1)
+        return tf.squeeze(tf.cast(self.out(x), tf.float32), axis=-1)
 
     def score(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor,
               item_features: dict | None = None) -> tf.Tensor:
