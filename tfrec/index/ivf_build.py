@@ -8,6 +8,8 @@ import numpy as np
 
 # Queries used to calibrate nprobe when the caller gives none.
 CALIBRATION_SAMPLE = 256
+# Items copied into the block layout at a time (bounds temporaries).
+_PACK_CHUNK = 65536
 # Query rows scored against the full catalog at a time: bounds a [32, N] buffer.
 _QUERY_CHUNK = 32
 
@@ -104,7 +106,10 @@ def pack_blocks(
     slot = block_offsets[partition] * block_size + (position - item_offsets[partition])
     block_rows = np.full((num_blocks + 1) * block_size, -1, dtype=np.int32)
     block_rows[slot] = position
-    flat = np.zeros(((num_blocks + 1) * block_size, dim), dtype=np.float32)
-    flat[slot] = embeddings[order]
-    blocks = np.ascontiguousarray(flat.reshape(num_blocks + 1, block_size, dim).transpose(0, 2, 1))
+    # Written straight into the transposed layout, in chunks: no full-size
+    # temporary copies of the catalog (1M x 64 float32 is 256 MB).
+    blocks = np.zeros((num_blocks + 1, dim, block_size), dtype=np.float32)
+    for start in range(0, num_items, _PACK_CHUNK):
+        rows, slots = order[start : start + _PACK_CHUNK], slot[start : start + _PACK_CHUNK]
+        blocks[slots // block_size, :, slots % block_size] = embeddings[rows]
     return blocks, block_rows.reshape(num_blocks + 1, block_size), block_offsets, order
