@@ -33,7 +33,11 @@ loop overhead included). The uncached contender's steps take seconds, so its
 chunks are just ``steps`` long and the first step is timed from its begin.
 A chunk's rate is batch / its median step time; a printed ratio is the median
 over rounds of the per-round ratio of chunk rates (paired in time, so load
-that drifts between rounds cancels). The absolute examples/sec (batch /
+that drifts between rounds cancels). Chunks are short and rounds many (other
+processes' bursts last about as long as a chunk, and one slowed chunk skews its
+round's ratio by 2x or more on a loaded machine; the median over many rounds
+shrugs that off; re-creating the iterator per chunk was checked not to favour
+either side). The absolute examples/sec (batch /
 median step time over all rounds) are indicative only. Also printed: the
 per-round spread, the ratio of the pooled rates, and the ratio of examples per
 process-CPU-second (all threads; other processes' load disturbs it much less
@@ -241,7 +245,9 @@ def tfrec_contender(model, cfg, catalog, examples, item_probability, query_cache
                                drop_remainder=len(examples) >= 2 * batch, repeat=True)
     head_opt = training.make_optimizer(cfg.train.learning_rate, steps_per_epoch * cfg.train.epochs,
                                        cfg.train.warmup_fraction, cfg.train.weight_decay, "head_adamw")
-    model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution)
+    # Default runtime on CPU: no mixed precision, no XLA, so no host-side tokenisation (train() branches on these).
+    model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution,
+                  jit_compile=cfg.train.jit_compile)
     sample = next(iter(pipeline.make_dataset(features, 2)))
     model.query_tower(sample), model.item_tower(sample)
     return Contender(name, model, ds, batch, steps), model
@@ -251,9 +257,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="movielens", choices=["movielens", "smoke"])
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per chunk of the cached contenders (default 30, --quick 20)")
+                        help="timed steps per chunk of the cached contenders (default 10)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds, tfrec vs reference (default 21, --quick 11)")
+                        help="interleaved rounds, tfrec vs reference (default 61, --quick 31)")
     parser.add_argument("--uncached-steps", type=int, default=None,
                         help="timed steps per chunk of the uncached contender (default 2, --quick 1)")
     parser.add_argument("--uncached-rounds", type=int, default=None,
@@ -264,8 +270,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI-sized run (under ~2 minutes on 2 cores)")
     args = parser.parse_args(argv)
     quick = args.quick
-    steps = args.steps or (20 if quick else 30)
-    rounds = args.rounds or (11 if quick else 21)
+    steps = args.steps or 10
+    rounds = args.rounds or (31 if quick else 61)
     uncached_steps = args.uncached_steps or (1 if quick else 2)
     uncached_rounds = args.uncached_rounds or (2 if quick else 3)
     n_examples = args.examples or (1024 if quick else 8192)
