@@ -44,7 +44,6 @@ RUN = ["--preset", "smoke", "--set", f"train.epochs={EPOCHS}", "--set", f"train.
 NO_EXPORT = ["--set", "export.enabled=false"]
 TIMEOUT = 900
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-task.setup_logging()  # the log handler binds sys.stdout now, not a capsys stream that is closed later
 
 
 def trainer(job: Path, *extra: str, **popen) -> subprocess.Popen:
