@@ -144,6 +144,25 @@ def test_mirrored_trains_the_smoke_preset_to_the_end(mirrored_report):
     assert (job / "export" / "smoke" / "1" / "saved_model.pb").is_file()
 
 
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, True),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"master": ["a:1"], "worker": ["b:1"]}, "task": {"type": "master", "index": 0}}, True),
+    ({"cluster": {"master": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, False),
+])
+def test_is_chief_follows_tf_config(monkeypatch, tf_config, chief):
+    from tfrec import runtime
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert runtime.is_chief() is chief
+
+
 # --- single device: TPU-style host preprocessing, mixed precision, XLA ----------------------------------------
 def test_host_token_features_give_the_raw_text_loss(smoke_cfg, tmp_path):
     """TPU path: tokens and id lookups made in tf.data on the host give the same loss as raw strings."""
