@@ -46,7 +46,8 @@ def test_list_and_string_overrides():
 
 def test_query_column_in_user_file_replaces_history(tmp_path):
     f = tmp_path / "mine.yaml"
-    f.write_text("data:\n  interactions:\n    path: x.csv\n    query_column: q\n  items:\n    path: i.csv\n")
+    f.write_text("data:\n  interactions:\n    path: x.csv\n    query_column: q\n  items:\n    path: i.csv\n"
+                 "  split:\n    method: random\n")
     cfg = config.build("movielens", str(f))
     assert cfg.data.interactions.query_column == "q"
     assert cfg.data.interactions.query_history_items is None
