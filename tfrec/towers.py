@@ -43,6 +43,8 @@ def _l2(x: tf.Tensor) -> tf.Tensor:
 def _encode(encoder: BertTextEncoder, features: dict, name: str, training: bool) -> tf.Tensor:
     if f"{name}_encoding" in features:
         return features[f"{name}_encoding"]
+    # A frozen encoder runs without dropout, exactly as its cached outputs were computed.
+    training = training and not encoder.frozen
     prefix = name[: -len("_text")]
     if f"{prefix}_input_ids" in features:  # tokenised on the host (host_features)
         return encoder({"input_ids": features[f"{prefix}_input_ids"],

@@ -116,3 +116,17 @@ def test_cached_and_uncached_loss_match(smoke_cfg):
     loss_raw = model.compute_loss(next(iter(pipeline.make_dataset(raw, 32))))
     loss_cached = model.compute_loss(next(iter(pipeline.make_dataset(cached, 32))))
     np.testing.assert_allclose(float(loss_raw), float(loss_cached), rtol=1e-5)
+
+
+def test_frozen_encoder_has_no_dropout_in_training(smoke_cfg):
+    """Cached encodings are computed without dropout, so the uncached path must match them in training."""
+    from tfrec.data import dataset, pipeline
+    from tfrec.models import build_model
+
+    cfg = smoke_cfg("model.query_encoder.trainable_layers=0")
+    data = dataset.load(cfg.data, base_dir=None)
+    model = build_model(cfg, data.catalog)
+    texts = tf.constant(data.train.query_text[:8])
+    a = model.query_tower({"query_text": texts}, training=True)
+    b = model.query_tower({"query_text": texts}, training=True)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
