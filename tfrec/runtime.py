@@ -86,8 +86,13 @@ def host_preprocessing(strategy: tf.distribute.Strategy, jit_compile: bool) -> b
 
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief worker."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except json.JSONDecodeError as e:
+        raise UserError(f"TF_CONFIG: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(tf_config, dict):
+        raise UserError("TF_CONFIG: expected a JSON object with 'cluster' and 'task'")
+    task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
     if not task:
         return True
     if task.get("type") in ("chief", "master"):  # "master": AI Platform's name for the chief

@@ -234,3 +234,12 @@ def test_mixed_bfloat16_with_xla_trains_and_exports_float32(tmp_path):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
     _child(sys.argv[2], sys.argv[3])
+
+
+def test_malformed_tf_config_is_one_line(tmp_path, monkeypatch, capsys):
+    from trainer import task
+
+    monkeypatch.setenv("TF_CONFIG", "{cluster: oops")
+    assert task.main(["--preset", "smoke", "--job-dir", str(tmp_path / "j")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: TF_CONFIG: not valid JSON")
