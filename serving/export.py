@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from serving import layout
 from tfrec import config as config_lib
-from tfrec.errors import UserError
+from tfrec.errors import UserError, run_command
 
 log = logging.getLogger("tfrec")
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args, _ = parser.parse_known_args(argv)
     setup_logging(args.debug)
-    try:
+
+    def run() -> None:
         from tfrec import evaluate
         from tfrec.data import pipeline
 
@@ -287,12 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
         item_embeddings = evaluate.embed(model.item_tower, items)
         export_run(cfg, args.job_dir, model, data, item_embeddings, index=args.index, k=args.k)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(run, args.debug)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dataclasses import replace
 import serving  # noqa: F401  (environment first)
 import numpy as np
 
-from tfrec.errors import UserError
+from tfrec.errors import run_command
 
 log = logging.getLogger("tfrec")
 
@@ -63,14 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args, _ = parser.parse_known_args(argv)
     setup_logging(args.debug)
-    try:
-        reindex(args.job_dir, args.items, args.index, args.k)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: reindex(args.job_dir, args.items, args.index, args.k), args.debug)
 
 
 if __name__ == "__main__":

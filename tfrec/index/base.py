@@ -192,3 +192,31 @@ def exact_rows_where_short(
         )
 
     return tf.cond(tf.reduce_any(short), patch, lambda: (scores, item_ids))
+
+
+def search_inputs(query_embeddings, exclude_item_ids) -> tuple[tf.Tensor, tf.Tensor]:
+    """Every index's ``search`` arguments as tensors: (float32 [B, d], string [B, e]); no exclusions -> [B, 0]."""
+    query_embeddings = tf.convert_to_tensor(query_embeddings, tf.float32)
+    if exclude_item_ids is None:
+        exclude_item_ids = empty_exclusion(query_embeddings)
+    return query_embeddings, tf.convert_to_tensor(exclude_item_ids, tf.string)
+
+
+def with_static_k(scores: tf.Tensor, item_ids: tf.Tensor, k_out: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Static k' helps callers' signatures (outputs [None, k'], not [None, None])."""
+    return tf.ensure_shape(scores, [None, k_out]), tf.ensure_shape(item_ids, [None, k_out])
+
+
+def exact_search(queries: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Tensor, exclude_item_ids: tf.Tensor,
+                 k_out: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Exact dot-product top-k' over ``item_embeddings`` [N, d], never returning an excluded id.
+
+    Over-fetches k' + e so that k' results survive dropping the excluded ones;
+    top_k fails if asked for more than N, hence the clamp.
+    Returns (scores float32 [B, k'], item_ids string [B, k']).
+    """
+    scores = tf.matmul(queries, item_embeddings, transpose_b=True)  # [B, N]
+    fetch = tf.minimum(k_out + tf.shape(exclude_item_ids)[1], tf.shape(item_embeddings)[0])
+    top_scores, top_rows = top_k(scores, fetch)
+    top_scores, top_ids, _ = filter_excluded(top_scores, top_rows, item_ids, exclude_item_ids, k_out)
+    return top_scores, top_ids

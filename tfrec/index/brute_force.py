@@ -72,20 +72,10 @@ class BruteForceIndex(tf.Module):
           fewer than ``k'`` items are trailing slots padded with score
           ``-inf`` and id ``""``.
         """
-        query_embeddings = tf.convert_to_tensor(query_embeddings, tf.float32)
-        if exclude_item_ids is None:
-            exclude_item_ids = base.empty_exclusion(query_embeddings)
-        exclude_item_ids = tf.convert_to_tensor(exclude_item_ids, tf.string)
-        scores = tf.matmul(query_embeddings, self.item_embeddings, transpose_b=True)  # [B, N]
-        # Over-fetch k + e so that k results survive dropping the excluded
-        # ones; top_k fails if asked for more than N, hence the clamp.
-        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = base.top_k(scores, fetch)
-        top_scores, top_ids, _ = base.filter_excluded(
-            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
-        )
-        # Static k' helps callers' signatures (outputs [None, k'], not [None, None]).
-        return tf.ensure_shape(top_scores, [None, self.k_out]), tf.ensure_shape(top_ids, [None, self.k_out])
+        query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
+        scores, ids = base.exact_search(query_embeddings, self.item_embeddings, self.item_ids, exclude_item_ids,
+                                        self.k_out)
+        return base.with_static_k(scores, ids, self.k_out)
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable description of the index, for reports."""

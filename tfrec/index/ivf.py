@@ -153,15 +153,12 @@ class IVFIndex(tf.Module):
           the returned items. Trailing slots are ``-inf`` / ``""`` only if
           exclusion leaves fewer than ``k'`` items in the whole catalog.
         """
-        query_embeddings = tf.convert_to_tensor(query_embeddings, tf.float32)
-        if exclude_item_ids is None:
-            exclude_item_ids = base.empty_exclusion(query_embeddings)
-        exclude_item_ids = tf.convert_to_tensor(exclude_item_ids, tf.string)
+        query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
         scores, ids, num_valid = self._search_probed(query_embeddings, exclude_item_ids)
         scores, ids = base.exact_rows_where_short(
             scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
         )
-        return tf.ensure_shape(scores, [None, self.k_out]), tf.ensure_shape(ids, [None, self.k_out])
+        return base.with_static_k(scores, ids, self.k_out)
 
     def _search_probed(
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor

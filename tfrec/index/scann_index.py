@@ -171,15 +171,12 @@ class ScannIndex(tf.Module):
           dot-product scores. Trailing slots are ``-inf`` / ``""`` only if
           exclusion leaves fewer than ``k'`` items in the whole catalog.
         """
-        query_embeddings = tf.convert_to_tensor(query_embeddings, tf.float32)
-        if exclude_item_ids is None:
-            exclude_item_ids = base.empty_exclusion(query_embeddings)
-        exclude_item_ids = tf.convert_to_tensor(exclude_item_ids, tf.string)
+        query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
         scores, ids, num_valid = self._search_scann(query_embeddings, exclude_item_ids)
         scores, ids = base.exact_rows_where_short(
             scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
         )
-        return tf.ensure_shape(scores, [None, self.k_out]), tf.ensure_shape(ids, [None, self.k_out])
+        return base.with_static_k(scores, ids, self.k_out)
 
     def _search_scann(
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
@@ -204,13 +201,7 @@ class ScannIndex(tf.Module):
     def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Exact search over ScaNN's float32 reordering dataset ``[N, d]``."""
         dataset = tf.reshape(self.scann_state.dataset, [self.num_items, self.dim])
-        scores = tf.matmul(queries, dataset, transpose_b=True)  # [B, N]
-        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, top_rows = base.top_k(scores, fetch)
-        top_scores, top_ids, _ = base.filter_excluded(
-            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
-        )
-        return top_scores, top_ids
+        return base.exact_search(queries, dataset, self.item_ids, exclude_item_ids, self.k_out)
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable description of the index, for reports."""
