@@ -211,14 +211,14 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
 
     version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
+    ranking_head, catalog = getattr(model, "ranking_head", None), None
+    if ranking_head is not None:  # one lookup table, shared by every index kind's module
+        from tfrec.ranking import CatalogLookup
+
+        catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
     published = []
     for kind, name, idx, info in built:
         t0 = time.time()
-        ranking_head, catalog = getattr(model, "ranking_head", None), None
-        if ranking_head is not None:
-            from tfrec.ranking import CatalogLookup
-
-            catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
         module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical),
                                  ranking_head, catalog)
         report = {"model_name": name, "version": version, "index": info, "data": data.counts,

@@ -14,11 +14,19 @@ from tfrec.errors import UserError
 log = logging.getLogger("tfrec")
 
 
-def _tf_config_workers() -> int:
+def _tf_config() -> dict:
+    """``TF_CONFIG`` as a dict ({} when unset); a one-line UserError when malformed."""
     try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except json.JSONDecodeError:
-        raise UserError("TF_CONFIG: not valid JSON") from None
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except json.JSONDecodeError as e:
+        raise UserError(f"TF_CONFIG: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(tf_config, dict):
+        raise UserError("TF_CONFIG: expected a JSON object with 'cluster' and 'task'")
+    return tf_config
+
+
+def _tf_config_workers() -> int:
+    cluster = _tf_config().get("cluster") or {}
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -86,12 +94,7 @@ def host_preprocessing(strategy: tf.distribute.Strategy, jit_compile: bool) -> b
 
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief worker."""
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    except json.JSONDecodeError as e:
-        raise UserError(f"TF_CONFIG: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(tf_config, dict):
-        raise UserError("TF_CONFIG: expected a JSON object with 'cluster' and 'task'")
+    tf_config = _tf_config()
     task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
     if not task:
         return True
