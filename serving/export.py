@@ -177,7 +177,8 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     Args:
       cfg: the run's config.
       job_dir: the run's folder; output goes to ``job_dir/export``.
-      model: the trained :class:`tfrec.models.TwoTowerModel`.
+      model: the trained :class:`tfrec.models.TwoTowerModel`. LoRA adapters, if any, are merged
+        into the encoder's weights first (in place: the same function, plain BERT variables).
       data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
       item_embeddings: float32 [num_items, d] from the trained item tower.
       index: brute_force | ivf | scann | all (default ``export.index``).
@@ -193,6 +194,12 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
 
     export_root = Path(job_dir) / "export"
     k = k or cfg.export.k
+    if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
+        from tfrec.encoders.lora import merge_adapters
+
+        merged = merge_adapters(model)
+        if merged:
+            log.info("lora: merged %d adapters into the encoder before export", merged)
     kinds = _index_kinds(index or cfg.export.index)
     item_ids = data.catalog.item_ids
     built = []

@@ -51,6 +51,30 @@ def make_optimizer(peak: float, total_steps: int, warmup_fraction: float, weight
     return opt
 
 
+def compile_model(model, cfg, total_steps: int) -> tf.keras.optimizers.Optimizer:
+    """Optimisers and ``compile`` for ``model`` from ``cfg.train``; call inside ``strategy.scope()``.
+
+    The heads get ``train.learning_rate``; encoder layers that train (fine-tuning
+    or LoRA) get their own AdamW at ``train.encoder_learning_rate`` (as
+    ``model.encoder_optimizer``). Under ``mixed_float16`` both are wrapped in a
+    ``LossScaleOptimizer`` (bfloat16 needs no loss scaling). Returns the heads'
+    optimiser (what a checkpoint saves as ``optimizer``).
+    """
+    t = cfg.train
+    loss_scaled = t.mixed_precision == "mixed_float16"
+    head_opt = make_optimizer(t.learning_rate, total_steps, t.warmup_fraction, t.weight_decay, "head_adamw")
+    if loss_scaled:
+        head_opt = tf.keras.mixed_precision.LossScaleOptimizer(head_opt)
+    model.compile(optimizer=head_opt, steps_per_execution=t.steps_per_execution, jit_compile=t.jit_compile)
+    encoders = (model.query_tower.encoder, model.item_tower.text_encoder)
+    if any(e is not None and not e.frozen for e in encoders):
+        model.encoder_optimizer = make_optimizer(t.encoder_learning_rate, total_steps, t.warmup_fraction,
+                                                 t.weight_decay, "encoder_adamw")
+        if loss_scaled:
+            model.encoder_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(model.encoder_optimizer)
+    return head_opt
+
+
 class ValidationMetrics(tf.keras.callbacks.Callback):
     """Adds full-catalog validation metrics (``val_recall@10``...) to each epoch's logs.
 

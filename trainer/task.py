@@ -118,20 +118,8 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
         q, items = embed_split("validation")
         return evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
 
-    loss_scaled = cfg.train.mixed_precision == "mixed_float16"  # bfloat16 needs no loss scaling
     with strategy.scope():
-        head_opt = training.make_optimizer(cfg.train.learning_rate, steps * cfg.train.epochs,
-                                           cfg.train.warmup_fraction, cfg.train.weight_decay, "head_adamw")
-        if loss_scaled:
-            head_opt = tf.keras.mixed_precision.LossScaleOptimizer(head_opt)
-        model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution,
-                      jit_compile=cfg.train.jit_compile)
-        if not query_encoder.frozen or (item_encoder is not None and not item_encoder.frozen):
-            model.encoder_optimizer = training.make_optimizer(
-                cfg.train.encoder_learning_rate, steps * cfg.train.epochs, cfg.train.warmup_fraction,
-                cfg.train.weight_decay, "encoder_adamw")
-            if loss_scaled:
-                model.encoder_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(model.encoder_optimizer)
+        head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)
         sample = next(iter(pipeline.make_dataset(train_features, 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
@@ -213,10 +201,6 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
         if cfg.export.enabled:
             from serving import export
 
-            if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
-                from tfrec.encoders.lora import merge_adapters
-
-                log.info("lora: merged %d adapters into the encoder before export", merge_adapters(model))
             export.export_run(cfg, job, model, data, item_embeddings, query_embeddings=q)
     log.info("done in %.0fs", time.time() - started)
     return report
