@@ -1,49 +1,60 @@
-"""Benchmark training throughput (examples/sec), every figure a ratio measured side by side in one run.
+"""Benchmark training speed, every figure a ratio measured side by side in one run.
 
-    .venv/bin/python bench/train_throughput.py [--preset movielens|smoke] [--steps 200] [--batch-size 256] [--quick]
+    .venv/bin/python bench/train_throughput.py [--preset movielens|smoke] [--quick]
+        [--sections reference,cache,xla_precision,finetune] [--help for the sizes]
 
-Data: the preset's training split (MovieLens-100K for ``movielens``), a random
-subset of ``--examples`` of it (seeded) so that encoding the texts once stays
-short. Text caching, data loading and model building are *not* timed.
+Data: a seeded random subset (``--examples``) of the preset's training split
+(MovieLens-100K for ``movielens``, MiniLM-L6 as the encoder). Every contender
+is built, compiled and fed the way ``trainer/task.py`` ``train()`` does it
+(:func:`tfrec.models.build_model`, :func:`tfrec.training.compile_model`,
+``pipeline.training_features`` -> ``make_dataset(shuffle, repeat)``, the
+host-side tokenisation of :func:`tfrec.towers.host_features` when XLA is on),
+with config overrides as the only difference. Encoding texts into the frozen
+encoder's cache, loading data and building models are not timed.
 
-1. **tfrec vs a plain-TFRS reference.** tfrec's model from
-   ``tfrec.models.build_model`` on tfrec's pipeline, set up exactly as
-   ``trainer/task.py`` does (``TextCache`` -> ``training_features`` ->
-   ``make_dataset(shuffle, repeat, drop_remainder)``, AdamW with warm-up/decay
-   from ``tfrec.training.make_optimizer``, ``compile(steps_per_execution)``,
-   ``fit``), against :class:`ReferenceModel` below: the same architecture
-   written from scratch the way a TFRS tutorial user would (a ``tfrs.Model``
-   whose ``compute_loss`` calls a query model and an item model,
-   ``tfrs.tasks.Retrieval`` with the same temperature / logQ / accidental-hit
-   settings, AdamW, ``Dataset.from_tensor_slices(dict).shuffle().repeat().batch()``).
-   Both read the same cached frozen-encoder text encodings. Prints
-   ``ratio tfrec/tfrs_reference: X`` (tfrec examples/sec / reference examples/sec).
-2. **Frozen encoder, cached vs uncached.** The same tfrec model trained on
-   ``*_text_encoding`` features from the ``TextCache`` versus on raw
-   ``query_text``/``item_text`` strings, running the frozen BERT forward pass
-   (in-graph tokenisation included) in every step. Prints
+Sections (``--sections``; each prints its ``ratio`` lines):
+
+1. ``reference``: tfrec against :class:`ReferenceModel`, the same two-tower
+   architecture written from scratch the way a TFRS tutorial user would (a
+   ``tfrs.Model`` calling a query and an item model, ``tfrs.tasks.Retrieval``
+   with the same temperature / logQ / accidental-hit settings, AdamW,
+   ``from_tensor_slices(dict).shuffle().repeat().batch()``), both on the same
+   cached frozen-encoder encodings: ``ratio tfrec/tfrs_reference: X``.
+2. ``cache``: the frozen encoder's outputs from the ``TextCache`` against the
+   same model running BERT (tokenisation included) on raw text in every step:
    ``ratio cached/uncached: Y``.
+3. ``xla_precision``: raw text tokenised on the host and BERT running every
+   step (the preset's ``trainable_layers``), as float32 without XLA (the
+   baseline), with ``train.jit_compile=true``, and under
+   ``train.mixed_precision=<--precision>`` (default ``mixed_bfloat16``):
+   ``ratio xla_on/xla_off: X`` and ``ratio mixed_bfloat16/float32: Y``
+   (> 1 = faster than the baseline). Warm-up (tracing, XLA compilation) times
+   are printed, not counted.
+4. ``finetune``: the encoder frozen (cached encodings, as the trainer does),
+   with LoRA adapters (``model.query_encoder.lora_rank``, encoder learning rate
+   ``--lora-learning-rate``) and fully fine-tuned (every transformer layer
+   trains, the preset's ``train.encoder_learning_rate``), on the same examples,
+   batch, seed and number of steps. Prints trainable parameters (all, and the
+   encoder's), step time, validation recall@10 after those steps (a short,
+   equal budget, not a converged comparison), and
+   ``ratio lora/frozen: X``, ``ratio full/frozen: Y``, ``ratio full/lora: Z``
+   (examples/sec; < 1 = slower).
 
-Method: the machine is noisy, so contenders are interleaved: after one
-untimed warm-up chunk each (tracing), every round runs one ``fit`` chunk of
-each contender (order alternating per round). A chunk is ``1 + steps`` steps:
-the first (new iterator, shuffle-buffer fill) is left out and every other step
-is timed from the end of the previous step to its own end by a callback (Keras
-loop overhead included). The uncached contender's steps take seconds, so its
-chunks are just ``steps`` long and the first step is timed from its begin.
-A chunk's rate is batch / its median step time; a printed ratio is the median
-over rounds of the per-round ratio of chunk rates (paired in time, so load
-that drifts between rounds cancels). Chunks are short and rounds many (other
-processes' bursts last about as long as a chunk, and one slowed chunk skews its
-round's ratio by 2x or more on a loaded machine; the median over many rounds
-shrugs that off; re-creating the iterator per chunk was checked not to favour
-either side). The absolute examples/sec (batch /
-median step time over all rounds) are indicative only. Also printed: the
-per-round spread, the ratio of the pooled rates, and the ratio of examples per
-process-CPU-second (all threads; other processes' load disturbs it much less
-than wall time, but it counts parallel threads' work, so for the multi-threaded
-BERT pass it is not a speed ratio). Epoch-end work of a real run (validation,
-checkpoints, TensorBoard) is not per-step and is left out for both.
+Method: the machine is noisy, so the contenders of a section are interleaved:
+after one untimed warm-up chunk each, every round runs one ``fit`` chunk of
+each contender, in an order rotated per round. A chunk's first step (new
+iterator, shuffle-buffer fill) is left out when steps are fast; every other
+step is timed from the end of the previous step to its own end (Keras loop
+overhead included). When steps take seconds (BERT in the step), the first step
+is timed from its begin instead and all steps count. A chunk's rate is batch /
+its median step time; a printed ratio is the median over rounds of the
+per-round ratio of chunk rates (paired in time, so load that drifts between
+rounds cancels; one slowed chunk skews only its round). Also printed: the
+per-round spread, the ratio of pooled rates and, for sections 1 and 2, of
+examples per process-CPU-second (all threads; less disturbed by other
+processes, but not a speed ratio for multi-threaded BERT work). Absolute rates
+are indicative only. Epoch-end work of a real run (validation, checkpoints,
+TensorBoard) is left out for all.
 """
 
 from __future__ import annotations
@@ -66,9 +77,12 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tfrec import config as config_lib  # noqa: E402
-from tfrec import training  # noqa: E402
+from tfrec import evaluate, runtime, training  # noqa: E402
 from tfrec.data import dataset, pipeline  # noqa: E402
 from tfrec.models import build_model  # noqa: E402
+from tfrec.towers import host_features  # noqa: E402
+
+SECTIONS = ("reference", "cache", "xla_precision", "finetune")
 
 
 # ----------------------------------------------------------- plain-TFRS reference
@@ -170,9 +184,9 @@ class Contender:
 
     Args:
       skip_first: leave each chunk's first step out (it makes the iterator and
-        fills the shuffle buffer); the other steps are timed end to end (Keras
-        loop included). Without it (slow contenders, where that set-up is
-        noise) the first step is timed from its begin to its end.
+        fills the shuffle buffer); the other steps are timed end to end. Without
+        it (slow steps, where that set-up is noise) the first step is timed from
+        its begin and every step counts.
     """
 
     def __init__(self, name: str, model: tf.keras.Model, ds: tf.data.Dataset, batch_size: int, steps: int,
@@ -182,12 +196,16 @@ class Contender:
         self.step_seconds: list[float] = []  # wall, every timed step of every round
         self.cpu_seconds = 0.0  # process CPU time (all threads) over the timed steps
         self.timed_steps = 0
+        self.trained_steps = 0  # every step run, timed or not
+        self.warmup_seconds = 0.0
         self.timer = StepTimer()
 
     def chunk(self, steps: int | None = None, record: bool = True) -> float:
         """One fit call; returns this chunk's examples/sec (from its median step time)."""
         steps = steps or self.steps
+        started = time.perf_counter()
         self.model.fit(self.ds, epochs=1, steps_per_epoch=steps + self.skip_first, verbose=0, callbacks=[self.timer])
+        self.trained_steps += steps + self.skip_first
         b, e = self.timer.begins, self.timer.ends
         marks = e if self.skip_first else [b[0]] + e
         wall = [marks[i][0] - marks[i - 1][0] for i in range(1, len(marks))]
@@ -195,6 +213,8 @@ class Contender:
             self.step_seconds += wall
             self.cpu_seconds += marks[-1][1] - marks[0][1]
             self.timed_steps += steps
+        else:
+            self.warmup_seconds = time.perf_counter() - started
         return self.batch_size / statistics.median(wall)
 
     def rate(self) -> float:
@@ -206,133 +226,265 @@ class Contender:
         return self.timed_steps * self.batch_size / max(self.cpu_seconds, 1e-9)
 
 
-def interleave(a: Contender, b: Contender, rounds: int) -> list[float]:
-    """One untimed warm-up chunk each, then ``rounds`` rounds (A,B / B,A alternating).
+def warm_up_steps(c: Contender) -> int:
+    return max(1, min(c.steps, 5))
 
-    Returns the per-round ratios of chunk rates A/B (their spread shows the noise).
+
+def interleave(baseline: Contender, others: list[Contender], rounds: int) -> dict[str, list[float]]:
+    """One untimed warm-up chunk each, then ``rounds`` rounds, the order rotated per round.
+
+    Returns, per other contender, its per-round ratios of chunk rates to the baseline's.
     """
-    for c in (a, b):
-        c.chunk(max(1, min(c.steps, 5)), record=False)  # tracing
-    ratios = []
+    contenders = [baseline, *others]
+    for c in contenders:
+        c.chunk(warm_up_steps(c), record=False)  # tracing (and XLA compilation)
+    ratios: dict[str, list[float]] = {c.name: [] for c in others}
     for r in range(rounds):
-        rate = {c.name: c.chunk() for c in ((a, b) if r % 2 == 0 else (b, a))}
-        ratios.append(rate[a.name] / rate[b.name])
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        rate = {c.name: c.chunk() for c in order}
+        for c in others:
+            ratios[c.name].append(rate[c.name] / rate[baseline.name])
     return ratios
 
 
-def report(a: Contender, b: Contender, ratios: list[float], digits: int) -> None:
-    for c in (a, b):
+def report(c: Contender, baseline: Contender, ratios: list[float], digits: int, label: str | None = None,
+           cpu: bool = True) -> None:
+    """The headline ``ratio <label>: X`` line (median per-round ratio) and its spread."""
+    print(f"ratio {label or f'{c.name}/{baseline.name}'}: {statistics.median(ratios):.{digits}f}")
+    cpu_part = f"; of examples per process-CPU-second {c.cpu_rate() / baseline.cpu_rate():.{digits}f}" if cpu else ""
+    print(f"  ({len(ratios)} interleaved rounds, {c.timed_steps} + {baseline.timed_steps} timed steps; per-round "
+          f"ratio min {min(ratios):.{digits}f}, max {max(ratios):.{digits}f}; ratio of the pooled median step "
+          f"times {c.rate() / baseline.rate():.{digits}f}{cpu_part})", flush=True)
+
+
+def print_rates(*contenders: Contender) -> None:
+    for c in contenders:
         print(f"{c.name} examples/sec (indicative): {c.rate():.{0 if c.rate() >= 100 else 1}f}")
-    print(f"ratio {a.name}/{b.name}: {statistics.median(ratios):.{digits}f}")
-    print(f"  ({len(ratios)} interleaved rounds, {a.timed_steps} + {b.timed_steps} timed steps; per-round ratio "
-          f"min {min(ratios):.{digits}f}, max {max(ratios):.{digits}f}; ratio of the pooled median step times "
-          f"{a.rate() / b.rate():.{digits}f}; of examples per process-CPU-second "
-          f"{a.cpu_rate() / b.cpu_rate():.{digits}f})", flush=True)
 
 
 # ------------------------------------------------------------------------ set-up
-def new_model(cfg, catalog):
-    tf.keras.utils.set_random_seed(cfg.train.seed)
-    return build_model(cfg, catalog)
+def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: int, query_cache=None,
+                      item_cache=None, host: bool = False, skip_first: bool = True) -> Contender:
+    """A model built, compiled and fed as ``train()`` does for ``cfg`` (default strategy).
 
-
-def tfrec_contender(model, cfg, catalog, examples, item_probability, query_cache, item_cache, name, steps):
-    """tfrec's pipeline, optimiser and compile for ``model``, as ``trainer/task.py`` ``train()`` sets them up."""
-    features = pipeline.training_features(examples, catalog, item_probability, query_cache, item_cache)
+    Args:
+      cfg: the resolved config (the contender's overrides applied).
+      examples: the training examples; ``query_cache`` / ``item_cache``: frozen
+        encoder outputs (None: raw text, BERT in every step).
+      total_steps: the learning-rate schedule's length.
+      host: tokenise and look ids up in ``tf.data`` even without XLA.
+    """
+    tf.keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for every contender
+    runtime.set_precision(cfg.train.mixed_precision)
+    try:
+        model = build_model(cfg, data.catalog)
+    finally:
+        runtime.set_precision("none")
+    training.compile_model(model, cfg, total_steps)
+    features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache)
     batch = cfg.train.batch_size
-    steps_per_epoch = math.ceil(len(examples) / batch)
     ds = pipeline.make_dataset(features, batch, shuffle=True, seed=cfg.train.seed,
                                drop_remainder=len(examples) >= 2 * batch, repeat=True)
-    head_opt = training.make_optimizer(cfg.train.learning_rate, steps_per_epoch * cfg.train.epochs,
-                                       cfg.train.warmup_fraction, cfg.train.weight_decay, "head_adamw")
-    # Default runtime on CPU: no mixed precision, no XLA, so no host-side tokenisation (train() branches on these).
-    model.compile(optimizer=head_opt, steps_per_execution=cfg.train.steps_per_execution,
-                  jit_compile=cfg.train.jit_compile)
     sample = next(iter(pipeline.make_dataset(features, 2)))
     model.query_tower(sample), model.item_tower(sample)
-    return Contender(name, model, ds, batch, steps), model
+    for encoder in {id(e): e for e in (model.query_tower.encoder, model.item_tower.text_encoder) if e}.values():
+        encoder(tf.constant(["a"]))  # built (train() builds it by encoding its cache with it)
+    if host or runtime.host_preprocessing(tf.distribute.get_strategy(), cfg.train.jit_compile):
+        ds = ds.map(lambda f: host_features(model.query_tower, model.item_tower, f),
+                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return Contender(name, model, ds, batch, steps, skip_first)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="movielens", choices=["movielens", "smoke"])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per chunk of the cached contenders (default 10)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds, tfrec vs reference (default 61, --quick 31)")
-    parser.add_argument("--uncached-steps", type=int, default=None,
-                        help="timed steps per chunk of the uncached contender (default 2, --quick 1)")
-    parser.add_argument("--uncached-rounds", type=int, default=None,
-                        help="interleaved rounds, cached vs uncached (default 3, --quick 2)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's train.batch_size")
-    parser.add_argument("--examples", type=int, default=None,
-                        help="training examples used (random subset; default 8192, --quick 1024)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (under ~2 minutes on 2 cores)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    steps = args.steps or 10
-    rounds = args.rounds or (31 if quick else 61)
-    uncached_steps = args.uncached_steps or (1 if quick else 2)
-    uncached_rounds = args.uncached_rounds or (2 if quick else 3)
-    n_examples = args.examples or (1024 if quick else 8192)
+def variant(cfg, *sets: str):
+    """``cfg`` with dotted overrides applied and validated (the trainer's ``--set``)."""
+    return config_lib.override(cfg, list(sets))
 
-    warnings.filterwarnings("ignore")
-    for noisy in ("tensorflow", "absl", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    started = time.time()
 
-    # The encoder must be frozen for caching (the smoke preset trains one layer).
-    sets = ["model.query_encoder.trainable_layers=0"]
-    if args.batch_size:
-        sets.append(f"train.batch_size={args.batch_size}")
-    cfg = config_lib.build(args.preset, sets=sets)
-    batch = cfg.train.batch_size
-    data = dataset.load(cfg.data)
-    rng = np.random.default_rng(cfg.train.seed)
-    n = min(n_examples, len(data.train))
-    examples = data.train.take(np.sort(rng.choice(len(data.train), size=n, replace=False)))
-    item_probability = data.item_probability()  # from the whole training split, as train() does
+def validation_recall(model, cfg, data, query_cache, item_cache) -> float:
+    """Full-catalog validation recall@10 of the model's current weights."""
+    queries = pipeline.query_features(data.validation.query_text, query_cache)
+    items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
+    q, i = evaluate.embed(model.query_tower, queries), evaluate.embed(model.item_tower, items)
+    return evaluate.evaluate_embeddings(q, i, data, "validation", [10], cfg.eval.exclude_seen)["recall@10"]
 
-    # --- untimed: encode the texts once, as train() does --------------------
-    tfrec_model = new_model(cfg, data.catalog)
-    query_encoder, item_encoder = tfrec_model.query_tower.encoder, tfrec_model.item_tower.text_encoder
-    t0 = time.time()
-    query_cache = pipeline.TextCache(examples.query_text, query_encoder.encode_texts)
-    item_cache = pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts)
-    cache_seconds = time.time() - t0
 
-    q = cfg.model.query_encoder
-    print(f"hardware: os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
-          f"TensorFlow {tf.__version__}, TFRS {tfrs.__version__}")
-    print(f"data: preset {args.preset}: {n} of {len(data.train)} training examples (random subset, seed "
-          f"{cfg.train.seed}), {len(data.catalog)} items; frozen {q.checkpoint} (hidden "
-          f"{query_encoder.hidden_size}, max_length {q.max_length}); {len(query_cache.texts)} query + "
-          f"{len(item_cache.texts)} item texts cached in {cache_seconds:.0f}s (not timed); batch {batch}", flush=True)
+def trainable_parameters(model) -> tuple[int, int]:
+    """(all trainable parameters, the encoders' share)."""
+    encoder_ids = model._encoder_variable_ids()
+    sizes = [(int(np.prod(v.shape)), id(v) in encoder_ids) for v in model.trainable_variables]
+    return sum(n for n, _ in sizes), sum(n for n, enc in sizes if enc)
 
-    # --- 1. tfrec vs plain TFRS ----------------------------------------------
-    tfrec_c, _ = tfrec_contender(tfrec_model, cfg, data.catalog, examples, item_probability, query_cache,
-                                 item_cache, "tfrec", steps)
+
+# ---------------------------------------------------------------------- sections
+def section_reference(cfg, data, examples, caches, steps, rounds) -> Contender:
+    tfrec_c = trainer_contender("tfrec", cfg, data, examples, steps, _schedule_steps(cfg, examples), *caches)
     m, r = cfg.model, cfg.retrieval
+    query_cache, item_cache = caches
     tf.keras.utils.set_random_seed(cfg.train.seed)
     ref_model = ReferenceModel(data.catalog.item_ids, data.catalog.categorical, m.item_id_embedding_dim,
                                m.categorical_embedding_dim, m.hidden_units, m.embedding_dim, m.dropout,
                                r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives)
     ref_model.compile(optimizer=tf.keras.optimizers.AdamW(cfg.train.learning_rate,
                                                           weight_decay=cfg.train.weight_decay))
-    ref_ds = reference_dataset(examples, data.catalog, item_probability, query_cache.matrix, query_cache.row,
-                               item_cache.matrix, item_cache.row, batch, cfg.train.seed)
-    ref_c = Contender("tfrs_reference", ref_model, ref_ds, batch, steps)
-    print(f"[1] tfrec vs plain-TFRS reference, cached encodings, {rounds} rounds x {steps} steps:", flush=True)
-    report(tfrec_c, ref_c, interleave(tfrec_c, ref_c, rounds), digits=3)
+    ref_ds = reference_dataset(examples, data.catalog, data.item_probability(), query_cache.matrix,
+                               query_cache.row, item_cache.matrix, item_cache.row, cfg.train.batch_size,
+                               cfg.train.seed)
+    ref_c = Contender("tfrs_reference", ref_model, ref_ds, cfg.train.batch_size, steps)
+    print(f"[1] tfrec vs plain-TFRS reference, cached encodings, batch {cfg.train.batch_size}, {rounds} rounds x "
+          f"{steps} steps:", flush=True)
+    ratios = interleave(ref_c, [tfrec_c], rounds)
+    print_rates(tfrec_c, ref_c)
+    report(tfrec_c, ref_c, ratios["tfrec"], digits=3)
+    return tfrec_c
 
-    # --- 2. cached vs uncached frozen encoder ---------------------------------
-    cached_c = Contender("cached", tfrec_model, tfrec_c.ds, batch, steps)
-    uncached_c, _ = tfrec_contender(new_model(cfg, data.catalog), cfg, data.catalog, examples, item_probability,
-                                    None, None, "uncached", uncached_steps)
-    uncached_c.skip_first = False
-    print(f"[2] tfrec frozen encoder, cached vs uncached (BERT forward pass every step), {uncached_rounds} rounds x "
-          f"{steps} / {uncached_steps} steps:", flush=True)
-    report(cached_c, uncached_c, interleave(cached_c, uncached_c, uncached_rounds), digits=1)
+
+def section_cache(cfg, data, examples, caches, steps, uncached_steps, rounds) -> None:
+    total = _schedule_steps(cfg, examples)
+    cached_c = trainer_contender("cached", cfg, data, examples, steps, total, *caches)
+    uncached_c = trainer_contender("uncached", cfg, data, examples, uncached_steps, total, skip_first=False)
+    print(f"[2] frozen encoder, cached vs uncached (BERT forward pass every step), batch {cfg.train.batch_size}, "
+          f"{rounds} rounds x {steps} / {uncached_steps} steps:", flush=True)
+    ratios = interleave(uncached_c, [cached_c], rounds)
+    print_rates(cached_c, uncached_c)
+    report(cached_c, uncached_c, ratios["cached"], digits=1)
+
+
+def section_xla_precision(cfg, data, examples, precision, steps, rounds) -> None:
+    total = 10_000
+    base = trainer_contender("float32", cfg, data, examples, steps, total, host=True)
+    xla = trainer_contender("xla", variant(cfg, "train.jit_compile=true"), data, examples, steps, total)
+    mixed = trainer_contender(precision, variant(cfg, f"train.mixed_precision={precision}"), data, examples, steps,
+                              total, host=True)
+    q = cfg.model.query_encoder
+    print(f"[3] XLA and mixed precision: raw text tokenised on the host, BERT every step (trainable_layers "
+          f"{q.trainable_layers}, max_length {q.max_length}), batch {cfg.train.batch_size}, {rounds} rounds x "
+          f"{steps} steps:", flush=True)
+    ratios = interleave(base, [xla, mixed], rounds)
+    for c in (base, xla, mixed):
+        print(f"  warm-up {c.name} (tracing{', XLA compilation' if c is xla else ''}): {c.warmup_seconds:.1f}s")
+    print_rates(base, xla, mixed)
+    report(xla, base, ratios["xla"], digits=2, label="xla_on/xla_off", cpu=False)
+    report(mixed, base, ratios[precision], digits=2, label=f"{precision}/float32", cpu=False)
+
+
+def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr, steps, rounds) -> None:
+    total = (rounds + 1) * steps  # the warm-up chunk trains too: every mode runs exactly this many steps
+    modes = {
+        "frozen": variant(cfg, "model.query_encoder.trainable_layers=0", "model.query_encoder.lora_rank=0"),
+        "lora": variant(cfg, "model.query_encoder.trainable_layers=0", f"model.query_encoder.lora_rank={lora_rank}",
+                        f"train.encoder_learning_rate={lora_lr}"),
+        "full": variant(cfg, f"model.query_encoder.trainable_layers={num_layers}", "model.query_encoder.lora_rank=0"),
+    }
+    contenders = {name: trainer_contender(name, mcfg, data, examples, steps, total,
+                                          *(caches if name == "frozen" else (None, None)), skip_first=False)
+                  for name, mcfg in modes.items()}
+    print(f"[4] fine-tuning modes: {len(examples)} examples, batch {cfg.train.batch_size}, {total} steps each "
+          f"(warm-up chunk + {rounds} rounds x {steps} steps, interleaved); LoRA rank {lora_rank} at encoder "
+          f"learning rate {lora_lr}, full fine-tuning of all {num_layers} layers at "
+          f"{modes['full'].train.encoder_learning_rate}:", flush=True)
+    ratios = interleave(contenders["frozen"], [contenders["lora"], contenders["full"]], rounds)
+    # full vs lora, paired per round: (full/frozen) / (lora/frozen)
+    ratios["full/lora"] = [f / l for f, l in zip(ratios["full"], ratios["lora"])]
+    print(f"  {'mode':<7} {'trainable params':>16} {'of them encoder':>16} {'ms/step':>9} {'val recall@10':>14}")
+    for name, c in contenders.items():
+        assert c.trained_steps == total, (name, c.trained_steps, total)
+        params, encoder = trainable_parameters(c.model)
+        recall = validation_recall(c.model, modes[name], data, *(caches if name == "frozen" else (None, None)))
+        print(f"  {name:<7} {params:>16,} {encoder:>16,} {1000 * c.batch_size / c.rate():>9.1f} {recall:>14.4f}",
+              flush=True)
+    for name in ("lora", "full"):
+        report(contenders[name], contenders["frozen"], ratios[name], digits=3, cpu=False)
+    full, lora = contenders["full"], contenders["lora"]
+    r = ratios["full/lora"]
+    print(f"ratio full/lora: {statistics.median(r):.3f}")
+    print(f"  (per-round min {min(r):.3f}, max {max(r):.3f}; pooled {full.rate() / lora.rate():.3f})", flush=True)
+
+
+def _schedule_steps(cfg, examples) -> int:
+    return math.ceil(len(examples) / cfg.train.batch_size) * cfg.train.epochs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="movielens", choices=["movielens", "smoke"])
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (all sections in a few minutes)")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="training examples used (random subset; default 8192, --quick 1024)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="sections 1-2 (default: the preset's train.batch_size)")
+    parser.add_argument("--steps", type=int, default=None, help="sections 1-2: timed steps per chunk (default 10)")
+    parser.add_argument("--rounds", type=int, default=None, help="section 1: rounds (default 61, --quick 31)")
+    parser.add_argument("--uncached-steps", type=int, default=None,
+                        help="section 2: uncached steps per chunk (default 2, --quick 1)")
+    parser.add_argument("--uncached-rounds", type=int, default=None, help="section 2: rounds (default 3, --quick 2)")
+    parser.add_argument("--bert-batch-size", type=int, default=32,
+                        help="sections 3-4, where BERT runs in the step (default 32)")
+    parser.add_argument("--bert-steps", type=int, default=None,
+                        help="sections 3-4: steps per chunk (default 5, --quick 3)")
+    parser.add_argument("--bert-rounds", type=int, default=None,
+                        help="sections 3-4: rounds (default 5 and 12, --quick 3 and 4)")
+    parser.add_argument("--precision", default="mixed_bfloat16", choices=["mixed_bfloat16", "mixed_float16"],
+                        help="section 3's mixed-precision policy")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-learning-rate", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; expected some of {', '.join(SECTIONS)}")
+    quick = args.quick
+    steps = args.steps or 10
+    n_examples = args.examples or (1024 if quick else 8192)
+    bert_steps = args.bert_steps or (3 if quick else 5)
+
+    warnings.filterwarnings("ignore")
+    for noisy in ("tensorflow", "absl", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    started = time.time()
+
+    sets = []
+    if args.batch_size:
+        sets.append(f"train.batch_size={args.batch_size}")
+    cfg = config_lib.build(args.preset, sets=sets)
+    data = dataset.load(cfg.data)
+    rng = np.random.default_rng(cfg.train.seed)
+    n = min(n_examples, len(data.train))
+    examples = data.train.take(np.sort(rng.choice(len(data.train), size=n, replace=False)))
+    frozen_cfg = variant(cfg, "model.query_encoder.trainable_layers=0")  # caching needs a frozen encoder
+
+    # --- untimed: the frozen encoder's cache, built as train() builds it -----------
+    caches, num_layers = None, 0  # (query TextCache, item TextCache); the encoder's transformer layers
+    if {"reference", "cache", "finetune"} & set(sections):
+        encoder_model = build_model(frozen_cfg, data.catalog)
+        query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
+        t0 = time.time()
+        caches = (pipeline.TextCache(examples.query_text + data.validation.query_text, query_encoder.encode_texts),
+                  pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts))
+        num_layers = query_encoder.num_layers
+        print(f"cache: {len(caches[0].texts)} query + {len(caches[1].texts)} item texts encoded in "
+              f"{time.time() - t0:.0f}s (not timed)")
+        del encoder_model
+
+    q = cfg.model.query_encoder
+    print(f"hardware: os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, GPUs "
+          f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, TFRS {tfrs.__version__}")
+    print(f"data: preset {args.preset}: {n} of {len(data.train)} training examples (random subset, seed "
+          f"{cfg.train.seed}), {len(data.catalog)} items, {len(data.validation)} validation queries; encoder "
+          f"{q.checkpoint} (max_length {q.max_length})", flush=True)
+
+    if "reference" in sections:
+        section_reference(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
+    if "cache" in sections:
+        section_cache(frozen_cfg, data, examples, caches, steps, args.uncached_steps or (1 if quick else 2),
+                      args.uncached_rounds or (2 if quick else 3))
+    bert_cfg = variant(cfg, f"train.batch_size={args.bert_batch_size}")
+    if "xla_precision" in sections:
+        section_xla_precision(bert_cfg, data, examples, args.precision, bert_steps,
+                              args.bert_rounds or (3 if quick else 5))
+    if "finetune" in sections:
+        section_finetune(bert_cfg, data, examples, caches, num_layers, args.lora_rank, args.lora_learning_rate, bert_steps,
+                         args.bert_rounds or (4 if quick else 12))
     print(f"total {time.time() - started:.0f}s", flush=True)
     return 0
 

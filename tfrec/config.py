@@ -313,6 +313,14 @@ def build(preset: str = "movielens", config_file: str | None = None, sets: list[
     return cfg
 
 
+def override(cfg: Config, sets: list[str]) -> Config:
+    """A validated copy of ``cfg`` with ``dotted.key=value`` overrides applied (as ``--set`` does)."""
+    new = from_dict(to_dict(cfg))
+    for assignment in sets:
+        _set_dotted(new, assignment)
+    return validate(new)
+
+
 # --------------------------------------------------------------- validation
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
