@@ -270,7 +270,7 @@ def load_trained(job_dir: str | Path):
     data = dataset.load(cfg.data, base_dir=str(job))
     model = build_model(cfg, data.catalog)
     sample = next(iter(pipeline.make_dataset(
-        pipeline.training_features(data.train.take(range(2)), data.catalog, data.item_probability()), 2)))
+        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability()), 2)))
     model.query_tower(sample), model.item_tower(sample)
     model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
     return cfg, model, data

@@ -26,3 +26,35 @@ def tiny_encoder():
     from tfrec.encoders.text import BertTextEncoder
 
     return BertTextEncoder("random://tiny", max_length=16, pooling="mean", trainable_layers=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def split_files(tmp_path_factory):
+    """The smoke data set as train/validation/test files (each user's last two interactions held out); the
+    training rows also as 4 TFRecord shards, with one unknown item and one empty query among them."""
+    import csv
+
+    from tfrec.data import synthetic, to_tfrecord
+
+    root = tmp_path_factory.mktemp("split")
+    synthetic.write_smoke(str(root))
+    with open(root / "interactions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_user = {}
+    for r in rows:
+        by_user.setdefault(r["user_id"], []).append(r)
+    parts = {"train": [], "validation": [], "test": []}
+    for seq in by_user.values():
+        seq.sort(key=lambda r: int(r["timestamp"]))
+        parts["train"] += seq[:-2]
+        parts["validation"].append(seq[-2])
+        parts["test"].append(seq[-1])
+    parts["train"].insert(5, dict(parts["train"][0], item_id="item_not_in_catalog"))
+    parts["train"].insert(9, dict(parts["train"][1], query=""))
+    for name, part in parts.items():
+        with open(root / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    summary = to_tfrecord.convert(str(root / "train.csv"), str(root / "shards" / "train"), shards=4)
+    return root, summary["glob"], parts

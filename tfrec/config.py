@@ -41,6 +41,9 @@ class InteractionsConfig:
     user_id_column: Optional[str] = None
     timestamp_column: Optional[str] = None
     label_column: Optional[str] = None
+    # Stream the training interactions from TFRecord shards each epoch instead of reading them into memory
+    # (tfrec.data.stream); needs split.method=files and a query_column.
+    streaming: bool = False
 
 
 @dataclass
@@ -56,7 +59,9 @@ class ItemsConfig:
 
 @dataclass
 class SplitConfig:
-    method: str = "leave_last"  # random | time | leave_last
+    method: str = "leave_last"  # random | time | leave_last | files
+    validation_path: str = ""  # method=files: interactions.path is the training set, these the held-out sets
+    test_path: str = ""
     test_fraction: float = 0.1
     validation_fraction: float = 0.1
     seed: int = 42
@@ -349,7 +354,23 @@ def validate(cfg: Config) -> Config:
                "is required when queries are built from history (query_history_items)")
     _check(len(d.items.text_columns) >= 1 or cfg.model.item_text_encoder == "none",
            "data.items.text_columns", "needs at least one column")
-    _one_of(d.split.method, "data.split.method", ("random", "time", "leave_last"))
+    _one_of(d.split.method, "data.split.method", ("random", "time", "leave_last", "files"))
+    if d.split.method == "files":
+        for k in ("validation_path", "test_path"):
+            _check(bool(getattr(d.split, k)), f"data.split.{k}", "is required by data.split.method=files (the "
+                   "held-out interactions, with the same columns as data.interactions.path)")
+    if d.interactions.streaming:
+        _check(d.split.method == "files", "data.interactions.streaming",
+               "streams the training file only: set data.split.method=files with validation_path and test_path")
+        _check(has_q, "data.interactions.streaming",
+               "needs data.interactions.query_column (history-built queries need every interaction in memory)")
+        _check(d.interactions.format in ("auto", "tfrecord"), "data.interactions.streaming",
+               "reads TFRecord shards; convert the file with python -m tfrec.data.to_tfrecord")
+        _check(not cfg.eval.exclude_seen, "eval.exclude_seen",
+               "needs every training interaction in memory; set it to false with data.interactions.streaming")
+        _check(cfg.ranking.weight == 0, "ranking.weight",
+               "the ranking evaluation needs the training labels in memory; not available with "
+               "data.interactions.streaming")
     if d.split.method in ("time", "leave_last"):
         _check(d.interactions.timestamp_column is not None, "data.interactions.timestamp_column",
                f"is required by data.split.method={d.split.method}")

@@ -53,7 +53,7 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
     import tensorflow as tf
 
     from tfrec import evaluate, runtime, training
-    from tfrec.data import dataset, pipeline
+    from tfrec.data import dataset, pipeline, stream
     from tfrec.models import build_model
 
     # --- set-up --------------------------------------------------------------
@@ -86,28 +86,39 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
     cache = cfg.train.cache_frozen_encoders
     query_cache = item_cache = None
     if cache and query_encoder.frozen:
-        texts = data.train.query_text + data.validation.query_text + data.test.query_text
+        train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
+        texts = train_texts + data.validation.query_text + data.test.query_text
         query_cache = pipeline.TextCache(texts, query_encoder.encode_texts, progress="encoding queries")
         log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
     if cache and item_encoder is not None and item_encoder.frozen:
         item_cache = pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts, progress="encoding items")
         log.info("cache: %d item texts encoded once (frozen encoder)", len(item_cache.texts))
 
-    train_features = pipeline.training_features(data.train, data.catalog, item_probability, query_cache, item_cache)
     batch = cfg.train.batch_size
-    steps = math.ceil(len(data.train) / batch)
+    steps = math.ceil(data.num_train / batch)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    strategy_kind = runtime.kind(strategy)
-    train_ds = pipeline.make_dataset(train_features, batch, shuffle=True, seed=cfg.train.seed,
-                                     drop_remainder=len(data.train) >= 2 * batch
-                                     or strategy_kind in ("tpu", "multi_worker"), repeat=True)
-    if runtime.host_preprocessing(strategy, cfg.train.jit_compile):
-        from tfrec.towers import host_features
 
-        # Tokenise and look ids up in the host's input pipeline: the model sees fixed-shape ints only.
-        train_ds = train_ds.map(lambda f: host_features(model.query_tower, model.item_tower, f),
-                                num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def train_input(skip_batches: int):
+        """The endless, seeded training stream from batch ``skip_batches`` on (a resumed run skips what it saw)."""
+        host = runtime.host_preprocessing(strategy, cfg.train.jit_compile)
+
+        def on_host(ds):  # tokenise and look ids up in tf.data: the model sees fixed-shape ints only
+            from tfrec.towers import host_features
+
+            return ds.map(lambda f: host_features(model.query_tower, model.item_tower, f),
+                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE) if host else ds
+
+        if data.stream is None:  # in memory; under multi_worker Keras shards the batches across workers
+            ds = pipeline.make_dataset(pipeline.training_features(data.train, data.catalog, item_probability,
+                                                                  query_cache, item_cache),
+                                       batch, shuffle=True, seed=cfg.train.seed,
+                                       drop_remainder=len(data.train) >= 2 * batch
+                                       or runtime.kind(strategy) in ("tpu", "multi_worker"), repeat=True)
+            return on_host(ds.skip(skip_batches) if skip_batches else ds)
+        return strategy.distribute_datasets_from_function(  # each worker reads its own shards
+            lambda ctx: on_host(stream.make_dataset(data.stream, data.catalog, item_probability, batch,
+                                                    cfg.train.seed, ctx, query_cache, item_cache, skip_batches)))
     all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
 
     def embed_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +131,8 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
 
     with strategy.scope():
         head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)
-        sample = next(iter(pipeline.make_dataset(train_features, 2)))
+        sample = next(iter(pipeline.make_dataset(pipeline.training_features(
+            data.validation.take(range(2)), data.catalog, item_probability, query_cache, item_cache), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
     # --- train ---------------------------------------------------------------
@@ -147,14 +159,16 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
                  tf.keras.callbacks.TensorBoard(str((scratch or job) / "tensorboard"), write_graph=False,
                                                 profile_batch=0)]
     if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
-        log.info("train: %d examples, %d steps/epoch, up to %d epochs", len(data.train), steps, cfg.train.epochs)
+        log.info("train: %d examples%s, %d steps/epoch, up to %d epochs", data.num_train,
+                 f" streamed from {len(data.stream.files)} shards" if data.stream is not None else "", steps,
+                 cfg.train.epochs)
         # The shuffled stream is seeded and repeated (one iterator for the whole fit), so skipping the batches
         # already trained on gives a resumed run exactly the batches an uninterrupted one would have seen.
         done = initial_epoch * steps + resume_batch
         if resume_batch:  # Keras' own mid-epoch resume hook (BackupAndRestore's): the first epoch starts there
             model._maybe_load_initial_counters_from_ckpt = lambda steps_per_epoch, epoch: (epoch, resume_batch)
         try:
-            model.fit(train_ds.skip(done) if done else train_ds, epochs=cfg.train.epochs,
+            model.fit(train_input(done), epochs=cfg.train.epochs,
                       initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
                       verbose=1 if sys.stdout.isatty() else 0)
         finally:
@@ -174,7 +188,10 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
     baselines = {}
     if cfg.eval.baselines:
         baselines["popularity"] = evaluate.popularity_baseline(data, "test", cfg.eval.ks, cfg.eval.exclude_seen)
-        if cfg.data.interactions.user_id_column:
+        if cfg.data.interactions.user_id_column and data.stream is not None:
+            log.info("eval: no id_two_tower baseline (it trains on the training interactions in memory; these "
+                     "were streamed)")
+        elif cfg.data.interactions.user_id_column:
             baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
                 data, "test", cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
                 exclude_seen=cfg.eval.exclude_seen, monitor=cfg.train.early_stopping_metric)

@@ -31,13 +31,13 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="module")
-def two_workers(tmp_path_factory):
-    job = tmp_path_factory.mktemp("multi_worker") / "job"
+def _run_workers(job: Path, sets: list[str]) -> tuple[list[int], list[str]]:
+    """Two ``trainer.task`` processes under one TF_CONFIG; returns their exit codes and outputs."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     args = [sys.executable, "-m", "trainer.task", "--preset", "smoke", "--job-dir", str(job),
-            "--set", "runtime.strategy=multi_worker", "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=2",
-            "--set", "eval.baselines=false", "--set", "retrieval.cross_replica_negatives=true"]
+            "--set", "runtime.strategy=multi_worker"]
+    for s in sets:
+        args += ["--set", s]
     procs = []
     for index in range(2):
         env = dict(os.environ, PYTHONPATH=str(REPO),
@@ -53,7 +53,15 @@ def two_workers(tmp_path_factory):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    return job, [p.returncode for p in procs], outputs
+    return [p.returncode for p in procs], outputs
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    job = tmp_path_factory.mktemp("multi_worker") / "job"
+    codes, outputs = _run_workers(job, ["train.epochs=2", "train.max_steps_per_epoch=2", "eval.baselines=false",
+                                        "retrieval.cross_replica_negatives=true"])
+    return job, codes, outputs
 
 
 def test_both_workers_finish(two_workers):
@@ -90,3 +98,19 @@ def test_non_chief_scratch_is_removed(two_workers):
     assert found, outputs[1][-2000:]
     assert not Path(found.group(1)).exists()
     assert "non-chief" not in outputs[0]
+
+
+def test_streaming_workers_each_read_their_own_shards(split_files, tmp_path):
+    """data.interactions.streaming: worker i reads shards i, i+2 of the 4 (file-level sharding by worker)."""
+    root, shards, _ = split_files
+    codes, outputs = _run_workers(tmp_path / "job", [
+        f"data.interactions.path={shards}", f"data.items.path={root / 'items.csv'}", "data.split.method=files",
+        f"data.split.validation_path={root / 'validation.csv'}", f"data.split.test_path={root / 'test.csv'}",
+        "data.interactions.streaming=true", "train.epochs=1", "train.max_steps_per_epoch=3", "export.enabled=false",
+        "eval.baselines=false"])
+    assert codes == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    for worker, out in enumerate(outputs):
+        mine = ", ".join(f"train-0000{i}-of-00004.tfrecord" for i in (worker, worker + 2))
+        assert f"stream: input pipeline {worker} of 2 reads 2 of 4 shards ({mine})" in out, out[-3000:]
+    epochs = [re.findall(r"epoch \d/1 +loss=\S+", out) for out in outputs]
+    assert len(epochs[0]) == 1 and epochs[0] == epochs[1]  # one global batch: the same loss on both

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfrec.config import DataConfig
-from tfrec.data.readers import Table, as_float, as_text, read_table
+from tfrec.data.readers import Table, as_float, as_text, concat_tables, read_table
 from tfrec.errors import DataError
 
 log = logging.getLogger("tfrec")
@@ -82,6 +82,18 @@ class RetrievalData:
     test: Examples
     counts: dict[str, int]
     skipped: dict[str, int]
+    stream: "StreamInfo | None" = None  # data.interactions.streaming: the training shards (train is then empty)
+
+    @property
+    def num_train(self) -> int:
+        return self.stream.kept if self.stream is not None else len(self.train)
+
+    def item_counts(self) -> np.ndarray:
+        """int64 [num_items]: training interactions per catalog item."""
+        if self.stream is not None:
+            return self.stream.item_counts
+        counts = Counter(self.train.item_id)
+        return np.array([counts.get(i, 0) for i in self.catalog.item_ids], dtype=np.int64)
 
     def item_probability(self) -> np.ndarray:
         """float32 [num_items]: each item's share of training interactions (for logQ).
@@ -89,8 +101,7 @@ class RetrievalData:
         Items never seen in training get half the smallest observed count so
         their log stays finite.
         """
-        counts = Counter(self.train.item_id)
-        freq = np.array([counts.get(i, 0) for i in self.catalog.item_ids], dtype=np.float64)
+        freq = self.item_counts().astype(np.float64)
         freq[freq == 0] = 0.5
         return (freq / freq.sum()).astype(np.float32)
 
@@ -145,7 +156,15 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     skipped = Counter(skipped)
     ic = cfg.interactions
     cols = [ic.item_id_column, ic.query_column, ic.user_id_column, ic.timestamp_column, ic.label_column]
-    table = read_table(ic.path, ic.format, [c for c in cols if c], cfg.max_error_rows, base_dir)
+    paths = {"train": ic.path}
+    if cfg.split.method == "files":
+        paths.update(validation=cfg.split.validation_path, test=cfg.split.test_path)
+        if ic.streaming:
+            del paths["train"]  # read shard by shard while training (tfrec.data.stream)
+    tables = {name: read_table(path, ic.format, [c for c in cols if c], cfg.max_error_rows, base_dir)
+              for name, path in paths.items()}
+    table = concat_tables(list(tables.values()))
+    part_of = [name for name, t in tables.items() for _ in range(t.num_rows)]
     if table.skipped_rows:
         skipped["unreadable_interaction_rows"] += table.skipped_rows
     n = table.num_rows
@@ -186,24 +205,38 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
         skipped["no_history"] += sum(1 for seq in by_user.values() if seq)  # each user's first interaction
 
     usable = {i for i in known if queries[i]}
-    split = _split(cfg, by_user, usable, stamps)
+    split = _split(cfg, by_user, usable, stamps, part_of)
     full = Examples(queries, items, users, labels, stamps)
     parts = {name: full.take(idx) for name, idx in split.items()}
+    info = None
+    if ic.streaming:
+        from tfrec.data import stream
+
+        info = stream.scan(cfg, catalog, base_dir)
+        n += info.rows
+        skipped.update(info.skipped)
     for name, part in parts.items():
-        if len(part) == 0:
-            raise DataError(ic.path, f"the {name} split is empty after splitting with "
+        if len(part) == 0 and not (name == "train" and info is not None):
+            raise DataError(paths.get(name, ic.path), f"the {name} split is empty after splitting with "
                             f"data.split.method={cfg.split.method}; more interactions are needed")
-    counts = {"items": len(catalog), "interactions_read": n, "train": len(parts["train"]),
+    if info is not None and info.kept == 0:
+        raise DataError(ic.path, "no usable training interactions in these shards")
+    counts = {"items": len(catalog), "interactions_read": n,
+              "train": info.kept if info is not None else len(parts["train"]),
               "validation": len(parts["validation"]), "test": len(parts["test"]),
               "users": len(by_user) if ic.user_id_column else 0}
     skipped = {k: v for k, v in skipped.items() if v}
     for key, value in skipped.items():
         log.info("data: skipped %d %s", value, key.replace("_", " "))
-    return RetrievalData(catalog, parts["train"], parts["validation"], parts["test"], counts, skipped)
+    return RetrievalData(catalog, parts["train"], parts["validation"], parts["test"], counts, skipped, info)
 
 
-def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], stamps: np.ndarray) -> dict[str, list]:
+def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], stamps: np.ndarray,
+           part_of: list[str]) -> dict[str, list]:
+    """Row indices of each split; ``part_of[i]``: the file set (train/validation/test) row i was read from."""
     method = cfg.split.method
+    if method == "files":
+        return {name: sorted(i for i in usable if part_of[i] == name) for name in ("train", "validation", "test")}
     if method == "leave_last":
         train, val, test = [], [], []
         for seq in by_user.values():

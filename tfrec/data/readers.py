@@ -279,6 +279,20 @@ def read_table(path: str, fmt: str = "auto", required: Iterable[str] = (), max_e
     return Table(path, columns, sources, skip.count, skip.examples)
 
 
+def concat_tables(tables: list[Table]) -> Table:
+    """One table of the rows of ``tables``, in order (a column missing from a table reads as None there)."""
+    if len(tables) == 1:
+        return tables[0]
+    columns: dict[str, list[Any]] = {}
+    sources: list[tuple[str, int]] = []
+    for t in tables:
+        for name in set(columns) | set(t.columns):
+            columns.setdefault(name, [None] * len(sources)).extend(t.columns.get(name, [None] * t.num_rows))
+        sources.extend(t.sources)
+    return Table(", ".join(t.path for t in tables), columns, sources, sum(t.skipped_rows for t in tables),
+                 [e for t in tables for e in t.skipped_examples])
+
+
 def _require(file: str, header: list[str], required: list[str], records=None, lines=None) -> None:
     for col in required:
         if col not in header:
