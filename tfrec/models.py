@@ -45,8 +45,11 @@ class TwoTowerModel(tfrs.Model):
         loss = tf.constant(0.0)
         # Python-level checks: a task with weight 0 is left out of the graph.
         if self.retrieval_weight > 0:
+            # Accidental hits are found by comparing ids: catalog positions (int64) when the pipeline has
+            # them are compared much faster than the string ids.
+            ids = features["item_position"] if "item_position" in features else features["item_id"]
             loss += self.retrieval_weight * self.retrieval(
-                query_embeddings, item_embeddings, features["item_id"], features.get("item_probability"))
+                query_embeddings, item_embeddings, ids, features.get("item_probability"))
         if self.ranking is not None and self.ranking_weight > 0:
             scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
             loss += self.ranking_weight * self.ranking(features["label"], scores)

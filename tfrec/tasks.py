@@ -69,7 +69,7 @@ class RetrievalTask(tf.keras.layers.Layer):
         Args:
           query_embeddings: float32 [batch, dim].
           item_embeddings: float32 [batch, dim]; row i is query i's positive.
-          item_ids: string [batch] (or int lookup indices from host preprocessing), for accidental-hit removal.
+          item_ids: [batch] ids compared for accidental-hit removal: int64 catalog positions, or strings.
           item_probability: float32 [batch], each item's sampling probability.
           sample_weight: float32 [batch] or None.
         """

@@ -61,6 +61,7 @@ def training_features(examples: Examples, catalog: Catalog, item_probability: np
     positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
     feats = query_features(examples.query_text, query_cache)
     feats.update(item_features(catalog, positions, item_cache))
+    feats["item_position"] = positions  # int64 [n]: the catalog row, compared for accidental hits
     feats["item_probability"] = item_probability[positions]
     feats["label"] = examples.label
     return feats

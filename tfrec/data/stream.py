@@ -215,7 +215,7 @@ def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_
     Returns:
       A dataset of dicts: ``query_text`` string [b] (or ``query_text_encoding`` float32 [b, h]),
       ``item_id`` / ``item_text`` / ``item_<column>`` string [b] (or ``item_text_encoding``),
-      ``item_probability`` and ``label`` float32 [b]; b static.
+      ``item_position`` int64 [b] (catalog row), ``item_probability`` and ``label`` float32 [b]; b static.
     """
     files = tf.data.Dataset.from_tensor_slices(info.files)
     if input_context is not None:
@@ -267,6 +267,7 @@ def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_
         else:
             out["query_text"] = batch["query_text"]
         out["item_id"] = tf.gather(item_ids, pos)
+        out["item_position"] = pos
         out["item_text_encoding" if item_cache is not None else "item_text"] = tf.gather(item_text, pos)
         for col, values in categorical.items():
             out[f"item_{col}"] = tf.gather(values, pos)
