@@ -39,6 +39,11 @@ Sections (``--sections``; each prints its ``ratio`` lines):
    equal budget, not a converged comparison), and
    ``ratio lora/frozen: X``, ``ratio full/frozen: Y``, ``ratio full/lora: Z``
    (examples/sec; < 1 = slower).
+5. ``input``: the same examples and cached-encoder model fed from memory (the
+   default) and streamed from 8 TFRecord shards written for the run
+   (``data.interactions.streaming``, :func:`tfrec.data.stream.make_dataset`):
+   ``ratio streamed/in_memory: X`` for training, and
+   ``ratio input_only streamed/in_memory: Y`` for the input pipelines alone.
 
 Method: the machine is noisy, so the contenders of a section are interleaved:
 after one untimed warm-up chunk each, every round runs one ``fit`` chunk of
@@ -78,11 +83,11 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tfrec import config as config_lib  # noqa: E402
 from tfrec import evaluate, runtime, training  # noqa: E402
-from tfrec.data import dataset, pipeline  # noqa: E402
+from tfrec.data import dataset, pipeline, stream, to_tfrecord  # noqa: E402
 from tfrec.models import build_model  # noqa: E402
 from tfrec.towers import host_features  # noqa: E402
 
-SECTIONS = ("reference", "cache", "xla_precision", "finetune")
+SECTIONS = ("reference", "cache", "xla_precision", "finetune", "input")
 
 
 # ----------------------------------------------------------- plain-TFRS reference
@@ -264,7 +269,7 @@ def print_rates(*contenders: Contender) -> None:
 
 # ------------------------------------------------------------------------ set-up
 def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: int, query_cache=None,
-                      item_cache=None, host: bool = False, skip_first: bool = True) -> Contender:
+                      item_cache=None, host: bool = False, skip_first: bool = True, streamed=None) -> Contender:
     """A model built, compiled and fed as ``train()`` does for ``cfg`` (default strategy).
 
     Args:
@@ -273,6 +278,8 @@ def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: i
         encoder outputs (None: raw text, BERT in every step).
       total_steps: the learning-rate schedule's length.
       host: tokenise and look ids up in ``tf.data`` even without XLA.
+      streamed: a :class:`tfrec.data.stream.StreamInfo` of ``examples`` written as TFRecord shards: read them
+        with ``tfrec.data.stream.make_dataset`` (as ``data.interactions.streaming`` does) instead of from memory.
     """
     tf.keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for every contender
     runtime.set_precision(cfg.train.mixed_precision)
@@ -283,8 +290,12 @@ def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: i
     training.compile_model(model, cfg, total_steps)
     features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache)
     batch = cfg.train.batch_size
-    ds = pipeline.make_dataset(features, batch, shuffle=True, seed=cfg.train.seed,
-                               drop_remainder=len(examples) >= 2 * batch, repeat=True)
+    if streamed is not None:
+        ds = stream.make_dataset(streamed, data.catalog, data.item_probability(), batch, cfg.train.seed,
+                                 query_cache=query_cache, item_cache=item_cache)
+    else:
+        ds = pipeline.make_dataset(features, batch, shuffle=True, seed=cfg.train.seed,
+                                   drop_remainder=len(examples) >= 2 * batch, repeat=True)
     sample = next(iter(pipeline.make_dataset(features, 2)))
     model.query_tower(sample), model.item_tower(sample)
     for encoder in {id(e): e for e in (model.query_tower.encoder, model.item_tower.text_encoder) if e}.values():
@@ -400,6 +411,53 @@ def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr
     print(f"  (per-round min {min(r):.3f}, max {max(r):.3f}; pooled {full.rate() / lora.rate():.3f})", flush=True)
 
 
+def section_input(cfg, data, examples, caches, steps, rounds, shards: int = 8) -> None:
+    """In-memory features against the same examples streamed from TFRecord shards (frozen, cached encoders:
+    the fastest steps, where input speed shows)."""
+    import csv
+    import dataclasses
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tfrec-bench-") as tmp:
+        with open(f"{tmp}/train.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["query", "item_id", "label"])
+            writer.writerows(zip(examples.query_text, examples.item_id, examples.label.tolist()))
+        glob = to_tfrecord.convert(f"{tmp}/train.csv", f"{tmp}/shards/train", shards=shards,
+                                   strings=("query", "item_id"))["glob"]
+        data_cfg = dataclasses.replace(cfg.data, interactions=dataclasses.replace(
+            cfg.data.interactions, path=glob, query_column="query", item_id_column="item_id", label_column="label",
+            query_history_items=None, streaming=True))
+        info = stream.scan(data_cfg, data.catalog)
+        assert info.kept == len(examples), (info.kept, len(examples))
+        total = _schedule_steps(cfg, examples)
+        memory = trainer_contender("in_memory", cfg, data, examples, steps, total, *caches)
+        streamed = trainer_contender("streamed", cfg, data, examples, steps, total, *caches, streamed=info)
+        print(f"[5] input: in memory vs streamed from {shards} TFRecord shards (interleave, shuffle, in-graph "
+              f"catalog lookups), cached encodings, batch {cfg.train.batch_size}, {rounds} rounds x {steps} steps:",
+              flush=True)
+        ratios = interleave(memory, [streamed], rounds)
+        print_rates(streamed, memory)
+        report(streamed, memory, ratios["streamed"], digits=3)
+        # The input pipelines alone (no model): how much headroom the stream has over the training step.
+        per_round = []
+        for r in range(max(3, rounds // 4)):
+            rate = {}
+            for c in ((memory, streamed) if r % 2 == 0 else (streamed, memory)):
+                it = iter(c.ds)
+                next(it)
+                t0 = time.perf_counter()
+                for _ in range(steps * 5):
+                    next(it)
+                rate[c.name] = steps * 5 * c.batch_size / (time.perf_counter() - t0)
+            per_round.append(rate["streamed"] / rate["in_memory"])
+        print(f"input only (no model), streamed examples/sec (indicative): {rate['streamed']:.0f}, in memory "
+              f"{rate['in_memory']:.0f}")
+        print(f"ratio input_only streamed/in_memory: {statistics.median(per_round):.3f}")
+        print(f"  ({len(per_round)} interleaved rounds of {steps * 5} batches; per-round min {min(per_round):.3f}, "
+              f"max {max(per_round):.3f})", flush=True)
+
+
 def _schedule_steps(cfg, examples) -> int:
     return math.ceil(len(examples) / cfg.train.batch_size) * cfg.train.epochs
 
@@ -455,7 +513,7 @@ def main(argv=None) -> int:
 
     # --- untimed: the frozen encoder's cache, built as train() builds it -----------
     caches, num_layers = None, 0  # (query TextCache, item TextCache); the encoder's transformer layers
-    if {"reference", "cache", "finetune"} & set(sections):
+    if {"reference", "cache", "finetune", "input"} & set(sections):
         encoder_model = build_model(frozen_cfg, data.catalog)
         query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
         t0 = time.time()
@@ -485,6 +543,8 @@ def main(argv=None) -> int:
     if "finetune" in sections:
         section_finetune(bert_cfg, data, examples, caches, num_layers, args.lora_rank, args.lora_learning_rate, bert_steps,
                          args.bert_rounds or (4 if quick else 12))
+    if "input" in sections:
+        section_input(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
     print(f"total {time.time() - started:.0f}s", flush=True)
     return 0
 

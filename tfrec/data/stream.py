@@ -238,10 +238,17 @@ def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, n_files), block_length=64,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     table = _catalog_table(catalog)
-    examples = records.batch(1024).map(lambda r: _parse(info, r), num_parallel_calls=tf.data.AUTOTUNE,
+
+    def parse_and_keep(serialized: tf.Tensor) -> dict:
+        """[n] records -> the kept ones' ``query_text``, ``item_position`` and ``label`` (vectorised)."""
+        parsed = _parse(info, serialized)
+        pos = table.lookup(parsed["item_id"])
+        keep = tf.logical_and(pos >= 0, tf.strings.length(parsed["query_text"]) > 0)  # as scan() counted
+        return {"query_text": tf.boolean_mask(parsed["query_text"], keep),
+                "item_position": tf.boolean_mask(pos, keep), "label": tf.boolean_mask(parsed["label"], keep)}
+
+    examples = records.batch(1024).map(parse_and_keep, num_parallel_calls=tf.data.AUTOTUNE,
                                        deterministic=True).unbatch()
-    examples = examples.filter(lambda e: tf.logical_and(table.lookup(e["item_id"]) >= 0,
-                                                        tf.strings.length(e["query_text"]) > 0))
     # Repeated last, so an epoch is every kept record of this pipeline's shards once (less the last partial batch).
     batches = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).batch(
         batch_size, drop_remainder=True).repeat()
@@ -260,7 +267,7 @@ def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_
         query_matrix = tf.constant(query_cache.matrix)
 
     def features(batch: dict) -> dict:
-        pos = table.lookup(batch["item_id"])
+        pos = batch["item_position"]
         out = {}
         if query_rows is not None:
             out["query_text_encoding"] = tf.gather(query_matrix, query_rows.lookup(batch["query_text"]))
