@@ -211,7 +211,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         if idx.kind != "brute_force":
             if query_embeddings is None:
                 queries = {"query_text": np.array(data.test.query_text, dtype=object)}
-                query_embeddings = evaluate.embed(model.query_tower, queries)
+                query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
             info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
                                           cfg.export.min_recall)
             info["min_recall"] = cfg.export.min_recall
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg, model, data = load_trained(args.job_dir)
         items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
-        item_embeddings = evaluate.embed(model.item_tower, items)
+        item_embeddings = evaluate.embed(model.item_tower, items, progress="embedding the catalog")
         export_run(cfg, args.job_dir, model, data, item_embeddings, index=args.index, k=args.k)
 
     return run_command(run, args.debug)

@@ -24,14 +24,16 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
           ) -> np.ndarray:
     """Runs a tower over feature arrays in batches: float32 [n, dim].
 
-    Memory stays bounded by one batch of inputs plus the [n, dim] output.
+    Memory stays bounded by one batch of inputs plus the [n, dim] output. With
+    ``progress`` (a label), a progress bar shows on a terminal (not in logs).
     """
     from tqdm.auto import tqdm
 
     n = len(next(iter(features.values())))
     fn = tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
     out = []
-    for start in tqdm(range(0, n, batch_size), desc=progress, disable=progress is None, unit="batch",
+    quiet = progress is None or not log.isEnabledFor(logging.INFO)
+    for start in tqdm(range(0, n, batch_size), desc=progress, disable=True if quiet else None, unit="batch",
                       mininterval=2.0, leave=False):
         batch = {k: (tf.constant(v[start:start + batch_size].astype(str).tolist()) if v.dtype == object
                      else tf.constant(v[start:start + batch_size])) for k, v in features.items()}

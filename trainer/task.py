@@ -123,7 +123,8 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
 
     def embed_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         queries = pipeline.query_features(getattr(data, split).query_text, query_cache)
-        return evaluate.embed(model.query_tower, queries), evaluate.embed(model.item_tower, all_items)
+        return (evaluate.embed(model.query_tower, queries, progress=f"embedding {split} queries"),
+                evaluate.embed(model.item_tower, all_items, progress="embedding the catalog"))
 
     def validation_metrics() -> dict:
         q, items = embed_split("validation")

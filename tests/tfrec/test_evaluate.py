@@ -30,3 +30,17 @@ def test_constant_model_gets_worst_rank():
     q = np.ones([2, 3], np.float32)
     items = np.zeros([10, 3], np.float32)
     assert evaluate.target_ranks(q, items, np.array([0, 9])).tolist() == [10, 10]
+
+
+def test_embed_runs_in_batches_with_a_terminal_only_progress_bar(capsys):
+    import tensorflow as tf
+
+    def tower(features, training=False):  # [n] -> [n, 2]: (2x, the size of the batch the row came in)
+        x = tf.cast(features["x"], tf.float32)
+        return tf.stack([2.0 * x, tf.cast(tf.fill(tf.shape(x), tf.shape(x)[0]), tf.float32)], axis=1)
+
+    x = np.arange(10, dtype=np.int64)
+    out = evaluate.embed(tower, {"x": x}, batch_size=4, progress="embedding the catalog")
+    np.testing.assert_array_equal(out[:, 0], 2.0 * x)
+    np.testing.assert_array_equal(out[:, 1], [4] * 8 + [2] * 2)  # batches of 4, never the whole input
+    assert "embedding the catalog" not in capsys.readouterr().err  # not a terminal: no bar in the logs
