@@ -1,8 +1,12 @@
 """From the config's files to a catalog and train/validation/test examples.
 
-Everything skipped is counted in :attr:`RetrievalData.skipped` (logged, and
-written to ``eval.json``); everything else that is wrong is a one-line
-:class:`~tfrec.errors.DataError` naming file, row and column.
+Splits: ``leave_last``, ``time`` and ``random`` split one interactions file;
+``files`` reads the training, validation and test sets from three files (with
+``interactions.streaming`` the training one is left to :mod:`tfrec.data.stream`
+and only counted here). Everything skipped is counted in
+:attr:`RetrievalData.skipped` (logged, and written to ``eval.json``);
+everything else that is wrong is a one-line :class:`~tfrec.errors.DataError`
+naming file, row and column.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ import logging
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfrec.config import DataConfig
 from tfrec.data.readers import Table, as_float, as_text, concat_tables, read_table
 from tfrec.errors import DataError
+
+if TYPE_CHECKING:
+    from tfrec.data.stream import StreamInfo
 
 log = logging.getLogger("tfrec")
 TEXT_SEPARATOR = ". "
@@ -82,7 +90,7 @@ class RetrievalData:
     test: Examples
     counts: dict[str, int]
     skipped: dict[str, int]
-    stream: "StreamInfo | None" = None  # data.interactions.streaming: the training shards (train is then empty)
+    stream: StreamInfo | None = None  # data.interactions.streaming: the training shards (train is then empty)
 
     @property
     def num_train(self) -> int:

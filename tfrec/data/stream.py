@@ -120,8 +120,8 @@ def _record_error(file: str, info: StreamInfo, records: np.ndarray, first_row: i
             key = re.search(r"Key: ([^,]+),", text) or re.search(r"Feature: (\S+)", text)
             col = key.group(1) if key and key.group(1) in info.dtypes else None
             detail = re.sub(r"^.*?Index: \d+\.\s*", "", text).split(" [Op:")[0]
-            expected = f"expected {want[info.dtypes[col]]} as in the shard's first record" if col else "expected " \
-                "the feature types of the first record"
+            expected = (f"expected {want[info.dtypes[col]]} as in the first record of {info.files[0]}" if col
+                        else f"expected the feature types of the first record of {info.files[0]}")
             return DataError(file, f"record does not parse ({detail}); {expected}", row=first_row + j + 1,
                              column=col)
     return DataError(file, "a record does not parse", row=first_row + 1)
@@ -148,13 +148,20 @@ def scan(cfg, catalog, base_dir: str | None = None) -> StreamInfo:
     files = resolve_path(ic.path, base_dir)
     roles = {"query": ic.query_column, "item": ic.item_id_column, "label": ic.label_column}
     info = StreamInfo(files, _feature_types(files[0], [c for c in roles.values() if c]), roles)
+    if ic.label_column and info.dtypes[ic.label_column] == tf.string:
+        raise DataError(files[0], f"feature '{ic.label_column}' holds text; the label must be a number "
+                        "(int64_list or float_list)", row=1, column=ic.label_column)
     table = _catalog_table(catalog)
     counts = np.zeros([len(catalog)], np.int64)
     skipped = {"unknown_items": 0, "empty_queries": 0}
     bar = tqdm(files, desc="scanning training shards", unit="shard", mininterval=2.0, leave=False,
                disable=True if len(files) < 2 or not log.isEnabledFor(logging.INFO) else None)
     for file in bar:
-        _feature_types(file, [c for c in roles.values() if c])  # every shard has the columns
+        types = _feature_types(file, [c for c in roles.values() if c])  # every shard has the columns...
+        for col, dtype in types.items():  # ...of the same types
+            if dtype != info.dtypes[col]:
+                raise DataError(file, f"feature '{col}' is {dtype.name} here but {info.dtypes[col].name} in "
+                                f"{files[0]}; write every shard with the same types", row=1, column=col)
         first_row = 0
         try:
             for records in tf.data.TFRecordDataset(file).batch(_SCAN_BATCH):

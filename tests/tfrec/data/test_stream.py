@@ -168,3 +168,17 @@ def test_trainer_trains_on_streamed_shards(split_files, tmp_path):
     assert report["data"]["skipped"] == {"unknown_items": 1, "empty_queries": 1}
     assert "popularity" in report["baselines"] and "id_two_tower" not in report["baselines"]
     assert report["training"]["epochs_run"] == 2 and 0.0 <= report["model"]["recall@10"] <= 1.0
+
+
+def test_shards_of_different_types_are_named(split_files, tmp_path):
+    root, shards, _ = split_files
+    good = next(iter(tf.data.TFRecordDataset(readers.resolve_path(shards)[0]))).numpy()
+    changed = tf.train.Example.FromString(good)
+    changed.features.feature["rating"].Clear()
+    changed.features.feature["rating"].float_list.value.append(4.5)  # int64 in the first shard
+    for i, record in enumerate((good, changed.SerializeToString())):
+        with tf.io.TFRecordWriter(str(tmp_path / f"mixed-0000{i}-of-00002.tfrecord")) as w:
+            w.write(record)
+    with pytest.raises(DataError, match=r"mixed-00001-of-00002.tfrecord, row 1, column 'rating': feature 'rating' "
+                                        r"is float32 here but int64 in .*mixed-00000"):
+        dataset.load(files_cfg(root, str(tmp_path / "mixed-*.tfrecord"), True).data)
