@@ -137,6 +137,8 @@ REFUSED = [
     ("out_of_range.yaml", "config", [], ["config key 'data.split.test_fraction': must be in (0, 0.5), got 0.7"]),
     ("infinite_value.yaml", "config", [], ["config key 'train.learning_rate': expected a finite number, got inf"]),
     ("invalid_yaml.yaml", "config", [], ["invalid_yaml.yaml, line 3: not valid YAML"]),
+    ("duplicate_key.yaml", "config", [],
+     ["duplicate_key.yaml, line 5: not valid YAML (key 'epochs' appears twice (first on line 3))"]),
     ("python_tag.yaml", "config", [],
      ["python_tag.yaml, line 2: not valid YAML (could not determine a constructor for the tag"]),
     ("not_a_mapping.yaml", "config", [], ["not_a_mapping.yaml: expected a YAML mapping at the top level"]),
