@@ -393,6 +393,20 @@ def reranking_ndcg(head: RankingHead, query_embeddings: np.ndarray, item_embeddi
     return out
 
 
+def label_metrics(model, data, split: str, query_embeddings: np.ndarray, item_embeddings: np.ndarray) -> dict:
+    """The ranking head's metrics on ``split``'s (query, item, label) pairs: ``rmse``/``mae`` or ``auc``/``logloss``.
+
+    Args: as :func:`evaluate_ranking`. Cheap enough to run every epoch (``val_rmse`` ... in TensorBoard).
+    """
+    examples, catalog = getattr(data, split), data.catalog
+    positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
+    feats = {f"item_{c}": np.asarray(v, dtype=object)[positions] for c, v in catalog.categorical.items()}
+    targets = model.ranking.targets(tf.constant(examples.label)).numpy()
+    predictions = score_pairs(model.ranking_head, query_embeddings, item_embeddings[positions], feats)
+    metrics = regression_metrics if model.ranking.objective == "regression" else binary_metrics
+    return metrics(targets, predictions)
+
+
 def evaluate_ranking(model, data, split: str, query_embeddings: np.ndarray, item_embeddings: np.ndarray,
                      exclude_seen: bool = False, candidates: int = 100, k: int = 10) -> dict:
     """The ``"ranking"`` section of ``eval.json`` for a model with a ranking head.
@@ -412,17 +426,15 @@ def evaluate_ranking(model, data, split: str, query_embeddings: np.ndarray, item
     catalog = data.catalog
     positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
     catalog_features = {f"item_{c}": np.asarray(v, dtype=object) for c, v in catalog.categorical.items()}
-    feats = {key: v[positions] for key, v in catalog_features.items()}
     targets = task.targets(tf.constant(examples.label)).numpy()
-    predictions = score_pairs(head, query_embeddings, item_embeddings[positions], feats)
-    metrics = regression_metrics if task.objective == "regression" else binary_metrics
     train_targets = task.targets(tf.constant(data.train.label)).numpy()
     exclude = None
     if exclude_seen:
         seen = data.seen_items()
         exclude = [np.array([catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
                    for u in examples.user_id]
-    report = {"objective": task.objective, "pairs": int(len(targets)), "model": metrics(targets, predictions),
+    report = {"objective": task.objective, "pairs": int(len(targets)),
+              "model": label_metrics(model, data, split, query_embeddings, item_embeddings),
               "baselines": label_baselines(data.train.item_id, train_targets, examples.item_id, targets,
                                            task.objective),
               "reranking": reranking_ndcg(head, query_embeddings, item_embeddings, positions, catalog_features,

@@ -128,7 +128,12 @@ def _train(cfg: config_lib.Config, job_dir: str, scratch: Path | None) -> dict:
 
     def validation_metrics() -> dict:
         q, items = embed_split("validation")
-        return evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
+        metrics = evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
+        if model.ranking is not None:  # the ranking head's rmse/mae (or auc/logloss) on the validation pairs
+            from tfrec.ranking import label_metrics
+
+            metrics.update(label_metrics(model, data, "validation", q, items))
+        return metrics
 
     with strategy.scope():
         head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)

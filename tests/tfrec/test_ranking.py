@@ -267,3 +267,8 @@ def test_trainer_writes_ranking_eval_and_tensorboard(tmp_path):
         for record in tf.data.TFRecordDataset(str(path)):
             tags.update(v.tag for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
     assert {"epoch_loss", "epoch_batch_recall@10", "epoch_ranking_auc", "epoch_ranking_logloss"} <= tags
+    val_tags = set()  # and every epoch on the validation pairs, next to val recall
+    for path in (job / "tensorboard" / "validation").rglob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            val_tags.update(v.tag for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
+    assert {"epoch_recall@10", "epoch_auc", "epoch_logloss"} <= val_tags, val_tags
