@@ -196,7 +196,8 @@ def scan(cfg, catalog, base_dir: str | None = None) -> StreamInfo:
 
 
 def query_texts(info: StreamInfo) -> list[str]:
-    """The distinct query texts of the kept training records (for a frozen encoder's cache), in first-seen order."""
+    """The distinct non-empty query texts of the training shards, in first-seen order (for a frozen encoder's
+    cache; records of unknown items are included, a few texts more than training uses)."""
     seen: dict[str, None] = {}
     ds = tf.data.TFRecordDataset(info.files).batch(_SCAN_BATCH).map(lambda r: _parse(info, r))
     for batch in ds.as_numpy_iterator():
