@@ -20,7 +20,9 @@ and tools written for TF Serving work unchanged::
 The newest integer version of each model is served; every
 ``--file_system_poll_wait_seconds`` a newer version is loaded completely and then
 swapped in (in-flight requests finish on the old one; if the new one fails to
-load, the old one keeps serving). Port 0 picks a free port (logged). Concurrent
+load, the old one keeps serving). With ``--model_config_file_poll_wait_seconds N``
+the config file is re-read every N seconds: models added to it are served, removed
+ones stop (an unreadable file is logged and changes nothing). Port 0 picks a free port (logged). Concurrent
 requests for one model+signature are batched (see ``serving.batching``).
 ``exclude_item_ids`` may be omitted (fed as ``[batch, 0]``). SIGTERM: stop
 accepting, finish in-flight requests, exit 0.
@@ -134,13 +136,16 @@ class ModelServer:
       max_batch_size: most rows per request and per batched call.
       batch_timeout_micros: longest a request waits for others to batch with.
       max_request_bytes: larger request bodies / messages are refused.
+      config_file: the models.config ``base_paths`` came from; with ``config_poll_s`` > 0 it is re-read
+        that often: models added to it are served, removed ones stop being served (TF Serving's
+        ``--model_config_file_poll_wait_seconds``).
     """
 
     def __init__(self, base_paths: dict[str, str], host: str = "127.0.0.1",
                  grpc_port: int | None = 0, rest_port: int | None = 0,
                  rest_host: str | None = None, poll_wait_s: float = 2.0,
                  max_batch_size: int = 64, batch_timeout_micros: int = 2000,
-                 max_request_bytes: int = 4 << 20):
+                 max_request_bytes: int = 4 << 20, config_file: str | None = None, config_poll_s: float = 0.0):
         for name in base_paths:
             if not _NAME_RE.match(name):
                 raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
@@ -149,6 +154,8 @@ class ModelServer:
         self.grpc_port, self.rest_port = grpc_port, rest_port
         self.poll_wait_s, self.max_batch_size = poll_wait_s, max_batch_size
         self.max_request_bytes = max_request_bytes
+        self.config_file, self.config_poll_s = config_file, config_poll_s
+        self._config_read = time.monotonic()
         self.metrics = Metrics()
         self._batcher_args = dict(max_batch_size=max_batch_size,
                                   timeout_s=batch_timeout_micros / 1e6)
@@ -166,7 +173,34 @@ class ModelServer:
     # ---------------------------------------------------------------- models
     def _arrive(self, name: str, delta: int) -> None:
         with self._lock:
-            self._arriving[name] += delta
+            self._arriving[name] = self._arriving.get(name, 0) + delta  # a model may leave the config meanwhile
+
+    def reload_config(self) -> None:
+        """Re-reads ``config_file``: serves the models added to it, stops serving the removed ones.
+
+        An unreadable file is logged and the models being served stay as they are.
+        """
+        self._config_read = time.monotonic()
+        try:
+            wanted = layout.read_models_config(self.config_file)
+        except (OSError, ValueError) as e:
+            log.error("model config %s: %s; still serving %s", self.config_file, one_line(e),
+                      ", ".join(sorted(self.base_paths)) or "nothing")
+            return
+        if wanted == self.base_paths:
+            return
+        for name in sorted(set(self.base_paths) - set(wanted)):
+            self._models.pop(name, None)
+            log.info("model %s: no longer in %s; not served any more", name, self.config_file)
+        for name, base in sorted(wanted.items()):
+            if name in self.base_paths and self.base_paths[name] != base:
+                self._models.pop(name, None)  # a new base path: its newest version loads afresh
+            if self.base_paths.get(name) != base:
+                log.info("model %s: %s %s (from %s)", name, "serving" if name not in self.base_paths else
+                         "base path now", base, self.config_file)
+            self._failed.setdefault(name, {})
+            self._arriving.setdefault(name, 0)
+        self.base_paths = dict(wanted)  # replaced, never mutated: request threads read it
 
     def poll_once(self) -> None:
         """Loads any model whose newest version differs from the one being served."""
@@ -277,6 +311,9 @@ class ModelServer:
 
     def _poll(self) -> None:
         while not self.stopping.wait(self.poll_wait_s):
+            if self.config_file and self.config_poll_s > 0 and \
+                    time.monotonic() - self._config_read >= self.config_poll_s:
+                self.reload_config()
             self.poll_once()
 
     @contextmanager
@@ -315,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="bind address of the gRPC API")
     p.add_argument("--rest_api_host", default=None, help="bind address of REST (default --host)")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=2.0)
+    p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                   help="re-read --model_config_file this often (0: read once at start)")
     p.add_argument("--batching_parameters_file", help="text-format BatchingParameters")
     p.add_argument("--max_batch_size", type=int, help="default 64 (or the batching file's)")
     p.add_argument("--batch_timeout_micros", type=int, help="default 2000 (or the file's)")
@@ -335,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_size=args.max_batch_size or int(batching.get("max_batch_size", 64)),
             batch_timeout_micros=(args.batch_timeout_micros if args.batch_timeout_micros is not None
                                   else int(batching.get("batch_timeout_micros", 2000))),
-            max_request_bytes=args.max_request_bytes)
+            max_request_bytes=args.max_request_bytes,
+            config_file=args.model_config_file, config_poll_s=args.model_config_file_poll_wait_seconds)
         server.start()
     except (OSError, ValueError, RuntimeError) as e:
         print(f"serving.server: {one_line(e)}", file=sys.stderr)

@@ -551,3 +551,33 @@ def test_client_cli_runs_as_a_module(server, tiny_export, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\s+1  item_\d\d  -?\d+\.\d{4}  Title \d+$", proc.stdout, re.M)
+
+
+def test_model_config_file_is_polled_for_added_and_removed_models(tiny_export, tmp_path):
+    """--model_config_file_poll_wait_seconds: models added to models.config are served, removed ones are not."""
+    for name in ("first", "second"):
+        (tmp_path / name).symlink_to(tiny_export / "tiny", target_is_directory=True)
+    config = layout.write_models_config(tmp_path, ["first"])
+
+    def status(server, name):
+        return http(server.rest_port, f"/v1/models/{name}")[0]
+
+    def wait_for(check, timeout=30.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if check():
+                return True
+            time.sleep(0.05)
+        return False
+
+    with running_server(layout.read_models_config(config), grpc_port=None, poll_wait_s=0.05,
+                        config_file=str(config), config_poll_s=0.1) as server:
+        assert status(server, "first") == 200 and status(server, "second") == 404
+        layout.write_models_config(tmp_path, ["first", "second"])
+        assert wait_for(lambda: status(server, "second") == 200)
+        layout.write_models_config(tmp_path, ["second"])
+        assert wait_for(lambda: status(server, "first") == 404)
+        assert status(server, "second") == 200
+        config.write_text("not a config {")  # unreadable: logged, and what is served stays
+        time.sleep(0.5)
+        assert status(server, "second") == 200 and status(server, "first") == 404
