@@ -231,8 +231,9 @@ class Contender:
         return self.timed_steps * self.batch_size / max(self.cpu_seconds, 1e-9)
 
 
-def warm_up_steps(c: Contender) -> int:
-    return max(1, min(c.steps, 5))
+def warm_up_steps(steps: int) -> int:
+    """Steps of the untimed warm-up chunk of a contender whose chunks are ``steps`` long."""
+    return max(1, min(steps, 5))
 
 
 def interleave(baseline: Contender, others: list[Contender], rounds: int) -> dict[str, list[float]]:
@@ -242,7 +243,7 @@ def interleave(baseline: Contender, others: list[Contender], rounds: int) -> dic
     """
     contenders = [baseline, *others]
     for c in contenders:
-        c.chunk(warm_up_steps(c), record=False)  # tracing (and XLA compilation)
+        c.chunk(warm_up_steps(c.steps), record=False)  # tracing (and XLA compilation)
     ratios: dict[str, list[float]] = {c.name: [] for c in others}
     for r in range(rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
@@ -379,7 +380,7 @@ def section_xla_precision(cfg, data, examples, precision, steps, rounds) -> None
 
 
 def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr, steps, rounds) -> None:
-    total = (rounds + 1) * steps  # the warm-up chunk trains too: every mode runs exactly this many steps
+    total = warm_up_steps(steps) + rounds * steps  # the warm-up chunk trains too: every mode runs this many
     modes = {
         "frozen": variant(cfg, "model.query_encoder.trainable_layers=0", "model.query_encoder.lora_rank=0"),
         "lora": variant(cfg, "model.query_encoder.trainable_layers=0", f"model.query_encoder.lora_rank={lora_rank}",
@@ -390,8 +391,8 @@ def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr
                                           *(caches if name == "frozen" else (None, None)), skip_first=False)
                   for name, mcfg in modes.items()}
     print(f"[4] fine-tuning modes: {len(examples)} examples, batch {cfg.train.batch_size}, {total} steps each "
-          f"(warm-up chunk + {rounds} rounds x {steps} steps, interleaved); LoRA rank {lora_rank} at encoder "
-          f"learning rate {lora_lr}, full fine-tuning of all {num_layers} layers at "
+          f"(warm-up chunk of {warm_up_steps(steps)} + {rounds} rounds x {steps} steps, interleaved); LoRA rank "
+          f"{lora_rank} at encoder learning rate {lora_lr}, full fine-tuning of all {num_layers} layers at "
           f"{modes['full'].train.encoder_learning_rate}:", flush=True)
     ratios = interleave(contenders["frozen"], [contenders["lora"], contenders["full"]], rounds)
     # full vs lora, paired per round: (full/frozen) / (lora/frozen)
@@ -541,8 +542,8 @@ def main(argv=None) -> int:
         section_xla_precision(bert_cfg, data, examples, args.precision, bert_steps,
                               args.bert_rounds or (3 if quick else 5))
     if "finetune" in sections:
-        section_finetune(bert_cfg, data, examples, caches, num_layers, args.lora_rank, args.lora_learning_rate, bert_steps,
-                         args.bert_rounds or (4 if quick else 12))
+        section_finetune(bert_cfg, data, examples, caches, num_layers, args.lora_rank, args.lora_learning_rate,
+                         bert_steps, args.bert_rounds or (4 if quick else 12))
     if "input" in sections:
         section_input(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
     print(f"total {time.time() - started:.0f}s", flush=True)
