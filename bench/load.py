@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import random
 import re
 import shutil
@@ -56,6 +55,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from serving import layout  # noqa: E402
 from serving.client import RestClient, ServingError  # noqa: E402
+from serving.server import spawn  # noqa: E402
 
 QUERIES = [f"query {i} space opera heist romance" for i in range(32)]
 
@@ -85,25 +85,9 @@ SURE_IN_FLIGHT_S = 0.1  # a request sent this long before SIGTERM has surely rea
 
 def start_server(base: Path, model: str, poll_s: float = 0.5
                  ) -> tuple[subprocess.Popen, int, int, list[str]]:
-    """The server on ports it picks itself (read from its log): (proc, rest, grpc, log lines)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
-         "--model_name", model, "--port", "0", "--rest_api_port", "0",
-         "--file_system_poll_wait_seconds", str(poll_s)],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                     daemon=True).start()
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        text = "".join(lines)
-        rest, grpc_port = (re.search(rf"{api} API on [\d.]+:(\d+)", text) for api in ("REST", "gRPC"))
-        if rest and grpc_port:
-            return proc, int(rest.group(1)), int(grpc_port.group(1)), lines
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait(10)
-    raise RuntimeError("the server did not start:\n" + "".join(lines)[-2000:])
+    """The server on ports it picks itself: (proc, rest, grpc, log lines)."""
+    return spawn(["--model_base_path", str(base), "--model_name", model, "--port", "0", "--rest_api_port", "0",
+                  "--file_system_poll_wait_seconds", str(poll_s)])
 
 
 def rss_mb(pid: int) -> float | None:

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from serving import layout  # noqa: E402
-from serving.server import register_custom_ops  # noqa: E402
+from serving.server import register_custom_ops, spawn  # noqa: E402
 
 QUERY = "a space opera with a heist"
 
@@ -120,25 +118,6 @@ def grpc_caller(port: int, model: str) -> Callable[[], object]:
     return lambda: stub.Predict(request, timeout=30)
 
 
-def start_server(base: Path, model: str) -> tuple[subprocess.Popen, int, int, list[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
-         "--model_name", model, "--port", "0", "--rest_api_port", "0"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                     daemon=True).start()
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        text = "".join(lines)
-        rest, grpc_port = (re.search(rf"{api} API on [\d.]+:(\d+)", text) for api in ("REST", "gRPC"))
-        if rest and grpc_port:
-            return proc, int(rest.group(1)), int(grpc_port.group(1)), lines
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not start:\n" + "".join(lines)[-2000:])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_base_path", help="a real export's EXPORT/<model_name>")
@@ -155,7 +134,8 @@ def main() -> None:
     version = layout.latest_version(base)
     if version is None:
         sys.exit(f"no version under {base}")
-    proc, rest_port, grpc_port, _ = start_server(base, args.model_name)
+    proc, rest_port, grpc_port, _ = spawn(["--model_base_path", str(base), "--model_name", args.model_name,
+                                           "--port", "0", "--rest_api_port", "0"])
     try:
         register_custom_ops(scann=args.model_name.endswith("_scann"))
         fn = tf.saved_model.load(str(base / str(version))).signatures["serving_default"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -491,23 +490,13 @@ def test_stop_finishes_in_flight_requests(tiny_export):
 
 
 def test_cli_server_serves_scann_model_and_exits_0_on_sigterm(tiny_export):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_config_file",
-         str(tiny_export / "models.config"), "--batching_parameters_file",
-         str(tiny_export / "batching_parameters.txt"), "--port", "0", "--rest_api_port", "0",
-         "--file_system_poll_wait_seconds", "0.5"],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
-    reader.start()
+    from serving.server import spawn
+
+    proc, port, _, lines = spawn(["--model_config_file", str(tiny_export / "models.config"),
+                                  "--batching_parameters_file", str(tiny_export / "batching_parameters.txt"),
+                                  "--port", "0", "--rest_api_port", "0", "--file_system_poll_wait_seconds", "0.5"],
+                                 timeout_s=60)
     try:
-        deadline = time.time() + 60
-        while not any("REST API on" in line for line in lines) and time.time() < deadline:
-            assert proc.poll() is None, "".join(lines)
-            time.sleep(0.1)
-        port = int(re.search(r"REST API on 127\.0\.0\.1:(\d+)",
-                             "".join(lines)).group(1))
         for name in ("tiny", "tiny_scann"):
             status, body = http(port, f"/v1/models/{name}:predict",
                                 {"instances": [{"query_text": "a", "exclude_item_ids": ["item_16"]}]})
@@ -519,7 +508,9 @@ def test_cli_server_serves_scann_model_and_exits_0_on_sigterm(tiny_export):
     finally:
         if proc.poll() is None:
             proc.kill()
-        reader.join(10)
+    deadline = time.time() + 10  # the reader thread drains what the server wrote before exiting
+    while "server stopped" not in "".join(lines) and time.time() < deadline:
+        time.sleep(0.05)
     log = "".join(lines)
     assert re.search(r"model tiny_scann version 1 loaded", log)
     assert "server stopped" in log
