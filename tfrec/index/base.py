@@ -220,3 +220,34 @@ def exact_search(queries: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Te
     top_scores, top_rows = top_k(scores, fetch)
     top_scores, top_ids, _ = filter_excluded(top_scores, top_rows, item_ids, exclude_item_ids, k_out)
     return top_scores, top_ids
+
+
+class ApproximateIndex(tf.Module):
+    """What IVF and ScaNN share: approximate candidates, exact answers for the rows they leave short.
+
+    Subclasses set ``k_out`` and implement ``_search_approx(queries, exclude) -> (scores [B, k'],
+    ids [B, k'], num_valid int32 [B])`` and ``_search_exact(queries, exclude) -> (scores, ids)``.
+    """
+
+    def search(
+        self, query_embeddings: tf.Tensor, exclude_item_ids: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Approximate top-k items by dot product.
+
+        Args:
+          query_embeddings: float32 ``[batch, dim]``.
+          exclude_item_ids: optional string ``[batch, e]`` padded with ``""``
+            (``e`` may be 0); these ids are never returned.
+
+        Returns:
+          ``(scores float32 [batch, k'], item_ids string [batch, k'])`` with
+          ``k' = min(k, num_items)``, best first, exact dot-product scores of
+          the returned items. Trailing slots are ``-inf`` / ``""`` only if
+          exclusion leaves fewer than ``k'`` items in the whole catalog.
+        """
+        query_embeddings, exclude_item_ids = search_inputs(query_embeddings, exclude_item_ids)
+        scores, ids, num_valid = self._search_approx(query_embeddings, exclude_item_ids)
+        scores, ids = exact_rows_where_short(
+            scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
+        )
+        return with_static_k(scores, ids, self.k_out)

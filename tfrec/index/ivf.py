@@ -58,7 +58,7 @@ BLOCK_SIZE = 64
 PAIR_CHUNK_BYTES = 16 * 2**20
 
 
-class IVFIndex(tf.Module):
+class IVFIndex(base.ApproximateIndex):
     """Approximate dot-product top-k via an inverted file.
 
     Args:
@@ -137,30 +137,7 @@ class IVFIndex(tf.Module):
         # [num_items] ids in partition order (the order block_rows points into).
         self.item_ids = tf.Variable(ids[order], dtype=tf.string, trainable=False, name="item_ids")
 
-    def search(
-        self, query_embeddings: tf.Tensor, exclude_item_ids: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Approximate top-k items by dot product.
-
-        Args:
-          query_embeddings: float32 ``[batch, dim]``.
-          exclude_item_ids: optional string ``[batch, e]`` padded with ``""``
-            (``e`` may be 0); these ids are never returned.
-
-        Returns:
-          ``(scores float32 [batch, k'], item_ids string [batch, k'])`` with
-          ``k' = min(k, num_items)``, best first, exact dot-product scores of
-          the returned items. Trailing slots are ``-inf`` / ``""`` only if
-          exclusion leaves fewer than ``k'`` items in the whole catalog.
-        """
-        query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
-        scores, ids, num_valid = self._search_probed(query_embeddings, exclude_item_ids)
-        scores, ids = base.exact_rows_where_short(
-            scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
-        )
-        return base.with_static_k(scores, ids, self.k_out)
-
-    def _search_probed(
+    def _search_approx(
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """IVF search; returns (scores [B, k'], ids [B, k'], num_valid int32 [B])."""

@@ -81,7 +81,7 @@ def default_leaves_to_search(num_leaves: int, num_items: int, k: int) -> int:
     return min(num_leaves, max(8, math.ceil(0.05 * num_leaves), for_k))
 
 
-class ScannIndex(tf.Module):
+class ScannIndex(base.ApproximateIndex):
     """Approximate dot-product top-k with ScaNN.
 
     Args:
@@ -155,30 +155,7 @@ class ScannIndex(tf.Module):
         self.scann_state = searcher.serialize_to_module()
         self.item_ids = tf.Variable(ids, dtype=tf.string, trainable=False, name="item_ids")
 
-    def search(
-        self, query_embeddings: tf.Tensor, exclude_item_ids: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Approximate top-k items by dot product.
-
-        Args:
-          query_embeddings: float32 ``[batch, dim]``.
-          exclude_item_ids: optional string ``[batch, e]`` padded with ``""``
-            (``e`` may be 0); these ids are never returned.
-
-        Returns:
-          ``(scores float32 [batch, k'], item_ids string [batch, k'])`` with
-          ``k' = min(k, num_items)``, best first, exact (reordered)
-          dot-product scores. Trailing slots are ``-inf`` / ``""`` only if
-          exclusion leaves fewer than ``k'`` items in the whole catalog.
-        """
-        query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
-        scores, ids, num_valid = self._search_scann(query_embeddings, exclude_item_ids)
-        scores, ids = base.exact_rows_where_short(
-            scores, ids, num_valid, self.k_out, query_embeddings, exclude_item_ids, self._search_exact
-        )
-        return base.with_static_k(scores, ids, self.k_out)
-
-    def _search_scann(
+    def _search_approx(
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """ScaNN search; returns (scores [B, k'], ids [B, k'], num_valid int32 [B])."""
