@@ -225,24 +225,19 @@ def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_
       ``item_id`` / ``item_text`` / ``item_<column>`` string [b] (or ``item_text_encoding``),
       ``item_position`` int64 [b] (catalog row), ``item_probability`` and ``label`` float32 [b]; b static.
     """
-    files = tf.data.Dataset.from_tensor_slices(info.files)
+    mine = info.files  # this input pipeline's shards: worker i of N reads shards i, i + N, ...
     if input_context is not None:
-        pipelines = input_context.num_input_pipelines
+        pipelines, me = input_context.num_input_pipelines, input_context.input_pipeline_id
         if pipelines > len(info.files):
             raise DataError(info.files[0], f"{pipelines} workers read the training shards but there are only "
                             f"{len(info.files)}; write at least one shard per worker (python -m "
                             "tfrec.data.to_tfrecord --shards N)")
-        files = files.shard(pipelines, input_context.input_pipeline_id)
+        mine = info.files[me::pipelines]
         batch_size = input_context.get_per_replica_batch_size(batch_size)
-    if input_context is None:
-        mine = info.files
-    else:
-        mine = info.files[input_context.input_pipeline_id::input_context.num_input_pipelines]
-        log.info("stream: input pipeline %d of %d reads %d of %d shards (%s)", input_context.input_pipeline_id,
-                 input_context.num_input_pipelines, len(mine), len(info.files),
-                 ", ".join(Path(f).name for f in mine[:4]) + (", ..." if len(mine) > 4 else ""))
+        log.info("stream: input pipeline %d of %d reads %d of %d shards (%s)", me, pipelines, len(mine),
+                 len(info.files), ", ".join(Path(f).name for f in mine[:4]) + (", ..." if len(mine) > 4 else ""))
     n_files = len(mine)
-    files = files.shuffle(n_files, seed=seed, reshuffle_each_iteration=True)  # a new shard order every epoch
+    files = tf.data.Dataset.from_tensor_slices(mine).shuffle(n_files, seed=seed, reshuffle_each_iteration=True)
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, n_files), block_length=64,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     table = _catalog_table(catalog)
