@@ -1,13 +1,11 @@
 """Export: SavedModels that take raw text and return top-k items, in TF Serving's layout.
 
-    python -m serving.export --job-dir DIR [--index brute_force|ivf|scann|all] [--k 100]
-
-writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
+:func:`export_run` (called by :func:`tfrec.fit`, and by ``python -m serving.export
+--job-dir DIR`` for a finished run) writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
 ``export.model_name`` for exact brute force, ``<name>_ivf`` and
 ``<name>_scann`` for the approximate indexes) plus ``DIR/export/models.config``
-and ``DIR/export/batching_parameters.txt``. ``trainer.task`` calls the same
-code at the end of training. Each version is written under a temporary name
-and renamed into place when complete (:func:`serving.layout.publish_version`).
+and ``DIR/export/batching_parameters.txt``. Each version is written under a temporary name
+and renamed into place when complete (:func:`tfrec.export.layout.publish_version`).
 
 Signatures of every SavedModel (tokenisation is inside the graph):
 
@@ -30,20 +28,20 @@ When the model has a ranking head (``ranking.weight > 0``), also:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
-import serving  # noqa: F401  (environment first)
 import numpy as np
 import tensorflow as tf
 
-from serving import layout
 from tfrec import config as config_lib
-from tfrec.errors import UserError, run_command
+from tfrec import evaluate
+from tfrec import index as index_lib
+from tfrec.errors import UserError
+from tfrec.export import layout
+from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
 
 log = logging.getLogger("tfrec")
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
@@ -58,7 +56,7 @@ class RetrievalModule(tf.Module):
       index: a :mod:`tfrec.index` index over the catalog's item embeddings.
       categorical_columns: the item tower's categorical columns.
       ranking_head: :class:`tfrec.ranking.RankingHead`, or None (no ranking signatures).
-      catalog: :class:`tfrec.ranking.CatalogLookup` (item id -> embedding), with ``ranking_head``.
+      catalog: :class:`tfrec.export.catalog_lookup.CatalogLookup` (item id -> embedding), with ``ranking_head``.
     """
 
     def __init__(self, query_tower, item_tower, index, categorical_columns: list[str], ranking_head=None,
@@ -98,14 +96,10 @@ class RetrievalModule(tf.Module):
         return {"embedding": self.item_tower(features, training=False)}
 
     def _rank(self, query_text, item_ids):
-        from tfrec.ranking import rank_candidates
-
         query = self.query_tower({"query_text": query_text}, training=False)
         return {"scores": rank_candidates(self.ranking_head, self.catalog, query, item_ids)}
 
     def _retrieve_and_rank(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
-        from tfrec.ranking import rank_candidates, rerank
-
         query = self.query_tower({"query_text": query_text}, training=False)  # once, for both stages
         batch = tf.shape(query_text)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
@@ -133,8 +127,6 @@ def _model_name(base: str, kind: str) -> str:
 
 
 def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int, params: dict | None = None):
-    from tfrec import index as index_lib
-
     if kind == "brute_force":
         return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
     return index_lib.build_index(kind, item_embeddings, item_ids, k, **(params or {}))
@@ -153,8 +145,6 @@ def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_em
     Returns:
       ``{"recall@10": r10, "recall@K": rK}`` (K = the index's k).
     """
-    from tfrec import index as index_lib
-
     exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
     cutoffs = sorted({min(10, k), k})
     recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
@@ -190,8 +180,6 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
       The published version folders. Raises ExportRefused (exit code 2) if an
       approximate index's recall@10 is below ``export.min_recall``.
     """
-    from tfrec import evaluate
-
     export_root = Path(job_dir) / "export"
     k = k or cfg.export.k
     if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
@@ -220,8 +208,6 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
     ranking_head, catalog = getattr(model, "ranking_head", None), None
     if ranking_head is not None:  # one lookup table, shared by every index kind's module
-        from tfrec.ranking import CatalogLookup
-
         catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
     published = []
     for kind, name, idx, info in built:
@@ -274,30 +260,3 @@ def load_trained(job_dir: str | Path):
     model.query_tower(sample), model.item_tower(sample)
     model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
     return cfg, model, data
-
-
-def main(argv: list[str] | None = None) -> int:
-    from trainer.task import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m serving.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True)
-    parser.add_argument("--index", choices=["brute_force", "ivf", "scann", "all"])
-    parser.add_argument("--k", type=int)
-    parser.add_argument("--debug", action="store_true")
-    args, _ = parser.parse_known_args(argv)
-    setup_logging(args.debug)
-
-    def run() -> None:
-        from tfrec import evaluate
-        from tfrec.data import pipeline
-
-        cfg, model, data = load_trained(args.job_dir)
-        items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
-        item_embeddings = evaluate.embed(model.item_tower, items, progress="embedding the catalog")
-        export_run(cfg, args.job_dir, model, data, item_embeddings, index=args.index, k=args.k)
-
-    return run_command(run, args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
