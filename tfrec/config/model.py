@@ -75,7 +75,7 @@ def validate_model(cfg) -> None:
 
 def validate_tasks(cfg) -> None:
     """Checks ``cfg.retrieval`` and ``cfg.ranking``; raises ConfigError naming the key."""
-    r = cfg.retrieval
+    d, r = cfg.data, cfg.retrieval
     check(r.weight >= 0, "retrieval.weight", "must be >= 0")
     check(r.temperature > 0, "retrieval.temperature", f"must be > 0, got {r.temperature}")
     if r.num_hard_negatives is not None:
