@@ -96,7 +96,8 @@ def test_trains_evaluates_and_exports(run):
     cfg = config.validate(config.from_dict(config.read_yaml(run / "params.yaml")))
     test = dataset.load(cfg.data, base_dir=str(run)).test
     (version,) = (run / "export").glob("*/1")
-    out = load_export(version).signatures["serving_default"](query_text=tf.constant(test.query_text))
+    out = load_export(version).signatures["serving_default"](
+        query_text=tf.constant(test.query_text), exclude_item_ids=tf.zeros([len(test.query_text), 0], tf.string))
     hits = [t in row for t, row in zip(test.item_id, out["item_ids"].numpy()[:, :10].astype(str))]
     assert len(hits) == USERS
     assert abs(report["model"]["recall@10"] - float(np.mean(hits))) <= 1 / USERS

@@ -119,7 +119,8 @@ def served_recall_at_10(job: Path) -> tuple[float, int]:
     cfg = config.validate(config.from_dict(config.read_yaml(job / "params.yaml")))
     test = dataset.load(cfg.data, base_dir=str(job)).test
     served = load_export(job / "export" / "smoke" / "1")
-    out = served.signatures["serving_default"](query_text=tf.constant(test.query_text))
+    out = served.signatures["serving_default"](query_text=tf.constant(test.query_text),
+                                               exclude_item_ids=tf.zeros([len(test.query_text), 0], tf.string))
     top = out["item_ids"].numpy()[:, :10].astype(str)
     hits = [target in row for target, row in zip(test.item_id, top)]
     return float(np.mean(hits)), len(hits)
