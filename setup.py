@@ -23,7 +23,7 @@ setup(
     description="BERT two-tower retrieval and ranking on TensorFlow Recommenders",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tfrec", "tfrec.*", "trainer", "trainer.*", "serving", "serving.*"]),
-    package_data={"trainer": ["configs/*.yaml"]},
+    package_data={"tfrec": ["presets/*.yaml"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["tfrec-train=trainer.task:main"]},
 )

@@ -7,7 +7,7 @@ path, so the given folder is never changed), then:
 - runs ``--clients`` threads for ``--seconds`` (half REST, half gRPC), each
   sending one-query retrieve requests with random exclusions and checking the
   answer (k ids, none excluded, scores sorted);
-- publishes version 2 (``serving.layout.publish_version``) half way through;
+- publishes version 2 (``tfrec.export.layout.publish_version``) half way through;
 - samples the server's RSS (``VmRSS`` of /proc/PID/status) every second;
 - sends SIGTERM while the clients are still sending, lets every client run
   until it is refused, and checks the exit code.
@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from serving import layout  # noqa: E402
+from tfrec.export import layout  # noqa: E402
 from serving.client import RestClient, ServingError  # noqa: E402
 from serving.server import spawn  # noqa: E402
 

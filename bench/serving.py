@@ -38,7 +38,7 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from serving import layout  # noqa: E402
+from tfrec.export import layout  # noqa: E402
 from serving.server import register_custom_ops, spawn  # noqa: E402
 
 QUERY = "a space opera with a heist"

@@ -5,7 +5,7 @@
 
 Data: a seeded random subset (``--examples``) of the preset's training split
 (MovieLens-100K for ``movielens``, MiniLM-L6 as the encoder). Every contender
-is built, compiled and fed the way ``trainer/task.py`` ``train()`` does it
+is built, compiled and fed the way :func:`tfrec.run.train` does it
 (:func:`tfrec.models.build_model`, :func:`tfrec.training.compile_model`,
 ``pipeline.training_features`` -> ``make_dataset(shuffle, repeat)``, the
 host-side tokenisation of :func:`tfrec.towers.host_features` when XLA is on),

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 import serving  # noqa: F401  (tfrec's environment before any tensorflow import)
-from serving import layout
+from tfrec.export import layout
 
 DEFAULT_SIGNATURE = "serving_default"
 

@@ -28,7 +28,7 @@ log = logging.getLogger("tfrec")
 
 def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | None = None) -> list:
     """Embeds ``items_path`` and publishes a new version per index kind; returns the version folders."""
-    from serving import export
+    from tfrec.export import savedmodel as export
     from tfrec import evaluate
     from tfrec.data import dataset, pipeline
 
@@ -53,7 +53,7 @@ def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.task import setup_logging
+    from tfrec.cli import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m serving.reindex", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True)

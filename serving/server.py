@@ -51,7 +51,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from serving import layout
+from tfrec.export import layout
 from serving.batching import Batcher
 from serving.grpc_service import add_services
 from serving.metrics import Metrics

@@ -78,7 +78,7 @@ def kind(strategy: tf.distribute.Strategy) -> str:
 def set_precision(policy: str) -> None:
     """Sets the Keras global dtype policy (``train.mixed_precision``; ``none`` = float32).
 
-    Layers take the policy in force when they are built, so :func:`trainer.task.train`
+    Layers take the policy in force when they are built, so :func:`tfrec.run.build_model`
     sets it just before building the model and puts float32 back right after:
     evaluation, baselines and export layers stay float32. Towers cast their outputs,
     and the retrieval task its logits and loss, to float32.

@@ -1,6 +1,6 @@
 """Optimisers, learning-rate schedule, callbacks and TensorBoard extras.
 
-``trainer/task.py``'s ``train()`` uses these; nothing here owns the loop.
+:mod:`tfrec.run`'s ``train`` uses these; nothing here owns the loop.
 """
 
 from __future__ import annotations

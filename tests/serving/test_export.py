@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import export, layout, reindex
+from serving import reindex
+from tfrec.export import layout
+from tfrec.export import savedmodel as export
 from tfrec import index as index_lib
 from trainer import task
 
@@ -112,6 +114,8 @@ def test_reindex_publishes_a_new_catalog(trained, tmp_path):
 
 
 def test_export_cli_exit_2_on_missing_run(tmp_path, capsys):
-    assert export.main(["--job-dir", str(tmp_path)]) == 2
+    from serving import export as export_cli
+
+    assert export_cli.main(["--job-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no params.yaml" in err[0]

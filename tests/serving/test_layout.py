@@ -1,4 +1,4 @@
-"""serving.layout: version numbering, atomic publish, TF Serving config files."""
+"""tfrec.export.layout: version numbering, atomic publish, TF Serving config files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import layout
+from tfrec.export import layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_killed_publish_is_invisible_and_cleaned_up(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from serving import layout
+        from tfrec.export import layout
         def write(d):
             Path(d, "saved_model.pb").write_text("partial")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import layout
+from tfrec.export import layout
 from serving.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ def exported(tmp_path_factory):
     """
     import tensorflow_text  # noqa: F401  (registers the tokeniser ops the SavedModel uses)
 
-    from serving import export
+    from tfrec.export import savedmodel as export
     from tfrec import config as config_lib
     from tfrec import evaluate
     from tfrec.data import dataset, pipeline
@@ -99,7 +99,7 @@ def test_retrieve_and_rank_honours_exclusions(exported):
 
 
 def test_no_ranking_signatures_without_a_head(exported):
-    from serving.export import RetrievalModule
+    from tfrec.export.savedmodel import RetrievalModule
 
     model, *_ = exported
     module = RetrievalModule(model.query_tower, model.item_tower, index=None, categorical_columns=["genre"])

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client as client_lib
-from serving import layout
+from tfrec.export import layout
 from serving.batching import Batcher
 from serving.tiny_model import write_tiny_model
 

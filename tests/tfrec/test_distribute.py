@@ -110,6 +110,22 @@ def _child(out_path: str, job_dir: str) -> None:
     Path(out_path).write_text(json.dumps(report))
 
 
+def served_recall_at_10(job: Path) -> tuple[float, int]:
+    """recall@10 of the exported SavedModel on the run's test split, and the number of test queries."""
+    from tfrec import config
+    from tfrec.api import load_export
+    from tfrec.data import dataset
+
+    cfg = config.validate(config.from_dict(config.read_yaml(job / "params.yaml")))
+    test = dataset.load(cfg.data, base_dir=str(job)).test
+    served = load_export(job / "export" / "smoke" / "1")
+    out = served.signatures["serving_default"](query_text=tf.constant(test.query_text),
+                                               exclude_item_ids=tf.zeros([len(test.query_text), 0], tf.string))
+    top = out["item_ids"].numpy()[:, :10].astype(str)
+    hits = [target in row for target, row in zip(test.item_id, top)]
+    return float(np.mean(hits)), len(hits)
+
+
 @pytest.fixture(scope="module")
 def mirrored_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mirrored")
@@ -140,8 +156,11 @@ def test_mirrored_trains_the_smoke_preset_to_the_end(mirrored_report):
     report, job, stdout = mirrored_report
     assert report["trainer_rc"] == 0
     assert "MirroredStrategy with 2 replica(s)" in stdout
-    assert json.loads((job / "eval.json").read_text())["model"]["recall@10"] >= 0
-    assert (job / "export" / "smoke" / "1" / "saved_model.pb").is_file()
+    # The export serves what was evaluated: its top 10 on the test queries hit the held-out item exactly as
+    # often as eval.json's recall@10 says (one query of tolerance for a tie at the cut-off).
+    recall, num_test = served_recall_at_10(job)
+    assert num_test == 60
+    assert abs(json.loads((job / "eval.json").read_text())["model"]["recall@10"] - recall) <= 1 / num_test
 
 
 @pytest.mark.parametrize("tf_config, chief", [

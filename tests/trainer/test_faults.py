@@ -181,7 +181,7 @@ sys.exit(export.main(["--job-dir", sys.argv[1]]))
 
 
 def test_killed_export_publishes_nothing_and_the_server_keeps_version_1(reference, tmp_path):
-    from serving import layout
+    from tfrec.export import layout
     from serving.server import ModelServer
 
     job = tmp_path / "job"

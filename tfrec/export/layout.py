@@ -16,7 +16,7 @@ never sees a half-written version.
 
 Usage::
 
-    from serving import layout
+    from tfrec.export import layout
     path = layout.publish_version(base, lambda d: tf.saved_model.save(module, d))
     layout.write_models_config(export_root, ["tfrec", "tfrec_scann"])
     layout.write_batching_parameters(export_root, max_batch_size=64)

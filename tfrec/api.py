@@ -1,0 +1,45 @@
+"""The two API calls that are not training stages: resolving a config and loading an export."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from tfrec import config as config_lib
+
+
+def load_config(path: str | os.PathLike | None = None, *, preset: str | None = None,
+                overrides: Iterable[str] = ()) -> config_lib.Config:
+    """The validated config, resolved as ``python -m trainer.task`` does.
+
+    Order: dataclass defaults -> ``preset`` (``tfrec/presets/<preset>.yaml``,
+    default ``movielens``) -> the YAML file at ``path`` -> each ``overrides``
+    entry (``"dotted.key=value"``) in order -> validation.
+
+    Raises:
+      tfrec.errors.ConfigError: an unknown key, a wrong type or an out-of-range value, named.
+    """
+    return config_lib.build(preset or "movielens", str(path) if path is not None else None, list(overrides))
+
+
+def load_export(path: str | os.PathLike):
+    """Loads an exported SavedModel version folder (``Run.export_dir``) with the ops it needs.
+
+    The SavedModel tokenises in-graph with tensorflow-text ops (``FastBertNormalize``, ...)
+    and a ScaNN index uses ScaNN's ops; neither is registered in a fresh interpreter
+    until its Python package is imported, so this imports them before
+    ``tf.saved_model.load``.
+
+    Returns:
+      The loaded object; ``.signatures["serving_default"](query_text=string [batch],
+      exclude_item_ids=string [batch, e])`` -> ``{"item_ids": string [batch, k],
+      "scores": float32 [batch, k]}``.
+    """
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokeniser ops)
+
+    try:  # ScaNN's ops, for an export with a ScaNN index
+        from scann.scann_ops.py import scann_ops  # noqa: F401
+    except ImportError:
+        pass
+    return tf.saved_model.load(str(path))

@@ -1,0 +1,144 @@
+"""Typed config fields: coercing YAML and ``--set`` values, merging them into the tree, range checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfrec.errors import ConfigError, UserError
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Checks ``value`` against the annotation ``tp``; returns the typed value."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(key, f"expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    raise ConfigError(key, f"unsupported type {_type_name(tp)}")
+
+
+def merge(cfg: Any, overrides: dict, prefix: str = "") -> None:
+    """Merges a nested dict into a dataclass tree in place, checking keys and types."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {overrides!r}")
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(dotted, f"unknown key; {hint}(known: {', '.join(sorted(names))})")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            merge(current, value, dotted + ".")
+        else:
+            setattr(cfg, key, _coerce(dotted, value, hints[key]))
+
+
+def set_dotted(cfg: Any, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(assignment, "--set expects dotted.key=value")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    # A plain string override of a str field must stay a string ("001" etc.).
+    try:
+        merge(cfg, nested)
+    except ConfigError:
+        if isinstance(value, str) or value is None:
+            raise
+        node[parts[-1]] = raw
+        merge(cfg, nested)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Reads a YAML mapping with the safe loader; a one-line error otherwise (duplicate keys included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def one_of(value: Any, key: str, choices: tuple) -> None:
+    check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")

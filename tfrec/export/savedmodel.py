@@ -1,0 +1,262 @@
+"""Export: SavedModels that take raw text and return top-k items, in TF Serving's layout.
+
+:func:`export_run` (called by :func:`tfrec.fit`, and by ``python -m serving.export
+--job-dir DIR`` for a finished run) writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
+``export.model_name`` for exact brute force, ``<name>_ivf`` and
+``<name>_scann`` for the approximate indexes) plus ``DIR/export/models.config``
+and ``DIR/export/batching_parameters.txt``. Each version is written under a temporary name
+and renamed into place when complete (:func:`tfrec.export.layout.publish_version`).
+
+Signatures of every SavedModel (tokenisation is inside the graph):
+
+* ``serving_default`` = ``retrieve``: ``query_text`` string [batch], optional
+  ``exclude_item_ids`` string [batch, e] ("" padded; default: none) ->
+  ``item_ids`` string [batch, k], ``scores`` float32 [batch, k].
+* ``embed_query``: ``query_text`` -> ``embedding`` float32 [batch, d].
+* ``embed_item``: ``item_id``, ``item_text`` (and ``item_<column>`` per
+  categorical column), string [batch] -> ``embedding`` float32 [batch, d].
+
+When the model has a ranking head (``ranking.weight > 0``), also:
+
+* ``rank``: ``query_text`` string [batch], ``item_ids`` string [batch, c] ->
+  ``scores`` float32 [batch, c] (predicted rating, or probability for
+  ``ranking.objective: binary``; ids not in the catalog and ``""`` score -inf).
+* ``retrieve_and_rank``: ``query_text``, optional ``exclude_item_ids`` -> the
+  top k retrieved items re-ordered by the ranking head: ``item_ids`` string
+  [batch, k], ``ranking_scores`` and ``retrieval_scores`` float32 [batch, k].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec import config as config_lib
+from tfrec import evaluate
+from tfrec import index as index_lib
+from tfrec.errors import UserError
+from tfrec.export import layout
+from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
+
+log = logging.getLogger("tfrec")
+_NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
+
+
+class RetrievalModule(tf.Module):
+    """What a served version holds: the towers and one index over the catalog.
+
+    Args:
+      query_tower: raw ``query_text`` -> float32 [batch, d].
+      item_tower: item features -> float32 [batch, d].
+      index: a :mod:`tfrec.index` index over the catalog's item embeddings.
+      categorical_columns: the item tower's categorical columns.
+      ranking_head: :class:`tfrec.ranking.RankingHead`, or None (no ranking signatures).
+      catalog: :class:`tfrec.export.catalog_lookup.CatalogLookup` (item id -> embedding), with ``ranking_head``.
+    """
+
+    def __init__(self, query_tower, item_tower, index, categorical_columns: list[str], ranking_head=None,
+                 catalog=None):
+        super().__init__(name="tfrec_retrieval")
+        self.query_tower, self.item_tower, self.index = query_tower, item_tower, index
+        self.categorical_columns = list(categorical_columns)
+        item_spec = {"item_id": tf.TensorSpec([None], tf.string, name="item_id"),
+                     "item_text": tf.TensorSpec([None], tf.string, name="item_text")}
+        for col in self.categorical_columns:
+            item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
+        self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
+        self.ranking_head, self.catalog = ranking_head, catalog
+        if ranking_head is not None:
+            query_spec = tf.TensorSpec([None], tf.string, name="query_text")
+            self.rank = tf.function(self._rank, input_signature=[
+                query_spec, tf.TensorSpec([None, None], tf.string, name="item_ids")])
+            self.retrieve_and_rank = tf.function(self._retrieve_and_rank, input_signature=[
+                query_spec, tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
+                                  tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+    def retrieve(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
+        query = self.query_tower({"query_text": query_text}, training=False)
+        batch = tf.shape(query_text)[0]
+        exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
+        # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
+        # mixed up methods of the three index classes when all are exported in one process.
+        scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
+        return {"item_ids": item_ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text")])
+    def embed_query(self, query_text):
+        return {"embedding": self.query_tower({"query_text": query_text}, training=False)}
+
+    def _embed_item(self, features):
+        return {"embedding": self.item_tower(features, training=False)}
+
+    def _rank(self, query_text, item_ids):
+        query = self.query_tower({"query_text": query_text}, training=False)
+        return {"scores": rank_candidates(self.ranking_head, self.catalog, query, item_ids)}
+
+    def _retrieve_and_rank(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
+        query = self.query_tower({"query_text": query_text}, training=False)  # once, for both stages
+        batch = tf.shape(query_text)[0]
+        exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
+        retrieval_scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
+        ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids)
+        ranking_scores, item_ids, retrieval_scores = rerank(ranking_scores, item_ids, retrieval_scores)
+        return {"item_ids": item_ids, "ranking_scores": ranking_scores, "retrieval_scores": retrieval_scores}
+
+    def signatures(self) -> dict:
+        # The tf.functions themselves (not concrete functions), so the
+        # SignatureDef records exclude_item_ids' default and TF Serving may omit it.
+        out = {"serving_default": self.retrieve, "retrieve": self.retrieve, "embed_query": self.embed_query,
+               "embed_item": self.embed_item}
+        if self.ranking_head is not None:
+            out.update(rank=self.rank, retrieve_and_rank=self.retrieve_and_rank)
+        return out
+
+
+def _index_kinds(choice: str) -> list[str]:
+    return ["brute_force", "ivf", "scann"] if choice == "all" else [choice]
+
+
+def _model_name(base: str, kind: str) -> str:
+    return base if kind == "brute_force" else f"{base}_{kind}"
+
+
+def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int, params: dict | None = None):
+    if kind == "brute_force":
+        return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
+    return index_lib.build_index(kind, item_embeddings, item_ids, k, **(params or {}))
+
+
+class ExportRefused(UserError):
+    """An approximate index missed ``export.min_recall``; nothing was published."""
+
+
+def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_embeddings: np.ndarray, k: int,
+                 min_recall: float) -> dict[str, float]:
+    """Recall of ``idx`` against exact search on held-out queries; raises ExportRefused below the gate.
+
+    Args:
+      query_embeddings: float32 [num_queries, d], e.g. the test split's queries.
+    Returns:
+      ``{"recall@10": r10, "recall@K": rK}`` (K = the index's k).
+    """
+    exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
+    cutoffs = sorted({min(10, k), k})
+    recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
+    gate = recall[f"recall@{min(10, k)}"]
+    log.info("export: %s index recall against exact search on %d held-out queries: %s", idx.kind,
+             len(query_embeddings), ", ".join(f"{m}={v:.3f}" for m, v in recall.items()))
+    if gate < min_recall:
+        raise ExportRefused(f"export: the {idx.kind} index reached recall@{min(10, k)}={gate:.3f} against exact "
+                            f"search on {len(query_embeddings)} held-out queries, below export.min_recall="
+                            f"{min_recall}; no version was published (search more partitions/leaves, or lower "
+                            "export.min_recall)")
+    return recall
+
+
+def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
+               index: str | None = None, k: int | None = None, query_embeddings: np.ndarray | None = None,
+               index_params: dict | None = None) -> list[Path]:
+    """Builds every requested index, checks the approximate ones, then publishes one version each.
+
+    Args:
+      cfg: the run's config.
+      job_dir: the run's folder; output goes to ``job_dir/export``.
+      model: the trained :class:`tfrec.models.TwoTowerModel`. LoRA adapters, if any, are merged
+        into the encoder's weights first (in place: the same function, plain BERT variables).
+      data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
+      item_embeddings: float32 [num_items, d] from the trained item tower.
+      index: brute_force | ivf | scann | all (default ``export.index``).
+      k: results per query (default ``export.k``).
+      query_embeddings: float32 [n, d] held-out queries for the recall gate
+        (default: the test split's queries through the query tower).
+      index_params: constructor arguments for the approximate indexes (e.g. nprobe).
+    Returns:
+      The published version folders. Raises ExportRefused (exit code 2) if an
+      approximate index's recall@10 is below ``export.min_recall``.
+    """
+    export_root = Path(job_dir) / "export"
+    k = k or cfg.export.k
+    if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
+        from tfrec.encoders.lora import merge_adapters
+
+        merged = merge_adapters(model)
+        if merged:
+            log.info("lora: merged %d adapters into the encoder before export", merged)
+    kinds = _index_kinds(index or cfg.export.index)
+    item_ids = data.catalog.item_ids
+    built = []
+    for kind in kinds:
+        idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
+        if note:
+            log.info("export: %s", note)
+        info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
+        if idx.kind != "brute_force":
+            if query_embeddings is None:
+                queries = {"query_text": np.array(data.test.query_text, dtype=object)}
+                query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
+            info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
+                                          cfg.export.min_recall)
+            info["min_recall"] = cfg.export.min_recall
+        built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
+
+    version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
+    ranking_head, catalog = getattr(model, "ranking_head", None), None
+    if ranking_head is not None:  # one lookup table, shared by every index kind's module
+        catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
+    published = []
+    for kind, name, idx, info in built:
+        t0 = time.time()
+        module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical),
+                                 ranking_head, catalog)
+        report = {"model_name": name, "version": version, "index": info, "data": data.counts,
+                  "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if idx.kind == "scann" else None
+
+        def write(folder: str, module=module, report=report, options=options) -> None:
+            tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
+            extra = Path(folder) / "assets.extra"
+            extra.mkdir(exist_ok=True)
+            (extra / "export_report.json").write_text(json.dumps(report, indent=2))
+            with open(extra / "items.tsv", "w", encoding="utf-8") as f:
+                f.write("item_id\ttext\n")
+                for item, text in zip(data.catalog.item_ids, data.catalog.texts):
+                    f.write(f"{item}\t{text.replace(chr(9), ' ').replace(chr(10), ' ')}\n")
+
+        path = layout.publish_version(export_root / name, write, version=version)
+        log.info("export: %s (%s index, k=%d) in %.0fs", path, idx.kind, k, time.time() - t0)
+        published.append(path)
+    existing = sorted(p.name for p in export_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    layout.write_models_config(export_root, existing)
+    layout.write_batching_parameters(export_root)
+    return published
+
+
+def load_trained(job_dir: str | Path):
+    """Rebuilds a finished run's model from ``params.yaml`` and its best weights.
+
+    Returns (cfg, model, data).
+    """
+    from tfrec.data import dataset, pipeline
+    from tfrec.models import build_model
+
+    job = Path(job_dir)
+    if not (job / "params.yaml").is_file():
+        raise UserError(f"{job}: no params.yaml; not a tfrec job dir (train first with python -m trainer.task)")
+    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(job / "params.yaml")))
+    best = job / "checkpoints" / "best" / "weights.index"
+    if not best.is_file():
+        raise UserError(f"{job}: no trained weights at {best}")
+    data = dataset.load(cfg.data, base_dir=str(job))
+    model = build_model(cfg, data.catalog)
+    sample = next(iter(pipeline.make_dataset(
+        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability()), 2)))
+    model.query_tower(sample), model.item_tower(sample)
+    model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
+    return cfg, model, data

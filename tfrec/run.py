@@ -1,0 +1,385 @@
+"""The training stages, each a plain function, and :func:`fit`, which runs them in order.
+
+    load_data -> build_model -> build_features -> train -> evaluate_model -> export_model
+
+``fit(config, job_dir)`` is what ``python -m trainer.task`` runs; a notebook or a
+pipeline calls the same function, or the stages one by one. The model is built
+before the features because the features' caches are the model's own frozen
+encoders applied once to every distinct text.
+
+The job dir receives ``params.yaml`` (the resolved config), ``checkpoints/``
+(calling ``fit`` again with the same config resumes), ``tensorboard/``,
+``eval.json`` and ``export/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec import config as config_lib
+from tfrec import evaluate, runtime, training
+from tfrec.config import Config
+from tfrec.data import dataset, pipeline, stream
+from tfrec.data.dataset import RetrievalData
+from tfrec.errors import UserError
+from tfrec.models import TwoTowerModel
+
+log = logging.getLogger("tfrec")
+
+
+@dataclass
+class Run:
+    """One finished :func:`fit`.
+
+    Attributes:
+      config: the resolved config the run trained with.
+      model: the trained :class:`tfrec.models.TwoTowerModel` (best epoch's weights).
+      metrics: the ``eval.json`` content (``{}`` on a non-chief worker).
+      job_dir: the run's folder.
+      export_dir: the first published SavedModel version folder
+        (``job_dir/export/<model_name>/<version>``), or None when export is off
+        (or on a non-chief worker).
+    """
+
+    config: Config
+    model: TwoTowerModel
+    metrics: dict
+    job_dir: Path
+    export_dir: Path | None
+
+
+@dataclass
+class Features:
+    """What the model is fed, built once per run by :func:`build_features`.
+
+    Attributes:
+      item_probability: float32 [num_items], each item's share of the training
+        interactions (the logQ correction's sampling probability).
+      query_cache: the frozen query encoder's outputs per distinct query text, or None.
+      item_cache: the frozen item text encoder's outputs per item text, or None.
+      all_items: the item tower's features for the whole catalog, in catalog order.
+      steps_per_epoch: training steps per epoch.
+    """
+
+    item_probability: np.ndarray
+    query_cache: pipeline.TextCache | None
+    item_cache: pipeline.TextCache | None
+    all_items: dict
+    steps_per_epoch: int
+
+
+@dataclass
+class Evaluation:
+    """The test split's results, from :func:`evaluate_model`.
+
+    Attributes:
+      model: the model's retrieval metrics (``recall@K``, ``ndcg@K``, ``mrr``).
+      baselines: each baseline's metrics, by name.
+      ranking: the ranking head's report, or None when the model has no head.
+      query_embeddings: float32 [num_test_queries, d].
+      item_embeddings: float32 [num_items, d].
+    """
+
+    model: dict
+    baselines: dict
+    ranking: dict | None
+    query_embeddings: np.ndarray
+    item_embeddings: np.ndarray
+
+
+# ----------------------------------------------------------------- job dir
+def prepare_job_dir(cfg: Config, job: Path, write_params: bool = True) -> None:
+    """Creates ``job``, refuses one holding a different run, and writes ``params.yaml``."""
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+        check_job_dir(job, cfg)
+        if write_params:
+            (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
+    except OSError as e:
+        raise UserError(f"{job}: cannot write the job dir ({e.strerror or e}); pick another --job-dir") from None
+
+
+def check_job_dir(job: Path, cfg: Config) -> None:
+    """Refuses to resume a job dir written by a different training config."""
+    previous = job / "params.yaml"
+    if not previous.is_file() or not (job / "checkpoints").exists():
+        return
+    old = training_flat(config_lib.from_dict(config_lib.read_yaml(previous)))
+    new = training_flat(cfg)
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differing:
+        raise UserError(f"{job}: holds a run with a different config ({', '.join(differing[:8])}); "
+                        "use another --job-dir or delete it")
+
+
+def training_flat(cfg: Config) -> dict:
+    """The config keys that change what a checkpoint means (export/eval settings may change)."""
+    flat = training.flatten(config_lib.to_dict(cfg))
+    return {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "model", "retrieval", "ranking")}
+
+
+# ------------------------------------------------------------------ stages
+def load_data(cfg: Config, base_dir: str | Path) -> RetrievalData:
+    """Reads, checks and splits the interactions and the catalog (``cfg.data``)."""
+    data = dataset.load(cfg.data, base_dir=str(base_dir))
+    log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
+    return data
+
+
+def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strategy | None = None
+                ) -> TwoTowerModel:
+    """The two-tower model for ``data``'s catalog, built under ``strategy`` and ``train.mixed_precision``."""
+    from tfrec.models import build_model as build_two_tower
+
+    strategy = strategy or tf.distribute.get_strategy()
+    runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
+    try:
+        with strategy.scope():
+            return build_two_tower(cfg, data.catalog)
+    finally:
+        runtime.set_precision("none")
+
+
+def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Features:
+    """Sampling probabilities, the frozen encoders' caches and the catalog's item features."""
+    item_probability = data.item_probability()
+    query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
+    cache = cfg.train.cache_frozen_encoders
+    query_cache = item_cache = None
+    if cache and query_encoder.frozen:
+        train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
+        texts = train_texts + data.validation.query_text + data.test.query_text
+        query_cache = pipeline.TextCache(texts, query_encoder.encode_texts, progress="encoding queries")
+        log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
+    if cache and item_encoder is not None and item_encoder.frozen:
+        item_cache = pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts, progress="encoding items")
+        log.info("cache: %d item texts encoded once (frozen encoder)", len(item_cache.texts))
+    steps = math.ceil(data.num_train / cfg.train.batch_size)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
+    return Features(item_probability, query_cache, item_cache, all_items, steps)
+
+
+def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, features: Features,
+                   strategy: tf.distribute.Strategy, skip_batches: int = 0) -> tf.data.Dataset:
+    """The endless, seeded training stream from batch ``skip_batches`` on (a resumed run skips what it saw).
+
+    Yields batches of ``train.batch_size`` examples; under host preprocessing
+    (TPU, XLA) the text is tokenised and ids looked up in tf.data, so the model
+    sees fixed-shape ints only.
+    """
+    from tfrec.towers import host_features
+
+    batch = cfg.train.batch_size
+    host = runtime.host_preprocessing(strategy, cfg.train.jit_compile)
+
+    def on_host(ds):
+        return ds.map(lambda f: host_features(model.query_tower, model.item_tower, f),
+                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE) if host else ds
+
+    if data.stream is None:  # in memory; under multi_worker Keras shards the batches across workers
+        ds = pipeline.make_dataset(pipeline.training_features(data.train, data.catalog, features.item_probability,
+                                                              features.query_cache, features.item_cache),
+                                   batch, shuffle=True, seed=cfg.train.seed,
+                                   drop_remainder=len(data.train) >= 2 * batch
+                                   or runtime.kind(strategy) in ("tpu", "multi_worker"), repeat=True)
+        return on_host(ds.skip(skip_batches) if skip_batches else ds)
+    return strategy.distribute_datasets_from_function(  # each worker reads its own shards
+        lambda ctx: on_host(stream.make_dataset(data.stream, data.catalog, features.item_probability, batch,
+                                                cfg.train.seed, ctx, features.query_cache, features.item_cache,
+                                                skip_batches)))
+
+
+def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, split: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``split``'s queries and the whole catalog through the towers: float32 [n, d] and [num_items, d]."""
+    queries = pipeline.query_features(getattr(data, split).query_text, features.query_cache)
+    return (evaluate.embed(model.query_tower, queries, progress=f"embedding {split} queries"),
+            evaluate.embed(model.item_tower, features.all_items, progress="embedding the catalog"))
+
+
+def validation_metrics(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features) -> dict:
+    """Full-catalog retrieval metrics on the validation split (and the ranking head's, if any)."""
+    q, items = embed_split(model, data, features, "validation")
+    metrics = evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
+    if model.ranking is not None:  # the ranking head's rmse/mae (or auc/logloss) on the validation pairs
+        from tfrec.ranking_eval import label_metrics
+
+        metrics.update(label_metrics(model, data, "validation", q, items))
+    return metrics
+
+
+def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
+          strategy: tf.distribute.Strategy, ckpt_dir: Path, tensorboard_dir: Path) -> dict:
+    """Compiles and fits ``model``, resuming from ``ckpt_dir``; loads the best epoch's weights.
+
+    Checkpoints each epoch (and every ``train.checkpoint_every_steps``) and stops
+    early on ``val_<train.early_stopping_metric>``. Returns the checkpoint state:
+    ``{"epoch", "batch", "best_epoch", "best", "stopped", ...}`` (0-based epochs).
+    """
+    steps = features.steps_per_epoch
+    with strategy.scope():
+        head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)
+        sample = next(iter(pipeline.make_dataset(pipeline.training_features(
+            data.validation.take(range(2)), data.catalog, features.item_probability, features.query_cache,
+            features.item_cache), 2)))
+        model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
+
+    state_objects = {"model": model, "optimizer": head_opt}
+    if model.encoder_optimizer is not None:
+        state_objects["encoder_optimizer"] = model.encoder_optimizer
+    checkpoint = tf.train.Checkpoint(**state_objects)
+    saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
+                                            cfg.train.early_stopping_patience, cfg.train.checkpoint_every_steps)
+    initial_epoch = saver.state["epoch"] + 1
+    resume_batch = min(saver.state["batch"], steps - 1)  # > 0: killed inside an epoch after a step checkpoint
+    resume_from = saver.resume_path()
+    if resume_from:
+        checkpoint.restore(resume_from).expect_partial()
+        inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
+        log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
+    callbacks = [training.ValidationMetrics(lambda: validation_metrics(cfg, model, data, features)),
+                 training.LearningRateLogger(), saver, training.EpochLog(cfg.train.epochs),
+                 tf.keras.callbacks.TensorBoard(str(tensorboard_dir), write_graph=False, profile_batch=0)]
+    if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
+        log.info("train: %d examples%s, %d steps/epoch, up to %d epochs", data.num_train,
+                 f" streamed from {len(data.stream.files)} shards" if data.stream is not None else "", steps,
+                 cfg.train.epochs)
+        # The shuffled stream is seeded and repeated (one iterator for the whole fit), so skipping the batches
+        # already trained on gives a resumed run exactly the batches an uninterrupted one would have seen.
+        done = initial_epoch * steps + resume_batch
+        if resume_batch:  # Keras' own mid-epoch resume hook (BackupAndRestore's): the first epoch starts there
+            model._maybe_load_initial_counters_from_ckpt = lambda steps_per_epoch, epoch: (epoch, resume_batch)
+        try:
+            model.fit(training_input(cfg, data, model, features, strategy, done), epochs=cfg.train.epochs,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 0)
+        finally:
+            model.__dict__.pop("_maybe_load_initial_counters_from_ckpt", None)
+    else:
+        log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
+    model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
+    log.info("train: kept epoch %d (val %s=%.4f)", saver.state["best_epoch"] + 1, cfg.train.early_stopping_metric,
+             saver.state["best"])
+    return saver.state
+
+
+def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
+                   split: str = "test") -> Evaluation:
+    """Full-catalog metrics of ``model`` on ``split``, and of the baselines trained on the same split."""
+    q, item_embeddings = embed_split(model, data, features, split)
+    results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
+    baselines = {}
+    if cfg.eval.baselines:
+        baselines["popularity"] = evaluate.popularity_baseline(data, split, cfg.eval.ks, cfg.eval.exclude_seen)
+        if cfg.data.interactions.user_id_column and data.stream is not None:
+            log.info("eval: no id_two_tower baseline (it trains on the training interactions in memory; these "
+                     "were streamed)")
+        elif cfg.data.interactions.user_id_column:
+            baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
+                data, split, cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
+                exclude_seen=cfg.eval.exclude_seen, monitor=cfg.train.early_stopping_metric)
+    print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
+    ranking = None
+    if model.ranking is not None:
+        from tfrec import ranking_eval
+
+        ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
+        print(ranking_eval.format_report(ranking) + "\n", flush=True)
+    return Evaluation(results, baselines, ranking, q, item_embeddings)
+
+
+def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation
+                 ) -> list[Path]:
+    """Publishes the SavedModel(s) of ``export.index`` under ``job/export``; returns the version folders."""
+    from tfrec.export.savedmodel import export_run
+
+    return export_run(cfg, job, model, data, evaluation.item_embeddings, query_embeddings=evaluation.query_embeddings)
+
+
+def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evaluation, train_state: dict,
+                 seconds: float) -> dict:
+    """Writes ``job/eval.json`` and TensorBoard's hparams and projector; returns the ``eval.json`` dict."""
+    report: dict[str, Any] = {
+        "model": evaluation.model, "baselines": evaluation.baselines,
+        "data": {"counts": data.counts, "skipped": data.skipped},
+        "training": {"best_epoch": train_state["best_epoch"] + 1, "epochs_run": train_state["epoch"] + 1,
+                     "seconds": round(seconds, 1)},
+        "config_hash": config_lib.config_hash(cfg)}
+    if evaluation.ranking is not None:
+        report["ranking"] = evaluation.ranking
+    tb = str(job / "tensorboard")
+    training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
+                           {f"test_{k}": v for k, v in evaluation.model.items()})
+    training.write_projector(tb, evaluation.item_embeddings, data.catalog.titles)
+    (job / "eval.json").write_text(json.dumps(report, indent=2))
+    log.info("eval: wrote %s", job / "eval.json")
+    return report
+
+
+@contextlib.contextmanager
+def _worker_dir() -> Iterator[Path | None]:
+    """None on the chief; on another worker a temporary folder for what only the chief keeps."""
+    if runtime.is_chief():
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="tfrec-worker-") as scratch:
+        log.info("non-chief worker: writing to %s (deleted at the end)", scratch)
+        yield Path(scratch)
+
+
+# --------------------------------------------------------------------- fit
+def fit(config: Config, job_dir: str | Path) -> Run:
+    """Trains, evaluates and exports one run in ``job_dir``; calling it again resumes.
+
+    Under ``runtime.strategy=multi_worker`` a non-chief worker runs every
+    training step with the others (collective ops need all workers) but writes
+    its checkpoints, TensorBoard logs and data into a temporary folder deleted
+    at the end; evaluation, ``eval.json`` and the export are the chief's (a
+    non-chief returns a Run with ``metrics == {}``).
+    """
+    with _worker_dir() as scratch:
+        # set-up: job dir, seed, strategy
+        started = time.time()
+        job = Path(job_dir)
+        prepare_job_dir(config, job, write_params=scratch is None)
+        tf.keras.utils.set_random_seed(config.train.seed)
+        strategy = runtime.make_strategy(config.runtime)
+
+        # input and model
+        data = load_data(config, scratch or job)
+        model = build_model(config, data, strategy)
+        features = build_features(config, data, model)
+
+        # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
+        ckpt_dir = job / "checkpoints"
+        if scratch is not None:
+            ckpt_dir = scratch / "checkpoints"
+            if (job / "checkpoints").is_dir():
+                shutil.copytree(job / "checkpoints", ckpt_dir)
+        state = train(config, model, data, features, strategy, ckpt_dir, (scratch or job) / "tensorboard")
+        if scratch is not None:
+            return Run(config, model, {}, job, None)  # evaluation, eval.json and the export are the chief's
+
+        # evaluate: the model and the baselines on the test split
+        evaluation = evaluate_model(config, model, data, features)
+        report = write_report(config, job, data, evaluation, state, time.time() - started)
+
+        # export
+        published = export_model(config, job, model, data, evaluation) if config.export.enabled else []
+        log.info("done in %.0fs", time.time() - started)
+        return Run(config, model, report, job, published[0] if published else None)
