@@ -113,6 +113,43 @@ def top_k(scores: tf.Tensor, k: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
     return chunked_top_k(scores, k)
 
 
+def is_member(values: tf.Tensor, members: tf.Tensor) -> tf.Tensor:
+    """Row-wise set membership: ``out[b, i] = values[b, i] in members[b, :]``.
+
+    Costs O((c + e) log e) per row, not the O(c * e) of comparing every pair
+    (a hostile request with many exclusions would otherwise build a
+    ``[batch, c, e]`` grid): each row's members are fingerprinted to int64 and
+    sorted, values are looked up by binary search, and the string found there
+    is compared exactly, so a fingerprint match alone never excludes an item.
+    (Two *different* member strings with the same 64-bit fingerprint could hide
+    one another: odds of about e^2 / 2^64 per row.)
+
+    Args:
+      values: string ``[batch, c]``.
+      members: string ``[batch, e]`` (``e`` may be 0).
+
+    Returns:
+      bool ``[batch, c]``.
+    """
+    e = tf.shape(members)[1]
+
+    def lookup():
+        member_keys = tf.strings.to_hash_bucket_fast(members, _FINGERPRINT_BUCKETS)
+        order = tf.argsort(member_keys, axis=1, stable=True)
+        sorted_keys = tf.gather(member_keys, order, batch_dims=1)
+        sorted_members = tf.gather(members, order, batch_dims=1)
+        value_keys = tf.strings.to_hash_bucket_fast(values, _FINGERPRINT_BUCKETS)
+        position = tf.minimum(tf.searchsorted(sorted_keys, value_keys, side="left"), e - 1)
+        found = tf.gather(sorted_members, position, batch_dims=1)
+        return tf.equal(found, values)
+
+    return tf.cond(e > 0, lookup, lambda: tf.zeros(tf.shape(values), tf.bool))
+
+
+# Fingerprints live in [0, 2^63 - 1): to_hash_bucket_fast takes the bucket count as int64.
+_FINGERPRINT_BUCKETS = (1 << 63) - 1
+
+
 def filter_excluded(
     scores: tf.Tensor, indices: tf.Tensor, item_ids: tf.Tensor, exclude_item_ids: tf.Tensor, k: int
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -133,11 +170,7 @@ def filter_excluded(
     """
     safe_indices = tf.maximum(indices, 0)
     candidate_ids = tf.gather(item_ids, safe_indices)
-    # [batch, c, e] string equality: c = k + e and e are small, and comparing
-    # strings needs no id -> row lookup table.
-    is_excluded = tf.reduce_any(
-        tf.equal(candidate_ids[:, :, tf.newaxis], exclude_item_ids[:, tf.newaxis, :]), axis=2
-    )
+    is_excluded = is_member(candidate_ids, exclude_item_ids)
     scores = tf.where(is_excluded, tf.constant(NEG_INF, tf.float32), scores)
     k_out = tf.minimum(k, tf.shape(scores)[1])
     top_scores, positions = tf.math.top_k(scores, k=k_out, sorted=True)  # c = k + e: narrow

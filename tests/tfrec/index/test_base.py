@@ -39,3 +39,31 @@ def test_filter_excluded_drops_and_pads():
     assert top_ids.numpy().tolist() == [[b"a", b"c", b"d"]] and valid.numpy().tolist() == [3]
     top, top_ids, valid = base.filter_excluded(scores, rows, ids, tf.constant([["a", "b", "c"]]), 3)
     assert top_ids.numpy().tolist() == [[b"d", b"", b""]] and valid.numpy().tolist() == [1]
+
+
+def test_is_member_equals_the_pairwise_comparison():
+    """Same answer as the [batch, c, e] grid it replaces: duplicates, "" padding, empty rows, no exclusions."""
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"item_{i}".encode() for i in range(40)] + [b""], dtype=object)
+    values = tf.constant(rng.choice(vocab[:-1], size=(6, 9)))
+    members = tf.constant(rng.choice(vocab, size=(6, 25)))  # ~half of the vocabulary per row, repeats
+    want = tf.reduce_any(tf.equal(values[:, :, None], members[:, None, :]), axis=2)
+    got = base.is_member(values, members)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert 0 < got.numpy().sum() < got.numpy().size  # both outcomes are exercised
+    none = base.is_member(values, tf.zeros([6, 0], tf.string))
+    assert none.shape == (6, 9) and not none.numpy().any()
+    fn = tf.function(base.is_member, input_signature=[tf.TensorSpec([None, None], tf.string)] * 2)
+    np.testing.assert_array_equal(fn(values, members).numpy(), want.numpy())
+
+
+def test_filter_excluded_with_many_exclusions_builds_no_grid():
+    """e = 200k exclusions for 64 rows: a [64, k + e, e] grid would need ~2.5e12 comparisons."""
+    rows, e, k = 64, 200_000, 5
+    ids = tf.constant([f"i{n}" for n in range(e + k)])
+    scores = tf.tile(tf.range(e + k, 0, -1, dtype=tf.float32)[None, :], [rows, 1])
+    indices = tf.tile(tf.range(e + k)[None, :], [rows, 1])
+    exclude = tf.tile(ids[None, :e], [rows, 1])  # the e best items are excluded in every row
+    _, top_ids, valid = base.filter_excluded(scores, indices, ids, exclude, k)
+    assert top_ids.numpy()[0].tolist() == [f"i{e + n}".encode() for n in range(k)]
+    assert valid.numpy().tolist() == [k] * rows
