@@ -55,7 +55,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from tfrec.export import layout  # noqa: E402
 from serving.client import RestClient, ServingError  # noqa: E402
-from serving.server import spawn  # noqa: E402
+from tests.helpers.spawn import spawn_server as spawn  # noqa: E402
 
 QUERIES = [f"query {i} space opera heist romance" for i in range(32)]
 
@@ -301,7 +301,7 @@ def main() -> None:
             layout.publish_version(base, lambda d: shutil.copytree(original, d, dirs_exist_ok=True))
             shutil.copytree(original, src)
         else:
-            from serving.tiny_model import write_tiny_model
+            from tests.helpers.tiny_model import write_tiny_model
             layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
             write_tiny_model(src, seed=2)
         print(f"model {args.model_name}: {args.clients} clients (half REST, half gRPC) "

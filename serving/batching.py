@@ -11,6 +11,14 @@ no other request is on its way, so a lone client pays neither a batching delay
 nor a thread switch. If a merged batch fails, its requests are retried one by
 one so that only a bad one fails.
 
+Requests are compatible when their non-paddable inputs agree in dtype and
+trailing shape and their paddable widths fall in the same size class (powers of
+two: 0, 1, 2-3, 4-7, ...), so padding at most doubles a request's width and a
+wide request never pads narrow ones. A request whose ``deadline`` passes (or
+whose ``cancelled()`` turns true, e.g. its client went away) while it is still
+queued is taken off the queue and fails with ``DeadlineExceeded``; one already
+running finishes, but its caller stops waiting at the deadline.
+
 Usage::
 
     batcher = Batcher(signature, max_batch_size=64, timeout_s=0.002,
@@ -29,6 +37,11 @@ import numpy as np
 from serving.signatures import pad_to
 
 Arrays = dict[str, np.ndarray]
+_CANCEL_CHECK_S = 0.05  # how often a waiting request looks at cancelled()
+
+
+class DeadlineExceeded(Exception):
+    """A request's deadline passed (or it was cancelled) before its batch ran."""
 
 
 class _Task:
@@ -36,8 +49,9 @@ class _Task:
 
     def __init__(self, inputs: Arrays, rows: int, paddable: frozenset[str]):
         self.inputs, self.rows, self.arrival = inputs, rows, time.monotonic()
-        self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()
-                                if n not in paddable))
+        self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) if n not in paddable
+                                else (n, a.dtype.str, a.shape[1].bit_length())  # the size class
+                                for n, a in inputs.items()))
         self.done = False
         self.result: Arrays | None = None
         self.error: BaseException | None = None
@@ -66,9 +80,14 @@ class Batcher:
         self._cond = threading.Condition()
         self._leading = False  # a caller is gathering or running a batch
 
-    def submit(self, inputs: Arrays, rows: int, on_enqueue: Callable[[], None] = lambda: None
+    def submit(self, inputs: Arrays, rows: int, on_enqueue: Callable[[], None] = lambda: None,
+               deadline: float = float("inf"), cancelled: Callable[[], bool] = lambda: False
                ) -> Arrays:
-        """Runs ``inputs`` (``rows`` <= max_batch_size rows), possibly merged with others."""
+        """Runs ``inputs`` (``rows`` <= max_batch_size rows), possibly merged with others.
+
+        ``deadline`` is a ``time.monotonic()`` instant; DeadlineExceeded past it (or once
+        ``cancelled()``), see the module docstring.
+        """
         task = _Task(inputs, rows, self._paddable)
         with self._cond:
             self._queue.append(task)
@@ -77,13 +96,19 @@ class Batcher:
         while True:
             with self._cond:
                 while not task.done and self._leading:
-                    self._cond.wait()
+                    left = deadline - time.monotonic()
+                    if left <= 0 or cancelled():
+                        if task in self._queue:
+                            self._queue.remove(task)
+                        raise DeadlineExceeded("cancelled" if left > 0 else "deadline exceeded")
+                    self._cond.wait(min(left, _CANCEL_CHECK_S))
                 if task.done:
                     break
                 self._leading = True
                 batch = self._gather()
             try:
-                self._run_isolated(batch)
+                if batch:
+                    self._run_isolated(batch)
             finally:
                 with self._cond:
                     for t in batch:
@@ -97,9 +122,11 @@ class Batcher:
 
     def _gather(self) -> list[_Task]:
         """Takes the next batch off the queue (lock held; may wait for company)."""
-        first = self._queue[0]
-        deadline = first.arrival + self._timeout
         while True:
+            if not self._queue:  # every queued request was cancelled meanwhile
+                return []
+            first = self._queue[0]
+            deadline = first.arrival + self._timeout
             same = [t for t in self._queue if t.key == first.key]
             left = deadline - time.monotonic()
             if sum(t.rows for t in same) >= self._max or left <= 0 or self._arriving() <= 0:

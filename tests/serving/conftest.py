@@ -18,7 +18,7 @@ import serving  # noqa: E402,F401  (tfrec's environment before tensorflow)
 def tiny_export(tmp_path_factory) -> Path:
     """EXPORT/ with tiny/1 (seed 1), tiny_scann/1 (same model through ScaNN), models.config."""
     from tfrec.export import layout
-    from serving.tiny_model import write_tiny_model
+    from tests.helpers.tiny_model import write_tiny_model
 
     root = tmp_path_factory.mktemp("export")
     layout.publish_version(root / "tiny", lambda d: write_tiny_model(d, seed=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tfrec.export import layout
-from serving.tiny_model import write_tiny_model
+from tests.helpers.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "load.py")

@@ -25,8 +25,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client as client_lib
 from tfrec.export import layout
-from serving.batching import Batcher
-from serving.tiny_model import write_tiny_model
+from serving.batching import Batcher, DeadlineExceeded
+from tests.helpers.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_BATCH, MAX_BYTES = 8, 64 << 10
@@ -100,6 +100,14 @@ def predict_request(queries, exclude=None, name="tiny", signature="", **extra_in
     for n, v in extra_inputs.items():
         request.inputs[n].CopyFrom(tf.make_tensor_proto(v))
     return request
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the Prometheus series ``name{labels}`` in exposition ``text`` (any label order)."""
+    for m in re.finditer(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1))) == labels:
+            return float(m.group(2))
+    return None
 
 
 # ------------------------------------------------------------------ predict
@@ -221,13 +229,11 @@ def test_rest_status_metadata_and_prometheus(server):
     assert http(server.rest_port, "/v1/models/tiny:predict", {"instances": [1]})[0] == 400
     status, text = http(server.rest_port, "/monitoring/prometheus/metrics")
     assert status == 200
-    ok = re.search(r'^tfrec_serving_requests_total\{model="tiny",signature="serving_default",'
-                   r'api="rest",status="OK"\} (\d+)$', text, re.M)
-    assert ok and int(ok.group(1)) >= 3
-    assert re.search(r'status="INVALID_ARGUMENT"\} [1-9]', text)
-    assert re.search(r'^tfrec_serving_request_latency_seconds_bucket\{model="tiny",'
-                     r'signature="serving_default",api="rest",le="\+Inf"\} [1-9]', text, re.M)
-    assert 'tfrec_serving_model_version{model="tiny"} 1' in text
+    rest = dict(model="tiny", signature="serving_default", api="rest")
+    assert metric(text, "tfrec_serving_requests_total", **rest, status="OK") >= 3
+    assert metric(text, "tfrec_serving_requests_total", **rest, status="INVALID_ARGUMENT") >= 1
+    assert metric(text, "tfrec_serving_request_latency_seconds_bucket", **rest, le="+Inf") >= 4
+    assert metric(text, "tfrec_serving_model_version", model="tiny") == 1
 
 
 # ------------------------------------------------------------------ malformed requests
@@ -277,8 +283,8 @@ def test_malformed_rest_request_gets_a_4xx(server, what, path, body, code):
 
 def test_other_methods_and_paths_are_client_errors(server):
     assert http(server.rest_port, "/v1/models/tiny:predict", {"instances": ["a"]},
-                method="PUT")[0] == 400
-    assert http(server.rest_port, "/v1/models/tiny", method="DELETE")[0] == 400
+                method="PUT")[0] == 405
+    assert http(server.rest_port, "/v1/models/tiny", method="DELETE")[0] == 405
     assert http(server.rest_port, "/v1/models")[0] == 400
     assert http(server.rest_port, "/v1/models/tiny/versions/1/nonsense")[0] == 400
     assert http(server.rest_port, "/elsewhere")[0] == 404
@@ -365,7 +371,7 @@ def test_batcher_merges_pads_splits_and_isolates_failures():
 
     def submit(i):
         q = np.array([f"q{i}".encode(), b"bad" if i == 3 else b"ok"], dtype=object)
-        e = np.full((2, i % 3), b"x", dtype=object)
+        e = np.full((2, 2 + i % 2), b"x", dtype=object)  # widths 2 and 3: one size class
         try:
             results[i] = batcher.submit({"q": q, "e": e}, rows=2)
         except ValueError as err:
@@ -376,12 +382,57 @@ def test_batcher_merges_pads_splits_and_isolates_failures():
         t.start()
     for t in threads:
         t.join(10)
-    assert len(calls[0]["q"]) == 12 and calls[0]["e"].shape == (12, 2)  # merged and padded
+    assert len(calls[0]["q"]) == 12 and calls[0]["e"].shape == (12, 3)  # merged and padded
     for i in range(6):
         if i == 3:
             assert isinstance(results[i], ValueError)  # only the bad request fails
         else:
             assert results[i]["echo"].tolist() == [f"q{i}".encode(), b"ok"]
+
+
+def test_batcher_never_pads_narrow_requests_to_a_wide_one():
+    """Size classes: a 1000-wide exclusion list runs apart from 2- and 3-wide ones (which merge)."""
+    calls = []
+
+    def run(inputs):
+        calls.append((len(inputs["q"]), inputs["e"].shape[1]))
+        time.sleep(0.05)
+        return {"echo": inputs["q"]}
+
+    batcher = Batcher(run, max_batch_size=64, timeout_s=0.5, paddable={"e"}, arriving=lambda: 1)
+    widths = [2, 1000, 3, 2, 1000]
+    threads = [threading.Thread(target=batcher.submit, args=(
+        {"q": np.array([b"q"], dtype=object), "e": np.full((1, w), b"x", dtype=object)}, 1)) for w in widths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(calls) == [(2, 1000), (3, 3)], calls
+
+
+def test_batcher_deadline_and_cancel_free_a_queued_request():
+    """A queued request whose deadline passes, or whose client goes away, leaves the queue at once."""
+    release = threading.Event()
+
+    def run(inputs):
+        release.wait(10)
+        return {"echo": inputs["q"]}
+
+    batcher = Batcher(run, max_batch_size=1, timeout_s=0.0)
+    one = {"q": np.array([b"q"], dtype=object)}
+    first = threading.Thread(target=batcher.submit, args=(one, 1))
+    first.start()
+    time.sleep(0.1)  # the first request is running (and blocked); the next ones queue behind it
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        batcher.submit(one, 1, deadline=time.monotonic() + 0.3)
+    assert 0.25 < time.monotonic() - start < 1.0
+    with pytest.raises(DeadlineExceeded):
+        batcher.submit(one, 1, cancelled=lambda: time.monotonic() - start > 0.5)
+    assert not batcher._queue  # neither is left to run later
+    release.set()
+    first.join(10)
+    assert batcher.submit(one, 1)["echo"].tolist() == [b"q"]
 
 
 def test_concurrent_requests_get_their_own_answers(server, direct):
@@ -463,7 +514,7 @@ def test_stop_finishes_in_flight_requests(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}) as server:
         started = threading.Semaphore(0)
         for name in ("embed_query", "scaled_embed_query"):  # make both slow
-            sig = server._models["tiny"].signatures[name]
+            sig = server.registry.models["tiny"].signatures[name]
             sig.fn = (lambda fast: lambda **kw: (started.release(), time.sleep(1.0),
                                                  fast(**kw))[2])(sig.fn)
         results = {}
@@ -490,7 +541,7 @@ def test_stop_finishes_in_flight_requests(tiny_export):
 
 
 def test_cli_server_serves_scann_model_and_exits_0_on_sigterm(tiny_export):
-    from serving.server import spawn
+    from tests.helpers.spawn import spawn_server as spawn
 
     proc, port, _, lines = spawn(["--model_config_file", str(tiny_export / "models.config"),
                                   "--batching_parameters_file", str(tiny_export / "batching_parameters.txt"),

@@ -8,7 +8,7 @@ item_ids [b, k], scores [b, k]), ``embed_query`` and ``embed_item``.
 
 Usage::
 
-    from serving.tiny_model import write_tiny_model
+    from tests.helpers.tiny_model import write_tiny_model
     from tfrec.export import layout
     layout.publish_version("/tmp/export/tiny", lambda d: write_tiny_model(d, seed=1))
 """

@@ -1,0 +1,1 @@
+"""Test helpers that tests and bench/ share: a tiny SavedModel and a server child process."""
