@@ -90,7 +90,8 @@ def _dummy(spec: tf.TensorSpec) -> np.ndarray:
 class LoadFailure:
     """A version that failed to load: when to try again, and why it failed."""
     stamp: tuple
-    attempts: int
+    attempts: int  # every attempt on this version
+    tries: int  # attempts since its files last changed (what the retry budget counts)
     error: str
     retry_at: float  # time.monotonic(); inf once the retries are used up
 
@@ -178,17 +179,18 @@ class ModelRegistry:
         failed = self._failed[name].get(latest)
         if failed and failed.stamp == stamp and time.monotonic() < failed.retry_at:
             return  # neither changed nor due for a retry
-        attempt = failed.attempts + 1 if failed and failed.stamp == stamp else 1
+        attempt = failed.attempts + 1 if failed else 1
+        tries = failed.tries + 1 if failed and failed.stamp == stamp else 1
         start = time.perf_counter()
         args = None if self._batcher_args is None else dict(self._batcher_args, **self._batcher_hooks(name))
         try:
             model = ServedModel(name, latest, path, args)
         except Exception as e:  # noqa: BLE001
             self._on_load(name, "error", None)
-            retries_left = self.max_load_retries - (attempt - 1)
-            delay = self.load_retry_interval_s * 2 ** (attempt - 1)
+            retries_left = self.max_load_retries - (tries - 1)
+            delay = self.load_retry_interval_s * 2 ** (tries - 1)
             self._failed[name][latest] = LoadFailure(
-                stamp, attempt, one_line(e), time.monotonic() + delay if retries_left > 0 else float("inf"))
+                stamp, attempt, tries, one_line(e), time.monotonic() + delay if retries_left > 0 else float("inf"))
             log.error("model %s version %d failed to load from %s (attempt %d; %s; %s): %s", name, latest, path,
                       attempt, f"retrying in {delay:g}s or when its files change" if retries_left > 0
                       else "no retries left until its files change",

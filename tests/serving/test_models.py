@@ -6,7 +6,9 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving import client as client_lib
 from tfrec.export import layout
@@ -74,14 +76,6 @@ def test_model_config_file_is_polled_for_added_and_removed_models(tiny_export, t
     def status(server, name):
         return http(server.rest_port, f"/v1/models/{name}")[0]
 
-    def wait_for(check, timeout=30.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if check():
-                return True
-            time.sleep(0.05)
-        return False
-
     with running_server(layout.read_models_config(config), grpc_port=None, poll_wait_s=0.05,
                         config_file=str(config), config_poll_s=0.1) as server:
         assert status(server, "first") == 200 and status(server, "second") == 404
@@ -93,3 +87,72 @@ def test_model_config_file_is_polled_for_added_and_removed_models(tiny_export, t
         config.write_text("not a config {")  # unreadable: logged, and what is served stays
         time.sleep(0.5)
         assert status(server, "second") == 200 and status(server, "first") == 404
+
+
+def wait_for(check, timeout=30.0):
+    """Polls ``check()`` until it is true (returns True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def versions(server, name):
+    """[(version, state, error_message)] of the REST model status."""
+    status, body = http(server.rest_port, f"/v1/models/{name}")
+    assert status == 200, body
+    return [(int(v["version"]), v["state"], v["status"]["error_message"]) for v in body["model_version_status"]]
+
+
+def test_a_version_copied_in_slowly_is_retried_and_served_once_complete(tmp_path, caplog):
+    """Not published atomically: the poll sees version 2 while its files still arrive, over several polls."""
+    base, src = tmp_path / "slow", tmp_path / "src"
+    layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
+    write_tiny_model(src, seed=2)
+    dest, pb = base / "2", (src / "saved_model.pb").read_bytes()
+    # A retry interval far longer than the test: only the arriving files trigger retries.
+    with running_server({"slow": str(base)}, grpc_port=None, poll_wait_s=0.1, load_retry_interval_s=600) as server:
+        with caplog.at_level("INFO", logger="serving.server"):
+            for f in src.rglob("*"):  # everything but saved_model.pb
+                if f.is_file() and f.name != "saved_model.pb":
+                    (dest / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                    (dest / f.relative_to(src)).write_bytes(f.read_bytes())
+            assert wait_for(lambda: len(versions(server, "slow")) == 2)
+            (served, state, _), (failed, failed_state, error) = versions(server, "slow")
+            assert (served, state, failed, failed_state) == (1, "AVAILABLE", 2, "LOADING") and error
+            (dest / "saved_model.pb").write_bytes(pb[: len(pb) // 2])  # half of it, then the rest
+            assert wait_for(lambda: "attempt 2" in " ".join(r.getMessage() for r in caplog.records))
+            assert http(server.rest_port, "/v1/models/slow:predict", {"instances": ["q"]})[0] == 200
+            (dest / "saved_model.pb").write_bytes(pb)
+            assert wait_for(lambda: versions(server, "slow") == [(2, "AVAILABLE", "")])
+    failures = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert len(failures) >= 2 and all("still serving version 1" in m for m in failures)
+
+
+def test_a_version_that_stays_broken_shows_failed_while_the_previous_one_serves(tmp_path, caplog):
+    base = tmp_path / "broken"
+    layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
+    with running_server({"broken": str(base)}, poll_wait_s=0.05, max_load_retries=2,
+                        load_retry_interval_s=0.1) as server:
+        with caplog.at_level("INFO", logger="serving.server"):
+            layout.publish_version(base, lambda d: Path(d, "saved_model.pb").write_bytes(b"junk"))
+            # 1 attempt + 2 retries, 0.1 s then 0.2 s apart; then no more until the files change.
+            assert wait_for(lambda: [s for _, s, _ in versions(server, "broken")] == ["AVAILABLE", "END"])
+            time.sleep(1.0)
+        attempts = [r.getMessage() for r in caplog.records if "version 2 failed to load" in r.getMessage()]
+        assert len(attempts) == 3 and "attempt 3" in attempts[-1] and "no retries left" in attempts[-1]
+        (_, _, _), (version, state, error) = versions(server, "broken")
+        assert (version, state) == (2, "END") and "attempt 3 failed" in error
+        assert http(server.rest_port, "/v1/models/broken:predict", {"instances": ["q"]})[0] == 200
+        assert http(server.rest_port, "/v1/models/broken/versions/2")[1]["model_version_status"][0]["state"] == "END"
+        assert http(server.rest_port, "/v1/models/broken/versions/7")[0] == 404
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "broken"
+        rows = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+        channel.close()
+        assert [(r.version, r.state) for r in rows.model_version_status] == [
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE), (2, get_model_status_pb2.ModelVersionStatus.END)]
+        assert "attempt 3 failed" in rows.model_version_status[1].status.error_message
