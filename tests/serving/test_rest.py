@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 
 import pytest
 
@@ -71,7 +74,6 @@ def test_other_methods_and_paths_are_client_errors(server):
 
 
 def test_broken_connections_and_bodies_do_not_hurt_the_server(server):
-    import socket
 
     def raw(data: bytes, read: bool = True) -> bytes:
         """Sends bytes; returns one whole answer (headers + Content-Length body)."""
@@ -98,3 +100,56 @@ def test_broken_connections_and_bodies_do_not_hurt_the_server(server):
     assert http(server.rest_port, "/v1/models/tiny:predict", {"instances": ["ok"]})[0] == 200
     text = http(server.rest_port, "/monitoring/prometheus/metrics")[1]
     assert 'status="INTERNAL"' not in text
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Sends bytes on a fresh connection; returns everything the server sends until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.settimeout(1.0)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return answer
+
+
+def test_unsupported_methods_get_405_with_allow(server):
+    for request, allow in ((b"HEAD /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n", b"GET"),
+                           (b"TRACE /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n\r\n", b"POST"),
+                           (b"OPTIONS /monitoring/prometheus/metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"GET"),
+                           (b"GET /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n\r\n", b"POST"),
+                           (b"POST /v1/models/tiny HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", b"GET")):
+        answer = raw_exchange(server.rest_port, request)
+        assert answer.startswith(b"HTTP/1.1 405"), answer[:200]
+        assert re.search(rb"\r\nAllow: " + allow + rb"\r\n", answer), answer[:300]
+    assert raw_exchange(server.rest_port, b"HEAD /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 404")
+
+
+def test_duplicate_or_conflicting_content_length_is_400(server):
+    body = b'{"instances": ["a"]}'
+    head = b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+    for lengths in ((len(body), len(body)), (len(body), 2)):
+        headers = b"".join(b"Content-Length: %d\r\n" % n for n in lengths)
+        answer = raw_exchange(server.rest_port, head + headers + b"\r\n" + body)
+        assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer, answer[:300]
+        assert answer.count(b"HTTP/1.1") == 1  # the connection is closed, the body never read as a request
+    assert raw_exchange(server.rest_port, head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+                        ).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_past_max_connections_get_503_with_retry_after(tiny_export):
+    with running_server({"tiny": str(tiny_export / "tiny")}, grpc_port=None, max_connections=2) as s:
+        idle = [socket.create_connection(("127.0.0.1", s.rest_port), timeout=10) for _ in range(2)]
+        time.sleep(0.2)  # both are accepted and hold their worker
+        try:
+            answer = raw_exchange(s.rest_port, b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in answer, answer[:300]
+            assert threading.active_count() < 40  # no thread per refused connection
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)  # their workers notice the close and free the slots
+        assert http(s.rest_port, "/v1/models/tiny")[0] == 200
