@@ -74,7 +74,6 @@ def test_other_methods_and_paths_are_client_errors(server):
 
 
 def test_broken_connections_and_bodies_do_not_hurt_the_server(server):
-
     def raw(data: bytes, read: bool = True) -> bytes:
         """Sends bytes; returns one whole answer (headers + Content-Length body)."""
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
