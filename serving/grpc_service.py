@@ -23,7 +23,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.limits import check_tensor_proto
-from serving.service import ModelService, internal_error
+from serving.service import ModelService, internal_error, printable
 from serving.signatures import DEFAULT_SIGNATURE, RequestError, Signature, one_line
 
 _STATES = {"AVAILABLE": get_model_status_pb2.ModelVersionStatus.AVAILABLE,
@@ -32,7 +32,7 @@ _STATES = {"AVAILABLE": get_model_status_pb2.ModelVersionStatus.AVAILABLE,
 
 
 def _abort(context: grpc.ServicerContext, e: RequestError) -> None:
-    context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), e.message)
+    context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), printable(e.message))
 
 
 def _version(spec) -> int | None:

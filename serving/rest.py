@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Iterator
 
 from serving.limits import check_json_body, reject_json_constant
-from serving.service import ModelService, internal_error, request_id, status_json
+from serving.service import ModelService, internal_error, printable, request_id, status_json
 from serving.signatures import DEFAULT_SIGNATURE, RequestError, json_response, one_line
 
 log = logging.getLogger("serving.rest")
@@ -106,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 code, payload, headers = 405, {"error": e.message}, {"Allow": e.allow}
             except RequestError as e:
-                code, payload = _HTTP_STATUS.get(e.code, 500), {"error": e.message}
+                code, payload = _HTTP_STATUS.get(e.code, 500), {"error": printable(e.message)}
             except OSError:  # the client went away or stalled mid-body: nobody to answer
                 self.close_connection = True
                 return

@@ -154,6 +154,17 @@ class ModelService:
             self.metrics.request(c.model, c.signature, api, c.status, time.perf_counter() - c.start)
 
 
+def printable(message: str, limit: int = 1000) -> str:
+    """An error message as one printable line: control characters and lone surrogates escaped, shortened.
+
+    Messages quote what the client sent (input names, values); a newline or a surrogate in them
+    must neither break a log line nor fail the encoding of a gRPC status.
+    """
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in message[:limit])
+    return text + ("..." if len(message) > limit else "")
+
+
 def internal_error(request_id: str, what: str, error: BaseException) -> RequestError:
     """Logs a server fault (with its traceback) under ``request_id``; the error to answer with."""
     log.error("request %s: internal error on %s: %s", request_id, what, one_line(error), exc_info=error)
