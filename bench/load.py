@@ -17,9 +17,15 @@ of the run, ``rss growth second half: X MB``, the versions served before/after
 the swap and ``server exit code on SIGTERM: N``. ``run_load`` is reused by
 ``tests/serving/test_load.py``.
 
+Before that, the maximal-exclusions mix (``bench/load_mix.py``) prints the normal
+clients' p50/p99 with and without one client that sends the heaviest legal requests,
+and their ratio (``ratio with/without the maximal-exclusions client: ...``; goal p99 <= 3x).
+``--soak [SECONDS]`` runs only the soak (300 s by default): RSS at start and end, errors.
+
 Usage::
 
-    .venv/bin/python bench/load.py                      # 32 clients, 20 s, tiny model
+    .venv/bin/python bench/load.py                      # mix, then 32 clients for 20 s, tiny model
+    .venv/bin/python bench/load.py --soak               # 5-minute soak
     .venv/bin/python bench/load.py --clients 8 --seconds 5 \\
         --model_base_path runs/x/export/tfrec --model_name tfrec
 """
@@ -27,19 +33,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import http.client
 import random
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,110 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import serving  # noqa: E402,F401  (tfrec's environment before tensorflow)
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
+from bench.load_clients import QUERIES, GrpcCaller, Record, RestCaller, is_refusal  # noqa: E402
+from bench.load_clients import rss_mb, start_server, warm_up  # noqa: E402
+from bench.load_mix import mix_lines, run_mix, run_soak, soak_lines  # noqa: E402
 from tfrec.export import layout  # noqa: E402
-from serving.client import RestClient, ServingError  # noqa: E402
-from tests.helpers.spawn import spawn_server as spawn  # noqa: E402
-
-QUERIES = [f"query {i} space opera heist romance" for i in range(32)]
-
-
-@dataclass
-class Record:
-    """One request: api, monotonic start/end, outcome kind ("ok" or an error kind), version."""
-    api: str
-    t0: float
-    t1: float
-    kind: str
-    version: int | None = None
-    detail: str = ""
-
-
-def is_refusal(kind: str) -> bool:
-    """A clean refusal: connection refused, REST 503 "shutting down", gRPC UNAVAILABLE.
-
-    gRPC CANCELLED also counts when it comes after SIGTERM (see ``analyse``): a call
-    that reaches the server after it began stopping is cancelled by gRPC, not run.
-    """
-    return kind.startswith("refused") or kind == "grpc_CANCELLED"
-
 
 SURE_IN_FLIGHT_S = 0.1  # a request sent this long before SIGTERM has surely reached the server
-
-
-def start_server(base: Path, model: str, poll_s: float = 0.5
-                 ) -> tuple[subprocess.Popen, int, int, list[str]]:
-    """The server on ports it picks itself: (proc, rest, grpc, log lines)."""
-    return spawn(["--model_base_path", str(base), "--model_name", model, "--port", "0", "--rest_api_port", "0",
-                  "--file_system_poll_wait_seconds", str(poll_s)])
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(m.group(1)) / 1024 if m else None
-
-
-def check_answer(ids: list[str], scores: np.ndarray, exclude: list[str], k: int) -> str:
-    if len(ids) != k or any(i in exclude for i in ids if i):
-        return "invalid_answer"
-    if len(scores) != k or np.any(np.diff(np.asarray(scores, np.float64)) > 1e-5):
-        return "invalid_answer"
-    return "ok"
-
-
-class _RestCaller:
-    def __init__(self, port: int, model: str):
-        self.client = RestClient("127.0.0.1", port, model, timeout=20)
-
-    def __call__(self, query: str, exclude: list[str], k: int) -> tuple[str, int | None, str]:
-        try:
-            inputs = {"query_text": [query]}
-            if exclude:  # an empty exclusion list is left out (the signature's default)
-                inputs["exclude_item_ids"] = [exclude]
-            out = self.client.predict(inputs)
-        except ServingError as e:
-            if e.code == 503 and "shutting down" in str(e.message):
-                return "refused_503", None, ""
-            return f"http_{e.code}", None, str(e.message)[:200]
-        except ConnectionRefusedError:
-            return "refused_connection", None, ""
-        except (OSError, http.client.HTTPException) as e:
-            return f"rest_{type(e).__name__}", None, str(e)[:200]
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in out["item_ids"][0]]
-        return check_answer(ids, out["scores"][0], exclude, k), None, ""
-
-
-class _GrpcCaller:
-    def __init__(self, port: int, model: str):
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model = model
-
-    def __call__(self, query: str, exclude: list[str], k: int) -> tuple[str, int | None, str]:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self.model
-        request.inputs["query_text"].CopyFrom(tf.make_tensor_proto([query], dtype=tf.string))
-        if exclude:
-            request.inputs["exclude_item_ids"].CopyFrom(
-                tf.make_tensor_proto([exclude], dtype=tf.string))
-        try:
-            response = self.stub.Predict(request, timeout=20)
-        except grpc.RpcError as e:
-            code = e.code().name
-            kind = "refused_unavailable" if code == "UNAVAILABLE" else f"grpc_{code}"
-            return kind, None, str(e.details())[:200]
-        ids = [i.decode() for i in tf.make_ndarray(response.outputs["item_ids"])[0]]
-        kind = check_answer(ids, tf.make_ndarray(response.outputs["scores"])[0], exclude, k)
-        return kind, response.model_spec.version.value, ""
 
 
 def run_load(base: Path, model: str, new_version_src: Path, clients: int, seconds: float,
@@ -165,13 +69,8 @@ def run_load(base: Path, model: str, new_version_src: Path, clients: int, second
     """
     proc, rest_port, grpc_port, lines = start_server(base, model)
     try:
-        # Warm-up: k and a pool of item ids the queries would return (for exclusions).
-        probe = RestClient("127.0.0.1", rest_port, model, timeout=20)
-        answers = [probe.predict({"query_text": [q]}) for q in QUERIES[:8]]
-        k = len(answers[0]["item_ids"][0])
-        pool = sorted({(i.decode() if isinstance(i, bytes) else str(i))
-                       for a in answers for i in a["item_ids"][0]})
-        for caller in (_RestCaller(rest_port, model), _GrpcCaller(grpc_port, model)):
+        k, pool = warm_up(rest_port, model)  # what clients exclude
+        for caller in (RestCaller(rest_port, model), GrpcCaller(grpc_port, model)):
             assert caller(QUERIES[0], pool[:1], k)[0] == "ok", "warm-up request failed"
 
         records: list[Record] = []
@@ -182,7 +81,7 @@ def run_load(base: Path, model: str, new_version_src: Path, clients: int, second
 
         def client(i: int) -> None:
             rng = random.Random(seed * 1000 + i)
-            call = (_RestCaller if i % 2 == 0 else _GrpcCaller)(
+            call = (RestCaller if i % 2 == 0 else GrpcCaller)(
                 rest_port if i % 2 == 0 else grpc_port, model)
             api = "rest" if i % 2 == 0 else "grpc"
             ready.wait()
@@ -290,6 +189,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--model_base_path", help="a real export's EXPORT/<model_name> (copied)")
     p.add_argument("--model_name", default="tiny")
+    p.add_argument("--mix_clients", type=int, default=8, help="normal clients of the maximal-exclusions mix")
+    p.add_argument("--mix_seconds", type=float, default=12.0, help="0 skips the mix")
+    p.add_argument("--max_exclusions", type=int, default=1000)
+    p.add_argument("--max_batch_size", type=int, default=64)
+    p.add_argument("--soak", type=float, nargs="?", const=300.0, default=0.0, metavar="SECONDS",
+                   help="run only the soak, for SECONDS (300 when given without a value)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base, src = Path(tmp) / args.model_name, Path(tmp) / "new_version"
@@ -304,6 +209,20 @@ def main() -> None:
             from tests.helpers.tiny_model import write_tiny_model
             layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
             write_tiny_model(src, seed=2)
+        limits = (args.max_exclusions, args.max_batch_size)
+        if args.soak:
+            print(f"soak: {args.mix_clients} normal clients, one maximal-exclusions client, one malformed-request "
+                  f"client for {args.soak:g} s")
+            for line in soak_lines(run_soak(base, args.model_name, args.mix_clients, args.soak, *limits)):
+                print(line)
+            return
+        if args.mix_seconds > 0:
+            print(f"mix: {args.mix_clients} normal clients (half REST, half gRPC) for {args.mix_seconds:g} s, "
+                  f"a maximal-exclusions client in every other segment")
+            for line in mix_lines(run_mix(base, args.model_name, args.mix_clients, args.mix_seconds,
+                                          max_exclusions=args.max_exclusions, max_batch_size=args.max_batch_size),
+                                  *limits):
+                print(line)
         print(f"model {args.model_name}: {args.clients} clients (half REST, half gRPC) "
               f"for {args.seconds:g} s")
         result = run_load(base, args.model_name, src, args.clients, args.seconds)

@@ -2,11 +2,12 @@
 
 ``Batcher.submit`` queues a request (a dict of arrays with a leading batch
 dimension) and blocks until its slice of the merged result is ready. There is
-no batching thread: the first waiting caller becomes the leader, takes the
-oldest request plus every compatible request that arrives within ``timeout_s``
-of it (up to ``max_batch_size`` rows), pads the ``paddable`` ``[rows, e]``
-inputs to a common width, runs once in its own thread, splits the outputs by
-rows and hands leadership on. It stops waiting early when ``arriving()`` says
+no batching thread: a waiting caller becomes the leader, takes the oldest
+request plus every compatible request that arrives within ``timeout_s`` of it
+(up to ``max_batch_size`` rows), pads the ``paddable`` ``[rows, e]`` inputs to a
+common width, runs once in its own thread, splits the outputs by rows and hands
+leadership on. Up to ``num_batch_threads`` batches run at once (TF Serving's
+name), so one heavy batch does not hold up the light ones queued behind it. It stops waiting early when ``arriving()`` says
 no other request is on its way, so a lone client pays neither a batching delay
 nor a thread switch. If a merged batch fails, its requests are retried one by
 one so that only a bad one fails.
@@ -45,13 +46,14 @@ class DeadlineExceeded(Exception):
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "arrival", "key", "done", "result", "error")
+    __slots__ = ("inputs", "rows", "arrival", "key", "taken", "done", "result", "error")
 
     def __init__(self, inputs: Arrays, rows: int, paddable: frozenset[str]):
         self.inputs, self.rows, self.arrival = inputs, rows, time.monotonic()
         self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) if n not in paddable
                                 else (n, a.dtype.str, a.shape[1].bit_length())  # the size class
                                 for n, a in inputs.items()))
+        self.taken = False  # in a batch that is running
         self.done = False
         self.result: Arrays | None = None
         self.error: BaseException | None = None
@@ -67,18 +69,21 @@ class Batcher:
       paddable: names of ``[rows, e]`` inputs that may be padded to a common ``e``.
       arriving: returns how many requests are parsed but not yet submitted.
       on_batch: called with the row count of every call (for metrics).
+      num_batch_threads: most batches running at once.
     """
 
     def __init__(self, run_fn: Callable[[Arrays], Arrays], max_batch_size: int, timeout_s: float,
                  paddable: frozenset[str] | set[str] = frozenset(),
                  arriving: Callable[[], int] = lambda: 0,
-                 on_batch: Callable[[int], None] = lambda rows: None):
+                 on_batch: Callable[[int], None] = lambda rows: None, num_batch_threads: int = 2):
         self._run_fn, self._max, self._timeout = run_fn, max_batch_size, timeout_s
         self._paddable = frozenset(paddable)
         self._arriving, self._on_batch = arriving, on_batch
         self._queue: list[_Task] = []
         self._cond = threading.Condition()
-        self._leading = False  # a caller is gathering or running a batch
+        self._gathering = False  # a caller is gathering a batch (one at a time)
+        self._running = 0  # batches running
+        self._threads = max(1, num_batch_threads)
 
     def submit(self, inputs: Arrays, rows: int, on_enqueue: Callable[[], None] = lambda: None,
                deadline: float = float("inf"), cancelled: Callable[[], bool] = lambda: False
@@ -95,7 +100,7 @@ class Batcher:
             self._cond.notify_all()  # a leader waiting for company looks again
         while True:
             with self._cond:
-                while not task.done and self._leading:
+                while not task.done and (task.taken or self._gathering or self._running >= self._threads):
                     left = deadline - time.monotonic()
                     if left <= 0 or cancelled():
                         if task in self._queue:
@@ -104,8 +109,11 @@ class Batcher:
                     self._cond.wait(min(left, _CANCEL_CHECK_S))
                 if task.done:
                     break
-                self._leading = True
+                self._gathering = True
                 batch = self._gather()
+                self._gathering = False
+                self._running += 1
+                self._cond.notify_all()  # another caller may gather the next batch meanwhile
             try:
                 if batch:
                     self._run_isolated(batch)
@@ -113,7 +121,7 @@ class Batcher:
                 with self._cond:
                     for t in batch:
                         t.done = True
-                    self._leading = False
+                    self._running -= 1
                     self._cond.notify_all()
         if task.error is not None:
             raise task.error
@@ -137,6 +145,8 @@ class Batcher:
             if total + t.rows <= self._max:
                 batch.append(t)
                 total += t.rows
+        for t in batch:
+            t.taken = True
         taken = set(map(id, batch))
         self._queue = [t for t in self._queue if id(t) not in taken]
         return batch

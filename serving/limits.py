@@ -54,7 +54,15 @@ class Limits:
         return self.max_row_elements, "the per-row limit"
 
 
-def _bad_text(name: str, text: str) -> RequestError | None:
+def too_many_rows(rows: int, limits: Limits, what: str = "instances") -> RequestError:
+    return RequestError(f"{rows} {what} is over the maximum batch size {limits.max_batch_size} (--max_batch_size)")
+
+
+def too_many_values(name: str, row: int, most: int, flag: str) -> RequestError:
+    return RequestError(f"input '{name}', row {row}: more than {most} values; {flag} is {most}")
+
+
+def bad_text(name: str, text: str) -> RequestError | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -75,8 +83,7 @@ def check_json_body(body: Any, sig: Signature, limits: Limits) -> None:
         return
     if isinstance(instances := body.get("instances"), list):
         if len(instances) > limits.max_batch_size:
-            raise RequestError(f"{len(instances)} instances is over the maximum batch size "
-                               f"{limits.max_batch_size} (--max_batch_size)")
+            raise too_many_rows(len(instances), limits)
         only = sig.required[0] if len(sig.required) == 1 else "the input"
         for row, instance in enumerate(instances):
             items = (instance.items() if isinstance(instance, dict) and set(instance) != {"b64"}
@@ -89,12 +96,11 @@ def check_json_body(body: Any, sig: Signature, limits: Limits) -> None:
                  else [(sig.required[0] if len(sig.required) == 1 else "the input", inputs)])
         for name, value in items:
             if isinstance(value, list) and len(value) > limits.max_batch_size and sig.batchable:
-                raise RequestError(f"input '{name}' has {len(value)} rows, over the maximum batch size "
-                                   f"{limits.max_batch_size} (--max_batch_size)")
+                raise too_many_rows(len(value), limits, f"rows of input '{name}'")
             rows = value if isinstance(value, list) and sig.batchable else [value]
             for row, part in enumerate(rows):
                 _check_json_value(name, part, *limits.per_row(name, sig), row=row)
-    if isinstance(signature := body.get("signature_name"), str) and (e := _bad_text("signature_name", signature)):
+    if isinstance(signature := body.get("signature_name"), str) and (e := bad_text("signature_name", signature)):
         raise e
 
 
@@ -106,17 +112,16 @@ def _check_json_value(name: str, value: Any, most: int, flag: str, row: int) -> 
         if isinstance(v, list):
             count += len(v) if not v or not isinstance(v[0], list) else 0
             if len(v) > most or count > most:
-                raise RequestError(f"input '{name}', row {row}: more than {most} values; "
-                                   f"{flag} is {most}")
+                raise too_many_values(name, row, most, flag)
             stack.extend(v)
         elif isinstance(v, str):
-            if (e := _bad_text(name, v)) is not None:
+            if (e := bad_text(name, v)) is not None:
                 raise e
         elif isinstance(v, dict):
             for key, item in v.items():
-                if isinstance(item, str) and (e := _bad_text(name, item)) is not None:
+                if isinstance(item, str) and (e := bad_text(name, item)) is not None:
                     raise e
-                if isinstance(key, str) and (e := _bad_text(name, key)) is not None:
+                if isinstance(key, str) and (e := bad_text(name, key)) is not None:
                     raise e
 
 
@@ -167,7 +172,7 @@ def check_tensor_proto(name: str, proto: tensor_pb2.TensorProto, sig: Signature,
     # A single value fills the whole (already bounded) shape, as in TensorFlow.
     if sent != numel and not (sent == 1 and numel > 0 and not proto.tensor_content):
         raise RequestError(f"input '{name}' declares shape {dims} ({numel} values) but {what} were sent")
-    if dtype == tf.string and not name.endswith("_bytes"):
+    if dtype == tf.string and not name.endswith("_bytes") and not b"".join(proto.string_val).isascii():
         for i, value in enumerate(proto.string_val):
             try:
                 value.decode("utf-8")

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Iterator
 
 from serving.limits import check_json_body, reject_json_constant
+from serving.rest_decoding import decode_common
 from serving.service import ModelService, internal_error, printable, request_id, status_json
 from serving.signatures import DEFAULT_SIGNATURE, RequestError, json_response, one_line
 
@@ -175,8 +176,11 @@ class _Handler(BaseHTTPRequestHandler):
             form: list[str] = []
 
             def parse(sig):
-                check_json_body(body, sig, ms.limits)  # sizes and text, before any array
-                arrays, rows, fmt = sig.parse_json(body, ms.max_batch_size)
+                decoded = decode_common(body, sig, ms.limits)  # the common shapes, fast
+                if decoded is None:
+                    check_json_body(body, sig, ms.limits)  # sizes and text, before any array
+                    decoded = sig.parse_json(body, ms.max_batch_size)
+                arrays, rows, fmt = decoded
                 form.append(fmt)
                 return arrays, rows
 

@@ -81,7 +81,7 @@ class ModelServer(ModelService):
       config_file: the models.config ``base_paths`` came from; with ``config_poll_s`` > 0 it is re-read
         that often: models added to it are served, removed ones stop being served (TF Serving's
         ``--model_config_file_poll_wait_seconds``).
-      **service_args: ``enable_batching``, ``max_load_retries``, ``load_retry_interval_s``.
+      **service_args: ``enable_batching``, ``num_batch_threads``, ``max_load_retries``, ``load_retry_interval_s``.
     """
 
     def __init__(self, base_paths: dict[str, str], host: str = "127.0.0.1",
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             max_request_bytes=args.max_request_bytes, max_connections=args.max_connections,
             grpc_max_threads=args.grpc_max_threads, rest_timeout_s=args.rest_api_timeout_in_ms / 1e3,
             config_file=args.model_config_file, config_poll_s=args.model_config_file_poll_wait_seconds,
-            enable_batching=args.enable_batching, max_load_retries=args.max_num_load_retries,
+            enable_batching=args.enable_batching, num_batch_threads=int(batching.get("num_batch_threads", 2)),
+            max_load_retries=args.max_num_load_retries,
             load_retry_interval_s=args.load_retry_interval_micros / 1e6)
         server.start()
     except (OSError, ValueError, RuntimeError) as e:

@@ -68,19 +68,20 @@ class ModelService:
       limits: per-request bounds (see ``serving.limits``).
       batch_timeout_micros: longest a request waits for others to batch with.
       enable_batching: False runs every request alone.
+      num_batch_threads: most batches of one signature running at once.
       max_load_retries / load_retry_interval_s: retries of a version that failed to load.
     """
 
     def __init__(self, base_paths: dict[str, str], limits: Limits = Limits(),
-                 batch_timeout_micros: int = 2000, enable_batching: bool = True,
+                 batch_timeout_micros: int = 2000, enable_batching: bool = True, num_batch_threads: int = 2,
                  max_load_retries: int = 5, load_retry_interval_s: float = 60.0):
         self.limits = limits
         self.metrics = Metrics()
         self.stopping = threading.Event()
         self._arriving: dict[str, int] = {n: 0 for n in base_paths}
         self._lock = threading.Lock()
-        batcher_args = dict(max_batch_size=limits.max_batch_size,
-                            timeout_s=batch_timeout_micros / 1e6) if enable_batching else None
+        batcher_args = dict(max_batch_size=limits.max_batch_size, timeout_s=batch_timeout_micros / 1e6,
+                            num_batch_threads=num_batch_threads) if enable_batching else None
         self.registry = ModelRegistry(
             base_paths, batcher_args,
             batcher_hooks=lambda name: dict(arriving=lambda: self._arriving.get(name, 0),

@@ -2,7 +2,8 @@
 
 It has no BERT: ``query_text`` is hashed into one of ``buckets`` rows of a random
 table, the catalog is ``num_items`` ids (``item_00``...) with random embeddings,
-and retrieval is an exact dot-product top-k with exclusion. Signatures:
+and retrieval is tfrec's exact dot-product top-k with exclusion (``tfrec.index.base.exact_search``,
+the brute-force index's own search). Signatures:
 ``serving_default``/``retrieve`` (query_text [b], exclude_item_ids [b, e] ->
 item_ids [b, k], scores [b, k]), ``embed_query`` and ``embed_item``.
 
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import tensorflow as tf
+
+from tfrec.index.base import exact_search
 
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0], broadcast to [batch, 0]
 
@@ -58,12 +61,9 @@ class TinyRetrievalModel(tf.Module):
         As in tfrec's export, exclude_item_ids has a default (recorded in the SignatureDef).
         """
         exclude_item_ids = _broadcast_rows(exclude_item_ids, query_text)
-        scores = tf.matmul(self._embed_text(query_text), self.item_embeddings, transpose_b=True)
-        excluded = tf.reduce_any(
-            tf.equal(exclude_item_ids[:, :, None], self.item_ids[None, None, :]), axis=1)
-        scores = tf.where(excluded, tf.fill(tf.shape(scores), -1e9), scores)
-        top = tf.math.top_k(scores, k=self.k)
-        return {"item_ids": tf.gather(self.item_ids, top.indices), "scores": top.values}
+        scores, ids = exact_search(self._embed_text(query_text), self.item_embeddings, self.item_ids,
+                                   exclude_item_ids, self.k)
+        return {"item_ids": ids, "scores": scores}
 
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),

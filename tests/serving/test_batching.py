@@ -74,7 +74,7 @@ def test_batcher_deadline_and_cancel_free_a_queued_request():
         release.wait(10)
         return {"echo": inputs["q"]}
 
-    batcher = Batcher(run, max_batch_size=1, timeout_s=0.0)
+    batcher = Batcher(run, max_batch_size=1, timeout_s=0.0, num_batch_threads=1)
     one = {"q": np.array([b"q"], dtype=object)}
     first = threading.Thread(target=batcher.submit, args=(one, 1))
     first.start()

@@ -174,3 +174,47 @@ def test_grpc_predict_never_internal_nor_stalls(server, stub, inputs, signature,
         assert "\n" not in e.details()
     assert time.monotonic() - start < STALL_S
     assert_healthy(server)
+
+
+# ----------------------------------------------------------------------------- the REST fast path
+@pytest.fixture(scope="module")
+def retrieve_signature(tiny_export):
+    import tensorflow as tf
+
+    from serving.signatures import Signature
+
+    return Signature("serving_default", tf.saved_model.load(str(tiny_export / "tiny" / "1")).signatures["retrieve"])
+
+
+@FUZZ
+@given(body=near_valid_body | body)
+def test_fast_rest_decoding_equals_parse_json(retrieve_signature, body):
+    """Where ``decode_common`` takes a body, its arrays are exactly those of ``Signature.parse_json``."""
+    from serving.limits import Limits
+    from serving.rest_decoding import decode_common
+    from serving.signatures import RequestError
+
+    limits = Limits(max_batch_size=MAX_BATCH, max_exclusions=16)
+    try:
+        fast = decode_common(body, retrieve_signature, limits)
+    except RequestError as e:
+        event("fast path refused")
+        fast = e
+    try:
+        slow = retrieve_signature.parse_json(body, MAX_BATCH)
+    except (RequestError, UnicodeEncodeError) as e:  # parse_json leaves surrogates to check_json_body
+        slow = e if isinstance(e, RequestError) else RequestError("not valid UTF-8")
+    if fast is None:
+        event("general path")
+        return
+    if isinstance(fast, RequestError):  # a limit (the slow path has none but the batch size), bad text, or the same
+        assert "--max_exclusions" in fast.message or "--max_batch_size" in fast.message or \
+            "UTF-8" in fast.message or fast.message == getattr(slow, "message", None), (fast.message, slow)
+        return
+    event("fast path")
+    assert not isinstance(slow, RequestError), (slow.message, body)
+    (arrays, rows, form), (want, want_rows, want_form) = fast, slow
+    assert (rows, form, sorted(arrays)) == (want_rows, want_form, sorted(want))
+    for n in want:
+        assert arrays[n].dtype == want[n].dtype and arrays[n].shape == want[n].shape, n
+        assert arrays[n].tolist() == want[n].tolist(), n

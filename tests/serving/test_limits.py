@@ -151,7 +151,7 @@ def test_a_server_fault_is_500_logged_once_with_the_request_id(tiny_export, capl
 
 def test_rest_timeout_frees_a_request_waiting_behind_a_slow_one(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}, grpc_port=None, max_batch_size=1,
-                        rest_timeout_s=0.3) as s:
+                        rest_timeout_s=0.3, num_batch_threads=1) as s:
         sig = s.registry.models["tiny"].signatures["serving_default"]
         fast = sig.fn
         sig.fn = lambda **kw: (time.sleep(1.0), fast(**kw))[1]
