@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -95,3 +96,29 @@ def test_analyse_flags_failures():
     lost = R("rest", 0.5, 1.01, "refused_503")
     assert load.analyse(dict(res, records=base + [lost]))["unanswered"] == [lost]
 
+
+
+def test_maximal_exclusions_mix_prints_its_ratio(tmp_path):
+    from bench import load_mix
+
+    layout.publish_version(tmp_path / "tiny", lambda d: write_tiny_model(d, seed=1))
+    res = load_mix.run_mix(tmp_path / "tiny", "tiny", clients=4, seconds=4.0, segments=4, max_exclusions=100,
+                           max_batch_size=16)
+    assert not res["errors"], res["errors"]
+    assert len(res["with"]) > 20 and len(res["without"]) > 20 and len(res["maximal"]) >= 2
+    lines = load_mix.mix_lines(res, 100, 16)
+    assert re.fullmatch(r"ratio with/without the maximal-exclusions client: p50 \d+\.\d\dx, p99 \d+\.\d\dx "
+                        r"\(goal p99 <= 3x\)", lines[-1]), lines
+
+
+def test_short_soak_has_no_errors_and_reports_rss(tmp_path):
+    from bench import load_mix
+
+    layout.publish_version(tmp_path / "tiny", lambda d: write_tiny_model(d, seed=1))
+    res = load_mix.run_soak(tmp_path / "tiny", "tiny", clients=2, seconds=4.0, max_exclusions=100, max_batch_size=16)
+    assert not res["errors"], res["errors"]
+    assert res["server_alive"] and min(res["counts"][k] for k in ("normal", "maximal", "malformed")) >= 2, res
+    lines = load_mix.soak_lines(res)
+    assert re.search(r"soak rss: before load [\d.]+ MB, start \(10% in\) [\d.]+ MB, end [\d.]+ MB, growth [+-]\d+\.\d%",
+                     lines[1]), lines
+    assert lines[2].startswith("soak errors: 0 (none)"), lines
