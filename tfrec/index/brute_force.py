@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrec.index import base
+import tfrec.index.base as base
 
 
 class BruteForceIndex(tf.Module):

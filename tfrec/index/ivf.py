@@ -46,7 +46,9 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrec.index import base, ivf_build, kmeans
+import tfrec.index.base as base
+import tfrec.index.ivf_build as ivf_build
+import tfrec.index.kmeans as kmeans
 from tfrec.index.ivf_build import default_num_partitions  # noqa: F401  (re-export)
 
 # Lloyd iterations at build time; partition quality barely moves after ~10.

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfrec.index import base
+import tfrec.index.base as base
 
 # ScaNN's asymmetric hashing trains 16 centres per block on the data.
 MIN_ITEMS = 16
