@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -165,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _predict(self, ms: ModelService, name: str, version: str | None, verb: str
                  ) -> tuple[int, dict]:
         deadline = time.monotonic() + self.server.timeout_s
-        with ms.call("rest", name, deadline) as call:
+        with ms.call("rest", name, deadline, cancelled=self._client_gone) as call:
             body = self._read_json(ms)
             if verb.lower() != "predict":
                 raise RequestError(f"'{verb[:50]}' is not supported: only :predict")
@@ -187,6 +188,14 @@ class _Handler(BaseHTTPRequestHandler):
             _, outputs = ms.predict(call, name, int(version) if version else None,
                                     signature or DEFAULT_SIGNATURE, parse)
             return 200, json_response(outputs, form[0])
+
+    def _client_gone(self) -> bool:
+        """True once the client has closed its connection (polled while the request waits to run)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _check_content_length(self) -> None:
         lengths = self.headers.get_all("Content-Length") or []

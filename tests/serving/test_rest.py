@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers.servers import MAX_BATCH, MAX_BYTES, http, running_server
+from tests.helpers.servers import MAX_BATCH, MAX_BYTES, http, metric, running_server
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,29 @@ def test_connections_past_max_connections_get_503_with_retry_after(tiny_export):
                 sock.close()
         time.sleep(0.3)  # their workers notice the close and free the slots
         assert http(s.rest_port, "/v1/models/tiny")[0] == 200
+
+
+def test_a_client_that_goes_away_frees_its_place_in_the_queue(tiny_export):
+    with running_server({"tiny": str(tiny_export / "tiny")}, grpc_port=None, max_batch_size=1,
+                        num_batch_threads=1) as s:
+        sig = s.registry.models["tiny"].signatures["serving_default"]
+        fast, started = sig.fn, threading.Event()
+        sig.fn = lambda **kw: (started.set(), time.sleep(1.5), fast(**kw))[2]
+        first = threading.Thread(target=http, args=(s.rest_port, "/v1/models/tiny:predict", {"instances": ["a"]}))
+        first.start()
+        assert started.wait(10)  # the first request runs (1.5 s); the next one queues behind it
+        body = b'{"instances": ["b"]}'
+        with socket.create_connection(("127.0.0.1", s.rest_port)) as sock:
+            sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                         + body)
+            batcher = s.registry.models["tiny"].batchers["serving_default"]
+            deadline = time.monotonic() + 5
+            while not batcher._queue and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert batcher._queue  # queued behind the running one
+        time.sleep(0.4)  # the client has hung up: its request leaves the queue well before the first finishes
+        assert not batcher._queue and first.is_alive()
+        first.join(10)
+        text = http(s.rest_port, "/monitoring/prometheus/metrics")[1]
+    assert metric(text, "tfrec_serving_requests_total", model="tiny", signature="serving_default", api="rest",
+                  status="CANCELLED") == 1
