@@ -87,7 +87,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(405, {"error": f"method {self.command} is not allowed on {path[:200]}; "
                                        f"allowed: {allow}"}, {"Allow": allow})
 
-
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -106,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
                 code, payload = self._route(ms, method)
             except _MethodNotAllowed as e:
                 self.close_connection = True
-                code, payload, headers = 405, {"error": e.message}, {"Allow": e.allow}
+                code, payload, headers = 405, {"error": printable(e.message)}, {"Allow": e.allow}
             except RequestError as e:
                 code, payload = _HTTP_STATUS.get(e.code, 500), {"error": printable(e.message)}
             except OSError:  # the client went away or stalled mid-body: nobody to answer
