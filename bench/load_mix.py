@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import grpc
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
