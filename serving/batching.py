@@ -13,9 +13,10 @@ nor a thread switch. If a merged batch fails, its requests are retried one by
 one so that only a bad one fails.
 
 Requests are compatible when their non-paddable inputs agree in dtype and
-trailing shape and their paddable widths fall in the same size class (powers of
-two: 0, 1, 2-3, 4-7, ...), so padding at most doubles a request's width and a
-wide request never pads narrow ones. A request whose ``deadline`` passes (or
+trailing shape and their paddable widths fall in the same size class: up to
+``NARROW`` (padding that few ids costs nothing), then powers of two (17-31,
+32-63, ...), so padding at most doubles a wide request's width and a wide
+request never pads narrow ones. A request whose ``deadline`` passes (or
 whose ``cancelled()`` turns true, e.g. its client went away) while it is still
 queued is taken off the queue and fails with ``DeadlineExceeded``; one already
 running finishes, but its caller stops waiting at the deadline.
@@ -41,6 +42,14 @@ Arrays = dict[str, np.ndarray]
 _CANCEL_CHECK_S = 0.05  # how often a waiting request looks at cancelled()
 
 
+NARROW = 16  # paddable widths up to this share one size class
+
+
+def size_class(width: int) -> int:
+    """0 for widths up to NARROW, else the bit length (17-31 -> 5, 32-63 -> 6, ...)."""
+    return 0 if width <= NARROW else width.bit_length()
+
+
 class DeadlineExceeded(Exception):
     """A request's deadline passed (or it was cancelled) before its batch ran."""
 
@@ -51,7 +60,7 @@ class _Task:
     def __init__(self, inputs: Arrays, rows: int, paddable: frozenset[str]):
         self.inputs, self.rows, self.arrival = inputs, rows, time.monotonic()
         self.key = tuple(sorted((n, a.dtype.str, a.shape[1:]) if n not in paddable
-                                else (n, a.dtype.str, a.shape[1].bit_length())  # the size class
+                                else (n, a.dtype.str, size_class(a.shape[1]))
                                 for n, a in inputs.items()))
         self.taken = False  # in a batch that is running
         self.done = False

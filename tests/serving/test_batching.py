@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, DeadlineExceeded
+from serving.batching import Batcher, DeadlineExceeded, size_class
 
 
 def test_batcher_merges_pads_splits_and_isolates_failures():
@@ -47,7 +47,7 @@ def test_batcher_merges_pads_splits_and_isolates_failures():
 
 
 def test_batcher_never_pads_narrow_requests_to_a_wide_one():
-    """Size classes: a 1000-wide exclusion list runs apart from 2- and 3-wide ones (which merge)."""
+    """Size classes: a 1000-wide exclusion list runs apart from 0- to 16-wide ones (which merge)."""
     calls = []
 
     def run(inputs):
@@ -56,14 +56,15 @@ def test_batcher_never_pads_narrow_requests_to_a_wide_one():
         return {"echo": inputs["q"]}
 
     batcher = Batcher(run, max_batch_size=64, timeout_s=0.5, paddable={"e"}, arriving=lambda: 1)
-    widths = [2, 1000, 3, 2, 1000]
+    widths = [0, 1000, 16, 2, 1000]
     threads = [threading.Thread(target=batcher.submit, args=(
         {"q": np.array([b"q"], dtype=object), "e": np.full((1, w), b"x", dtype=object)}, 1)) for w in widths]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert sorted(calls) == [(2, 1000), (3, 3)], calls
+    assert sorted(calls) == [(2, 1000), (3, 16)], calls
+    assert [size_class(w) for w in (0, 16, 17, 31, 32, 1000)] == [0, 0, 5, 5, 6, 10]
 
 
 def test_batcher_deadline_and_cancel_free_a_queued_request():
