@@ -25,6 +25,8 @@ class TrainConfig:
     mixed_precision: str = "none"
     jit_compile: bool = False
     checkpoint_every_steps: Optional[int] = None  # also checkpoint every N steps inside an epoch; null = epoch ends
+    log_every_steps: int = 10  # TensorBoard: training loss and learning rate every N steps
+    histogram_every_epochs: int = 0  # TensorBoard: weight histograms every N epochs; 0 = none
 
 
 @dataclass
@@ -65,6 +67,8 @@ def validate_train(cfg) -> None:
         check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1 or null")
     if t.checkpoint_every_steps is not None:
         check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1 or null")
+    check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+    check(t.histogram_every_epochs >= 0, "train.histogram_every_epochs", "must be >= 0 (0 = no histograms)")
     one_of(t.mixed_precision, "train.mixed_precision", ("none", "mixed_float16", "mixed_bfloat16"))
     metric = t.early_stopping_metric
     check(metric.split("@")[0] in ("recall", "ndcg") and metric.split("@")[-1].isdigit(),

@@ -1,0 +1,89 @@
+"""tfrec/training.py: what TensorBoard receives from a short smoke run, read back from the event files."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfrec
+from tfrec import run as stages
+from tfrec import training
+
+STEPS, EPOCHS, EVERY = 3, 2, 2
+
+
+def read_events(folder) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+    """{run folder name: {tag: {step: value}}} for every event file under ``folder``."""
+    runs: dict = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for path in tf.io.gfile.glob(str(folder / "*" / "events.out.tfevents.*")):
+        run = path.split("/")[-2]
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                runs[run][value.tag][event.step] = tf.make_ndarray(value.tensor)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = tfrec.load_config(preset="smoke", overrides=[
+        "model.query_encoder.trainable_layers=0", f"train.epochs={EPOCHS}", f"train.max_steps_per_epoch={STEPS}",
+        f"train.log_every_steps={EVERY}", "train.histogram_every_epochs=1", "train.warmup_fraction=0.4",
+        "train.early_stopping_patience=5", "eval.baselines=false"])
+    job = tmp_path_factory.mktemp("tb")
+    data = stages.load_data(cfg, job)
+    model = stages.build_model(cfg, data)
+    features = stages.build_features(cfg, data, model)
+    stages.train(cfg, model, data, features, tf.distribute.get_strategy(), job / "checkpoints", job / "tb")
+    return cfg, data, read_events(job / "tb")
+
+
+def test_one_learning_rate_curve_equal_to_the_schedule_at_each_step(trained):
+    cfg, _, runs = trained
+    lr_tags = [(run, tag) for run, tags in runs.items() for tag in tags if "learning_rate" in tag]
+    assert lr_tags == [("train", "batch_learning_rate")]
+    total, warmup, peak = STEPS * EPOCHS, int(STEPS * EPOCHS * 0.4), cfg.train.learning_rate
+    assert warmup == 2  # so steps 2, 4, 6 sit at the top of the warm-up, mid-decay and the end of decay
+
+    # Hand-worked: at step s the rate is peak * (s + 1) / warmup while s < warmup, else
+    # peak * (1 - 0.95 * (s - warmup) / (total - warmup)): 2 -> peak, 4 -> 0.525 peak, 6 -> 0.05 peak.
+    logged = runs["train"]["batch_learning_rate"]
+    assert sorted(logged) == [2, 4, 6]
+    for step, expected in ((2, 1.0), (4, 0.525), (6, 0.05)):
+        assert float(logged[step]) == pytest.approx(peak * expected, rel=1e-6)
+
+
+def test_training_loss_every_n_steps_and_validation_per_epoch(trained):
+    _, _, runs = trained
+    assert sorted(runs["train"]["batch_loss"]) == [2, 4, 6]  # optimizer steps, every train.log_every_steps
+    assert sorted(runs["train"]["epoch_loss"]) == [0, 1]
+    validation = runs["validation"]
+    for tag in ("epoch_loss", "epoch_recall@10", "epoch_ndcg@10"):
+        assert sorted(validation[tag]) == [0, 1], tag
+    assert all(np.isfinite(v) and v > 0 for v in validation["epoch_loss"].values())
+    assert all(0.0 <= v <= 1.0 for v in validation["epoch_recall@10"].values())
+    histograms = [tag for tag in runs["train"] if tag.endswith("/histogram")]
+    assert histograms and all(sorted(runs["train"][t]) == [0, 1] for t in histograms)
+
+
+def test_projector_metadata_has_title_and_categories(trained, tmp_path):
+    _, data, _ = trained
+    embeddings = np.random.default_rng(0).normal(size=(len(data.catalog), 4)).astype(np.float32)
+    training.write_projector(str(tmp_path), embeddings, data.catalog)
+    rows = (tmp_path / "projector" / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    header = rows[0].split("\t")
+    assert header[:2] == ["item_id", "title"] and header[2:] == list(data.catalog.categorical)
+    assert len(header) >= 3 and len(rows) == len(data.catalog) + 1
+    first = rows[1].split("\t")
+    assert first[0] == data.catalog.item_ids[0] and first[1] == data.catalog.titles[0]
+    assert first[2] == data.catalog.categorical[header[2]][0]
+    assert "metadata.tsv" in (tmp_path / "projector" / "projector_config.pbtxt").read_text()
+
+
+def test_hparams_hold_the_final_metrics(tmp_path):
+    training.write_hparams(str(tmp_path), {"train.epochs": 2, "train.seed": None}, {"test_recall@10": 0.25})
+    runs = read_events(tmp_path)
+    assert float(runs["hparams"]["test_recall@10"][0]) == pytest.approx(0.25)
+    assert "_hparams_/session_start_info" in runs["hparams"]
