@@ -280,19 +280,21 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         log.info("train: %d examples%s, %d steps/epoch, up to %d epochs", data.num_train,
                  f" streamed from {len(data.stream.files)} shards" if data.stream is not None else "", steps,
                  cfg.train.epochs)
-        # The shuffled stream is seeded and repeated (one iterator for the whole fit), so skipping the batches
-        # already trained on gives a resumed run exactly the batches an uninterrupted one would have seen.
-        done = initial_epoch * steps + resume_batch
-        if resume_batch:  # Keras' own mid-epoch resume hook (BackupAndRestore's): the first epoch starts there
-            model._maybe_load_initial_counters_from_ckpt = lambda steps_per_epoch, epoch: (epoch, resume_batch)
-        try:
-            validation, validation_steps = validation_input(cfg, data, model, features, strategy)
-            model.fit(training_input(cfg, data, model, features, strategy, done), epochs=cfg.train.epochs,
-                      initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
-                      validation_data=validation, validation_steps=validation_steps,
-                      verbose=1 if sys.stdout.isatty() else 0)
-        finally:
-            model.__dict__.pop("_maybe_load_initial_counters_from_ckpt", None)
+        # The shuffled stream is seeded and repeated, so skipping the batches already trained on gives a
+        # resumed run exactly the batches an uninterrupted one would have seen. A run killed inside an epoch
+        # first finishes that epoch in a fit of its own (the steps left), then fits the rest: Keras starts a
+        # fit mid-epoch only through a private hook (BackupAndRestore's), so each fit here starts at an epoch.
+        legs = [(initial_epoch, steps - resume_batch, initial_epoch * steps + resume_batch)] if resume_batch else []
+        first_full = initial_epoch + 1 if resume_batch else initial_epoch
+        legs.append((first_full, steps, first_full * steps))
+        validation, validation_steps = validation_input(cfg, data, model, features, strategy)
+        for epoch, leg_steps, skip in legs:
+            if epoch >= cfg.train.epochs or saver.state["stopped"]:
+                break
+            model.fit(training_input(cfg, data, model, features, strategy, skip),
+                      epochs=epoch + 1 if leg_steps < steps else cfg.train.epochs, initial_epoch=epoch,
+                      steps_per_epoch=leg_steps, callbacks=callbacks, validation_data=validation,
+                      validation_steps=validation_steps, verbose=1 if sys.stdout.isatty() else 0)
     else:
         log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
     model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()

@@ -161,6 +161,11 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
     """Saves the latest state every epoch (and every ``every_steps`` steps), keeps the best epoch's weights,
     stops early.
 
+    Kept by hand: Keras' ``BackupAndRestore`` backs up the model, optimiser and epoch/batch
+    counters only, so ``EarlyStopping``'s and ``ModelCheckpoint(save_best_only)``'s best value
+    and patience start over in a resumed run, and it deletes its backup when training ends, so
+    rerunning a finished job trains again (tests/tfrec/test_training.py shows both).
+
     ``JOB_DIR/checkpoints/`` holds ``latest`` (model and optimisers, for resume;
     ``ckpt-<global step>``), ``best`` (model weights of the best epoch by
     ``monitor``, swapped in whole by renames) and ``state.json`` (epoch, batches

@@ -87,3 +87,31 @@ def test_hparams_hold_the_final_metrics(tmp_path):
     runs = read_events(tmp_path)
     assert float(runs["hparams"]["test_recall@10"][0]) == pytest.approx(0.25)
     assert "_hparams_/session_start_info" in runs["hparams"]
+
+
+def test_keras_backup_and_restore_cannot_resume_early_stopping(tmp_path):
+    """Why tfrec.training.CheckpointAndEarlyStop is kept: a killed run resumed with Keras' BackupAndRestore
+    forgets EarlyStopping's and ModelCheckpoint(save_best_only)'s best value and patience (its backup holds
+    the model, the optimiser and the epoch/batch counters only), and a finished run leaves no backup, so
+    running the same command again trains from scratch. If a Keras release changes either, this fails."""
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1)])
+    model.compile(tf.keras.optimizers.SGD(0.1), "mse")
+    x = np.arange(8, dtype=np.float32).reshape(-1, 1) / 8
+
+    class Killed(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    stop = tf.keras.callbacks.EarlyStopping(monitor="loss", patience=3)
+    backup = tf.keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=True)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, 2 * x, epochs=4, callbacks=[backup, stop, Killed()], verbose=0)
+    assert np.isfinite(stop.best)  # EarlyStopping had a best value when the run was killed...
+    (index,) = tf.io.gfile.glob(str(tmp_path / "backup" / "*" / "*.index"))
+    saved = [name for name, _ in tf.train.list_variables(index[: -len(".index")])]
+    assert any("ckpt_saved_epoch" in name for name in saved) and any(n.startswith("model/") for n in saved)
+    assert not any("best" in name or "wait" in name for name in saved), saved  # ...that the backup lacks
+
+    model.fit(x, 2 * x, epochs=4, callbacks=[backup], verbose=0)  # resumes, finishes
+    assert not tf.io.gfile.glob(str(tmp_path / "backup" / "*" / "*.index"))  # and leaves nothing to resume
