@@ -206,11 +206,8 @@ def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, featu
 
 def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, features: Features,
                      strategy: tf.distribute.Strategy) -> tuple[tf.data.Dataset, int | None]:
-    """The validation split as training batches, for Keras' per-epoch ``val_loss``; and the steps to take.
-
-    Once through, in order (steps None); under TPU or multi-worker, full batches only,
-    repeated, ``len // batch_size`` steps, so every replica and worker runs the same steps.
-    """
+    """The validation split as training batches for Keras' ``val_loss``, and the steps to take: once through
+    (None); under TPU or multi-worker full batches, repeated, so every worker runs the same steps."""
     from tfrec.towers import host_features
 
     batch, fixed = cfg.train.batch_size, runtime.kind(strategy) in ("tpu", "multi_worker")
@@ -280,21 +277,14 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         log.info("train: %d examples%s, %d steps/epoch, up to %d epochs", data.num_train,
                  f" streamed from {len(data.stream.files)} shards" if data.stream is not None else "", steps,
                  cfg.train.epochs)
-        # The shuffled stream is seeded and repeated, so skipping the batches already trained on gives a
-        # resumed run exactly the batches an uninterrupted one would have seen. A run killed inside an epoch
-        # first finishes that epoch in a fit of its own (the steps left), then fits the rest: Keras starts a
-        # fit mid-epoch only through a private hook (BackupAndRestore's), so each fit here starts at an epoch.
-        legs = [(initial_epoch, steps - resume_batch, initial_epoch * steps + resume_batch)] if resume_batch else []
-        first_full = initial_epoch + 1 if resume_batch else initial_epoch
-        legs.append((first_full, steps, first_full * steps))
         validation, validation_steps = validation_input(cfg, data, model, features, strategy)
-        for epoch, leg_steps, skip in legs:
-            if epoch >= cfg.train.epochs or saver.state["stopped"]:
+        for epoch, last, leg_steps, skip in saver.fits(steps, cfg.train.epochs):
+            if saver.state["stopped"]:
                 break
-            model.fit(training_input(cfg, data, model, features, strategy, skip),
-                      epochs=epoch + 1 if leg_steps < steps else cfg.train.epochs, initial_epoch=epoch,
-                      steps_per_epoch=leg_steps, callbacks=callbacks, validation_data=validation,
-                      validation_steps=validation_steps, verbose=1 if sys.stdout.isatty() else 0)
+            model.fit(training_input(cfg, data, model, features, strategy, skip), epochs=last,
+                      initial_epoch=epoch, steps_per_epoch=leg_steps, callbacks=callbacks,
+                      validation_data=validation, validation_steps=validation_steps,
+                      verbose=1 if sys.stdout.isatty() else 0)
     else:
         log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
     model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()

@@ -223,6 +223,19 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
                 # Saved, then killed before state.json: those weights did reach that value; keep them as best.
                 self.state.update(best=saved["value"], best_epoch=saved["epoch"], wait=0)
 
+    def fits(self, steps: int, epochs: int) -> list[tuple[int, int, int, int]]:
+        """The ``fit`` calls that finish training: ``(initial_epoch, epochs, steps_per_epoch, skip_batches)``.
+
+        The shuffled stream is seeded and repeated, so skipping the batches already trained on
+        gives a resumed run exactly the batches an uninterrupted one would have seen. A run
+        killed inside an epoch first finishes that epoch in a fit of its own (the steps left):
+        Keras starts a fit mid-epoch only through a private hook (BackupAndRestore's).
+        """
+        epoch, batch = self.state["epoch"] + 1, min(self.state["batch"], steps - 1)
+        plan = [(epoch, epoch + 1, steps - batch, epoch * steps + batch)] if batch else []
+        first_full = epoch + 1 if batch else epoch
+        return [leg for leg in plan + [(first_full, epochs, steps, first_full * steps)] if leg[0] < leg[1]]
+
     # -- saving -------------------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

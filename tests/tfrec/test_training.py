@@ -115,3 +115,19 @@ def test_keras_backup_and_restore_cannot_resume_early_stopping(tmp_path):
 
     model.fit(x, 2 * x, epochs=4, callbacks=[backup], verbose=0)  # resumes, finishes
     assert not tf.io.gfile.glob(str(tmp_path / "backup" / "*" / "*.index"))  # and leaves nothing to resume
+
+
+@pytest.mark.parametrize("epoch, batch, want", [
+    (-1, 0, [(0, 4, 6, 0)]),  # a fresh run: one fit
+    (0, 0, [(1, 4, 6, 6)]),  # killed after epoch 1: the other three epochs, skipping its 6 batches
+    (0, 2, [(1, 2, 4, 8), (2, 4, 6, 12)]),  # killed in epoch 2 after batch 2: its last 4 steps, then the rest
+    (2, 5, [(3, 4, 1, 23)]),  # killed in the last epoch before its last batch: that batch only
+])
+def test_resume_plan_trains_each_batch_once(tmp_path, epoch, batch, want):
+    training.write_state(tmp_path, {"epoch": epoch, "batch": batch, "best": 0.1, "best_epoch": 0, "wait": 0,
+                                    "stopped": False})
+    saver = training.CheckpointAndEarlyStop(str(tmp_path), tf.train.Checkpoint(), "val_recall@10", 3)
+    plan = saver.fits(steps=6, epochs=4)
+    assert plan == want
+    trained = [skip + k for first, last, n, skip in plan for k in range(n * (last - first))]
+    assert trained == list(range(want[0][3], 24))  # every batch after the checkpoint, once, in order
