@@ -13,7 +13,6 @@ export, then a new version is published next to the old ones.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 from dataclasses import replace
@@ -28,15 +27,16 @@ log = logging.getLogger("tfrec")
 
 def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | None = None) -> list:
     """Embeds ``items_path`` and publishes a new version per index kind; returns the version folders."""
+    from tfrec import config as config_lib
     from tfrec.export import savedmodel as export
     from tfrec import evaluate
     from tfrec.data import dataset, pipeline
 
     cfg, model, data = export.load_trained(job_dir)
-    data_cfg = copy.deepcopy(cfg.data)
-    data_cfg.items.path = items_path
-    if data_cfg.items.format == "recbole" and not items_path.endswith((".item", ".inter", ".user")):
-        data_cfg.items.format = "auto"
+    fmt = cfg.data.items.format
+    if fmt == "recbole" and not items_path.endswith((".item", ".inter", ".user")):
+        fmt = "auto"
+    data_cfg = config_lib.updated(cfg, {"data.items.path": items_path, "data.items.format": fmt}).data
     catalog, skipped = dataset.load_catalog(data_cfg, base_dir=job_dir)
     known = set(data.catalog.item_ids)
     new = sum(1 for i in catalog.item_ids if i not in known)

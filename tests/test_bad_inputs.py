@@ -241,7 +241,7 @@ def test_valid_but_unusual_csv(name, tmp_path, capsys):
         from tfrec.data import dataset
 
         cfg = config.build("smoke", str(tmp_path / "data.yaml"))
-        cfg.data.interactions.path = str(BAD / name)
+        cfg = config.updated(cfg, {"data.interactions.path": str(BAD / name)})
         data = dataset.load(cfg.data)
         queries = set(data.train.query_text + data.validation.query_text + data.test.query_text)
         assert {"looking for\nstar and comet", 'looking for "moon", orbit'} <= queries

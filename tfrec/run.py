@@ -204,6 +204,21 @@ def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, featu
                                                 skip_batches)))
 
 
+def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, features: Features,
+                     strategy: tf.distribute.Strategy) -> tuple[tf.data.Dataset, int | None]:
+    """The validation split as training batches for Keras' ``val_loss``, and the steps to take: once through
+    (None); under TPU or multi-worker full batches, repeated, so every worker runs the same steps."""
+    from tfrec.towers import host_features
+
+    batch, fixed = cfg.train.batch_size, runtime.kind(strategy) in ("tpu", "multi_worker")
+    ds = pipeline.make_dataset(pipeline.training_features(data.validation, data.catalog, features.item_probability,
+                                                          features.query_cache, features.item_cache),
+                               batch, drop_remainder=fixed, repeat=fixed)
+    if runtime.host_preprocessing(strategy, cfg.train.jit_compile):
+        ds = ds.map(lambda f: host_features(model.query_tower, model.item_tower, f))
+    return ds, (max(1, len(data.validation) // batch) if fixed else None)
+
+
 def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, split: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``split``'s queries and the whole catalog through the towers: float32 [n, d] and [num_items, d]."""
@@ -252,24 +267,24 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         checkpoint.restore(resume_from).expect_partial()
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
-    callbacks = [training.ValidationMetrics(lambda: validation_metrics(cfg, model, data, features)),
-                 training.LearningRateLogger(), saver, training.EpochLog(cfg.train.epochs),
-                 tf.keras.callbacks.TensorBoard(str(tensorboard_dir), write_graph=False, profile_batch=0)]
+    # TensorBoard runs last so that it sees the validation metrics the callbacks before it add.
+    callbacks = [training.ValidationMetrics(lambda: validation_metrics(cfg, model, data, features)), saver,
+                 training.EpochLog(cfg.train.epochs),
+                 training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
+                                      histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
+                                      profile_batch=0)]
     if initial_epoch < cfg.train.epochs and not saver.state["stopped"]:
         log.info("train: %d examples%s, %d steps/epoch, up to %d epochs", data.num_train,
                  f" streamed from {len(data.stream.files)} shards" if data.stream is not None else "", steps,
                  cfg.train.epochs)
-        # The shuffled stream is seeded and repeated (one iterator for the whole fit), so skipping the batches
-        # already trained on gives a resumed run exactly the batches an uninterrupted one would have seen.
-        done = initial_epoch * steps + resume_batch
-        if resume_batch:  # Keras' own mid-epoch resume hook (BackupAndRestore's): the first epoch starts there
-            model._maybe_load_initial_counters_from_ckpt = lambda steps_per_epoch, epoch: (epoch, resume_batch)
-        try:
-            model.fit(training_input(cfg, data, model, features, strategy, done), epochs=cfg.train.epochs,
-                      initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
+        validation, validation_steps = validation_input(cfg, data, model, features, strategy)
+        for epoch, last, leg_steps, skip in saver.fits(steps, cfg.train.epochs):
+            if saver.state["stopped"]:
+                break
+            model.fit(training_input(cfg, data, model, features, strategy, skip), epochs=last,
+                      initial_epoch=epoch, steps_per_epoch=leg_steps, callbacks=callbacks,
+                      validation_data=validation, validation_steps=validation_steps,
                       verbose=1 if sys.stdout.isatty() else 0)
-        finally:
-            model.__dict__.pop("_maybe_load_initial_counters_from_ckpt", None)
     else:
         log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
     model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
@@ -325,7 +340,7 @@ def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evalua
     tb = str(job / "tensorboard")
     training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
                            {f"test_{k}": v for k, v in evaluation.model.items()})
-    training.write_projector(tb, evaluation.item_embeddings, data.catalog.titles)
+    training.write_projector(tb, evaluation.item_embeddings, data.catalog)
     (job / "eval.json").write_text(json.dumps(report, indent=2))
     log.info("eval: wrote %s", job / "eval.json")
     return report

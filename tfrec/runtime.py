@@ -14,20 +14,22 @@ from tfrec.errors import UserError
 log = logging.getLogger("tfrec")
 
 
-def _tf_config() -> dict:
-    """``TF_CONFIG`` as a dict ({} when unset); a one-line UserError when malformed."""
+def _cluster() -> tf.distribute.cluster_resolver.TFConfigClusterResolver:
+    """TF's own reader of ``TF_CONFIG`` (an empty cluster when unset); a one-line UserError when malformed."""
+    raw = os.environ.get("TF_CONFIG", "") or "{}"
     try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+        # The resolver would raise a bare JSONDecodeError (or AttributeError on a non-object) deep inside TF.
+        parsed = json.loads(raw)
     except json.JSONDecodeError as e:
         raise UserError(f"TF_CONFIG: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(tf_config, dict):
+    if not isinstance(parsed, dict):
         raise UserError("TF_CONFIG: expected a JSON object with 'cluster' and 'task'")
-    return tf_config
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
 def _tf_config_workers() -> int:
-    cluster = _tf_config().get("cluster") or {}
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    jobs = _cluster().cluster_spec().as_dict()
+    return len(jobs.get("worker", [])) + len(jobs.get("chief", []))
 
 
 def _tpu_strategy(address: str | None) -> tf.distribute.Strategy:
@@ -94,10 +96,10 @@ def host_preprocessing(strategy: tf.distribute.Strategy, jit_compile: bool) -> b
 
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief worker."""
-    tf_config = _tf_config()
-    task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
-    if not task:
+    resolver = _cluster()
+    if not resolver.task_type:
         return True
-    if task.get("type") in ("chief", "master"):  # "master": AI Platform's name for the chief
+    if resolver.task_type in ("chief", "master"):  # "master": AI Platform's name for the chief
         return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and not {"chief", "master"} & set(cluster)
+    jobs = set(resolver.cluster_spec().jobs)
+    return resolver.task_type == "worker" and (resolver.task_id or 0) == 0 and not {"chief", "master"} & jobs

@@ -22,7 +22,13 @@ log = logging.getLogger("tfrec")
 
 class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear decay to
-    ``end_fraction * peak`` at ``total_steps`` (and constant after)."""
+    ``end_fraction * peak`` at ``total_steps`` (and constant after).
+
+    Kept by hand: TF has no warm-up + linear decay (``CosineDecay(warmup_target=...)``
+    decays along a cosine), and ``PolynomialDecay(power=1)`` after a warm-up differs
+    from this formula in the last float32 bit at about half the steps, which would
+    change every trained result.
+    """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, end_fraction: float = 0.0):
         self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
@@ -92,22 +98,50 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
                 logs[f"val_{key}"] = value
 
 
-class LearningRateLogger(tf.keras.callbacks.Callback):
-    """Puts the current learning rates into the epoch logs (TensorBoard plots them)."""
+def learning_rate(optimizer: tf.keras.optimizers.Optimizer, step) -> float:
+    """The rate ``optimizer`` applies at (0-based) ``step``: its schedule there, or its constant rate."""
+    # The schedule itself (as Keras' TensorBoard reads it): the public ``learning_rate`` of a scheduled
+    # optimiser is the rate its last step applied, schedule(step - 1), one step behind.
+    lr = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+    # get_value: under tf.distribute the rate is a MirroredVariable (no float()).
+    return float(tf.keras.backend.get_value(lr(step) if callable(lr) else lr))
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        for key, opt in (("learning_rate", self.model.optimizer), ("encoder_learning_rate",
-                                                                   self.model.encoder_optimizer)):
-            if opt is not None:
-                lr = opt.learning_rate
-                # get_value: under tf.distribute the rate is a MirroredVariable (no float()).
-                logs[key] = float(tf.keras.backend.get_value(lr(opt.iterations) if callable(lr) else lr))
+
+class TensorBoard(tf.keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback: every ``update_freq`` steps the running training loss and
+    the learning rate, per epoch the training and validation logs, optional weight histograms.
+
+    Two departures, each because the library cannot do it:
+    - batch summaries use the optimiser's step (``optimizer.iterations``) as their x axis:
+      Keras uses a counter that restarts at 0 in every ``fit`` call, so a resumed run
+      would draw over the steps it had already logged;
+    - the learning rate is one curve, ``learning_rate(optimizer, step)`` at ``step`` with
+      the batch summaries (``batch_learning_rate``); Keras' own copy is written per epoch on
+      the epoch axis, at the step after the epoch, a second curve that disagrees with it.
+    """
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._train_step = model.optimizer.iterations
+
+    def _collect_learning_rate(self, logs):
+        return logs
+
+    def on_train_batch_end(self, batch, logs=None):
+        if isinstance(logs, dict):
+            step = self.model.optimizer.iterations
+            logs = {**logs, "learning_rate": learning_rate(self.model.optimizer, step)}
+            if getattr(self.model, "encoder_optimizer", None) is not None:
+                logs["encoder_learning_rate"] = learning_rate(self.model.encoder_optimizer, step)
+        super().on_train_batch_end(batch, logs)
 
 
 class EpochLog(tf.keras.callbacks.Callback):
-    """One readable line per epoch."""
+    """One readable line per epoch, in the log.
+
+    Kept by hand: Keras' ``ProgbarLogger`` prints to stdout, not the logger, and
+    ``verbose=2`` still takes two lines per epoch with no epoch time.
+    """
 
     def __init__(self, epochs: int):
         super().__init__()
@@ -126,6 +160,11 @@ class EpochLog(tf.keras.callbacks.Callback):
 class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
     """Saves the latest state every epoch (and every ``every_steps`` steps), keeps the best epoch's weights,
     stops early.
+
+    Kept by hand: Keras' ``BackupAndRestore`` backs up the model, optimiser and epoch/batch
+    counters only, so ``EarlyStopping``'s and ``ModelCheckpoint(save_best_only)``'s best value
+    and patience start over in a resumed run, and it deletes its backup when training ends, so
+    rerunning a finished job trains again (tests/tfrec/test_training.py shows both).
 
     ``JOB_DIR/checkpoints/`` holds ``latest`` (model and optimisers, for resume;
     ``ckpt-<global step>``), ``best`` (model weights of the best epoch by
@@ -183,6 +222,19 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
             if saved["epoch"] > self.state["best_epoch"]:
                 # Saved, then killed before state.json: those weights did reach that value; keep them as best.
                 self.state.update(best=saved["value"], best_epoch=saved["epoch"], wait=0)
+
+    def fits(self, steps: int, epochs: int) -> list[tuple[int, int, int, int]]:
+        """The ``fit`` calls that finish training: ``(initial_epoch, epochs, steps_per_epoch, skip_batches)``.
+
+        The shuffled stream is seeded and repeated, so skipping the batches already trained on
+        gives a resumed run exactly the batches an uninterrupted one would have seen. A run
+        killed inside an epoch first finishes that epoch in a fit of its own (the steps left):
+        Keras starts a fit mid-epoch only through a private hook (BackupAndRestore's).
+        """
+        epoch, batch = self.state["epoch"] + 1, min(self.state["batch"], steps - 1)
+        plan = [(epoch, epoch + 1, steps - batch, epoch * steps + batch)] if batch else []
+        first_full = epoch + 1 if batch else epoch
+        return [leg for leg in plan + [(first_full, epochs, steps, first_full * steps)] if leg[0] < leg[1]]
 
     # -- saving -------------------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
@@ -285,15 +337,23 @@ def write_hparams(log_dir: str, hparams: dict, metrics: dict[str, float]) -> Non
             tf.summary.scalar(key, value, step=0)
 
 
-def write_projector(log_dir: str, embeddings: np.ndarray, labels: list[str]) -> None:
-    """Item embeddings [num_items, dim] in TensorBoard's projector, labelled by title."""
+def write_projector(log_dir: str, embeddings: np.ndarray, catalog) -> None:
+    """Item embeddings [num_items, dim] in TensorBoard's projector, with each item's id, title and
+    categorical values (``catalog``: a :class:`tfrec.data.dataset.Catalog`) as metadata columns."""
     from tensorboard.plugins import projector
 
     folder = os.path.join(log_dir, "projector")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "metadata.tsv"), "w", encoding="utf-8") as f:
-        for label in labels:
-            f.write(label.replace("\t", " ").replace("\n", " ") + "\n")
+    tf.io.gfile.makedirs(folder)
+    columns = {"item_id": catalog.item_ids, "title": catalog.titles, **catalog.categorical}
+
+    def cell(value) -> str:
+        return str(value).replace("\t", " ").replace("\n", " ")
+
+    # The projector reads a header row only when there are two or more columns (always the case here).
+    rows = ["\t".join(columns)] + ["\t".join(cell(col[i]) for col in columns.values())
+                                   for i in range(len(catalog.item_ids))]
+    with tf.io.gfile.GFile(os.path.join(folder, "metadata.tsv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
     variable = tf.Variable(embeddings, name="item_embeddings")
     tf.train.Checkpoint(embedding=variable).save(os.path.join(folder, "embedding.ckpt"))
     config = projector.ProjectorConfig()

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from serving import reindex
+from tfrec import config as config_lib
 from tfrec.export import layout
 from tfrec.export import savedmodel as export
 from tfrec import index as index_lib
@@ -32,7 +33,7 @@ def small_catalogs_allowed(monkeypatch):
 
 def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed):
     cfg, model, data = export.load_trained(trained)
-    cfg.export.min_recall = 0.5
+    cfg = config_lib.updated(cfg, {"export.min_recall": 0.5})
     from tfrec import evaluate
     from tfrec.data import pipeline
 
@@ -64,7 +65,7 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
 def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys):
     cfg, model, data = export.load_trained(trained)
     before = {p.name for p in (trained / "export").glob("*/*")} if (trained / "export").exists() else set()
-    cfg.export.min_recall = 0.99
+    cfg = config_lib.updated(cfg, {"export.min_recall": 0.99})
     from tfrec import evaluate
     from tfrec.data import pipeline
 

@@ -77,3 +77,55 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path):
                           capture_output=True, text=True, cwd=str(config.PRESETS_DIR.parents[1]))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: config key 'train.epochs': must be >= 1, got 0"]
+
+
+def test_sections_are_frozen_and_overrides_make_new_trees():
+    import dataclasses
+
+    base = config.build("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.train.epochs = 3
+    changed = config.override(base, ["train.epochs=3", "model.query_encoder.pooling=cls"])
+    assert (base.train.epochs, base.model.query_encoder.pooling) == (2, "mean")  # the original is untouched
+    assert (changed.train.epochs, changed.model.query_encoder.pooling) == (3, "cls")
+    assert changed.data is base.data  # sections nobody touched are shared, not copied
+    assert config.updated(base, {"export.k": 5}).export.k == 5
+
+
+def test_allowed_values_come_from_literal_annotations(tmp_path):
+    import typing
+
+    hints = typing.get_type_hints(config.TrainConfig)
+    assert typing.get_args(hints["mixed_precision"]) == ("none", "mixed_float16", "mixed_bfloat16")
+    with pytest.raises(ConfigError, match=r"'runtime.strategy': expected one of auto, default, mirrored, "
+                                          r"multi_worker, tpu, got 'gpu'"):
+        config.build("smoke", None, ["runtime.strategy=gpu"])
+    f = tmp_path / "o.yaml"
+    f.write_text("ranking:\n  extra_features: [categorical, price]\n")
+    with pytest.raises(ConfigError, match=r"'ranking.extra_features\[1\]': expected one of categorical, "
+                                          r"retrieval_score, got 'price'"):
+        config.build("smoke", str(f))
+    with pytest.raises(ConfigError, match=r"'train.jit_compile': expected true or false, got 1"):
+        config.build("smoke", None, ["train.jit_compile=1"])  # YAML's reading of the value, not the raw text
+
+
+def test_unknown_nested_key_names_the_closest_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"'model.query_encoder.poolng': unknown key; did you mean 'pooling'\?"):
+        config.build("smoke", None, ["model.query_encoder.poolng=cls"])
+    with pytest.raises(ConfigError, match=r"'trian': unknown key; did you mean 'train'\?"):
+        config.build("smoke", None, ["trian.epochs=3"])
+    f = tmp_path / "o.yaml"
+    f.write_text("data:\n  split:\n    mehtod: time\n")
+    with pytest.raises(ConfigError, match=r"'data.split.mehtod': unknown key; did you mean 'method'\?"):
+        config.build("smoke", str(f))
+
+
+def test_each_section_validates_itself():
+    cfg = config.build("smoke")
+    for name in ("data", "model", "retrieval", "ranking", "train", "eval", "export", "runtime"):
+        assert callable(getattr(getattr(cfg, name), "validate"))
+    bad = config.updated(cfg, {"train.log_every_steps": 0})  # updated() checks types, not ranges
+    with pytest.raises(ConfigError, match=r"'train.log_every_steps': must be >= 1"):
+        bad.train.validate(bad)
+    with pytest.raises(ConfigError, match=r"'train.log_every_steps': must be >= 1"):
+        config.validate(bad)

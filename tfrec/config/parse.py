@@ -1,4 +1,10 @@
-"""Typed config fields: coercing YAML and ``--set`` values, merging them into the tree, range checks."""
+"""Typed config fields: coercing YAML and ``--set`` values, merging them into the tree, range checks.
+
+The one place where a value meets its annotation: :func:`_coerce` checks types and
+allowed values (``Literal[...]`` annotations), so a section declares a choice as
+``index: Literal["brute_force", "ivf"] = "brute_force"`` and needs no check of its own.
+Merging never mutates: it returns new frozen instances built with ``dataclasses.replace``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Checks ``value`` against the annotation ``tp``; returns the typed value."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Literal:
+        if value in args and type(value) in {type(a) for a in args}:  # True == 1, but bool is no choice of ints
+            return value
+        raise ConfigError(key, f"expected one of {', '.join(map(str, args))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -59,12 +69,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(key, f"unsupported type {_type_name(tp)}")
 
 
-def merge(cfg: Any, overrides: dict, prefix: str = "") -> None:
-    """Merges a nested dict into a dataclass tree in place, checking keys and types."""
+def merge(cfg: Any, overrides: dict, prefix: str = "") -> Any:
+    """A copy of the frozen dataclass tree ``cfg`` with a nested dict merged in, keys and types checked."""
     if not isinstance(overrides, dict):
         raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {overrides!r}")
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
         if key not in names:
@@ -73,12 +84,28 @@ def merge(cfg: Any, overrides: dict, prefix: str = "") -> None:
             raise ConfigError(dotted, f"unknown key; {hint}(known: {', '.join(sorted(names))})")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
-            merge(current, value, dotted + ".")
+            changes[key] = merge(current, value, dotted + ".")
         else:
-            setattr(cfg, key, _coerce(dotted, value, hints[key]))
+            changes[key] = _coerce(dotted, value, hints[key])
+    return dataclasses.replace(cfg, **changes)
 
 
-def set_dotted(cfg: Any, assignment: str) -> None:
+def nest(dotted: dict[str, Any]) -> dict:
+    """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}}."""
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, "is a section; set its keys (section.key=value)")
+        node[parts[-1]] = value
+    return nested
+
+
+def set_dotted(cfg: Any, assignment: str) -> Any:
+    """A copy of ``cfg`` with one ``dotted.key=value`` (the value read as YAML) applied."""
     if "=" not in assignment:
         raise ConfigError(assignment, "--set expects dotted.key=value")
     key, raw = assignment.split("=", 1)
@@ -87,20 +114,16 @@ def set_dotted(cfg: Any, assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    nested: dict = {}
-    node = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
     # A plain string override of a str field must stay a string ("001" etc.).
     try:
-        merge(cfg, nested)
-    except ConfigError:
+        return merge(cfg, nest({key: value}))
+    except ConfigError as first:
         if isinstance(value, str) or value is None:
             raise
-        node[parts[-1]] = raw
-        merge(cfg, nested)
+        try:
+            return merge(cfg, nest({key: raw}))
+        except ConfigError:
+            raise first from None  # the value as YAML read it explains more than the raw text
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -138,7 +161,3 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
-
-
-def one_of(value: Any, key: str, choices: tuple) -> None:
-    check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-from tfrec.config.parse import check, one_of
+from tfrec.config.parse import check
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 256
     epochs: int = 10
@@ -22,62 +22,70 @@ class TrainConfig:
     steps_per_execution: int = 1
     max_steps_per_epoch: Optional[int] = None
     seed: int = 1234
-    mixed_precision: str = "none"
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool = False
     checkpoint_every_steps: Optional[int] = None  # also checkpoint every N steps inside an epoch; null = epoch ends
+    log_every_steps: int = 10  # TensorBoard: training loss and learning rate every N steps
+    histogram_every_epochs: int = 0  # TensorBoard: weight histograms every N epochs; 0 = none
+
+    def validate(self, cfg) -> None:
+        """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
+        t = self
+        check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
+        check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+        check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+        check(t.encoder_learning_rate > 0, "train.encoder_learning_rate", "must be > 0")
+        check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")
+        check(t.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
+        check(t.steps_per_execution >= 1, "train.steps_per_execution", "must be >= 1")
+        if t.max_steps_per_epoch is not None:
+            check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1 or null")
+        if t.checkpoint_every_steps is not None:
+            check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1 or null")
+        check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+        check(t.histogram_every_epochs >= 0, "train.histogram_every_epochs", "must be >= 0 (0 = no histograms)")
+        metric = t.early_stopping_metric
+        check(metric.split("@")[0] in ("recall", "ndcg") and metric.split("@")[-1].isdigit(),
+              "train.early_stopping_metric", f"expected recall@K or ndcg@K, got {metric!r}")
+        check(not (cfg.runtime.strategy == "tpu" and t.mixed_precision == "mixed_float16"),
+              "train.mixed_precision", "TPUs compute in bfloat16: use mixed_bfloat16 (mixed_float16 needs loss "
+              "scaling, which TPUs do not support)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
     baselines: bool = True
     id_two_tower_epochs: int = 10
     exclude_seen: bool = False
 
+    def validate(self, cfg) -> None:
+        """Checks this section; raises ConfigError naming the key."""
+        check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "needs positive cutoffs")
+        check(self.id_two_tower_epochs >= 1, "eval.id_two_tower_epochs", "must be >= 1")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = True
     model_name: str = "tfrec"
     k: int = 100
-    index: str = "brute_force"
+    index: Literal["brute_force", "ivf", "scann", "all"] = "brute_force"
     min_recall: float = 0.95
 
+    def validate(self, cfg) -> None:
+        """Checks this section; raises ConfigError naming the key."""
+        check(bool(self.model_name) and self.model_name.replace("_", "").replace("-", "").isalnum(),
+              "export.model_name", "letters, digits, '-' and '_' only")
+        check(self.k >= 1, "export.k", "must be >= 1")
+        check(0.0 <= self.min_recall <= 1.0, "export.min_recall", "must be in [0, 1]")
 
-@dataclass
+
+@dataclass(frozen=True)
 class RuntimeConfig:
-    strategy: str = "auto"  # auto | default | mirrored | multi_worker | tpu
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: Optional[str] = None
 
-
-def validate_train(cfg) -> None:
-    """Checks ``cfg.train``, ``cfg.eval``, ``cfg.export`` and ``cfg.runtime``; raises ConfigError."""
-    t = cfg.train
-    check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
-    check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
-    check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
-    check(t.encoder_learning_rate > 0, "train.encoder_learning_rate", "must be > 0")
-    check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    check(0.0 <= t.warmup_fraction < 1.0, "train.warmup_fraction", "must be in [0, 1)")
-    check(t.early_stopping_patience >= 0, "train.early_stopping_patience", "must be >= 0")
-    check(t.steps_per_execution >= 1, "train.steps_per_execution", "must be >= 1")
-    if t.max_steps_per_epoch is not None:
-        check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1 or null")
-    if t.checkpoint_every_steps is not None:
-        check(t.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1 or null")
-    one_of(t.mixed_precision, "train.mixed_precision", ("none", "mixed_float16", "mixed_bfloat16"))
-    metric = t.early_stopping_metric
-    check(metric.split("@")[0] in ("recall", "ndcg") and metric.split("@")[-1].isdigit(),
-          "train.early_stopping_metric", f"expected recall@K or ndcg@K, got {metric!r}")
-    e = cfg.eval
-    check(len(e.ks) >= 1 and all(k >= 1 for k in e.ks), "eval.ks", "needs positive cutoffs")
-    check(e.id_two_tower_epochs >= 1, "eval.id_two_tower_epochs", "must be >= 1")
-    x = cfg.export
-    check(bool(x.model_name) and x.model_name.replace("_", "").replace("-", "").isalnum(),
-          "export.model_name", "letters, digits, '-' and '_' only")
-    check(x.k >= 1, "export.k", "must be >= 1")
-    one_of(x.index, "export.index", ("brute_force", "ivf", "scann", "all"))
-    check(0.0 <= x.min_recall <= 1.0, "export.min_recall", "must be in [0, 1]")
-    one_of(cfg.runtime.strategy, "runtime.strategy", ("auto", "default", "mirrored", "multi_worker", "tpu"))
-    check(not (cfg.runtime.strategy == "tpu" and t.mixed_precision == "mixed_float16"), "train.mixed_precision",
-          "TPUs compute in bfloat16: use mixed_bfloat16 (mixed_float16 needs loss scaling, which TPUs do not support)")
+    def validate(self, cfg) -> None:
+        """Nothing beyond the allowed values, which parse.py checks."""

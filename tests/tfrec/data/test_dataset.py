@@ -15,13 +15,9 @@ ITEMS = "item_id,title,genre\ni1,Alpha,x\ni2,Beta,y\ni3,Gamma,x\ni4,Delta,y\n"
 def make_cfg(tmp_path, interactions: str, items: str = ITEMS, ext: str = "csv", **data_overrides):
     (tmp_path / f"inter.{ext}").write_text(interactions, encoding="utf-8")
     (tmp_path / "items.csv").write_text(items, encoding="utf-8")
-    cfg = config.build("smoke")
-    cfg.data.interactions.path = str(tmp_path / f"inter.{ext}")
-    cfg.data.items.path = str(tmp_path / "items.csv")
-    cfg.data.items.categorical_columns = []
-    for key, value in data_overrides.items():
-        setattr(cfg.data, key, value)
-    return cfg
+    return config.updated(config.build("smoke"), {  # configs are frozen: each change makes a new one
+        "data.interactions.path": str(tmp_path / f"inter.{ext}"), "data.items.path": str(tmp_path / "items.csv"),
+        "data.items.categorical_columns": [], **{f"data.{k}": v for k, v in data_overrides.items()}})
 
 
 def rows(n_users=3, per_user=4):
@@ -51,9 +47,8 @@ def test_leave_last_ties_keep_file_order(tmp_path):
 
 def test_history_queries_most_recent_first(tmp_path):
     cfg = make_cfg(tmp_path, rows(n_users=1, per_user=4))
-    cfg.data.interactions.query_column = None
-    cfg.data.interactions.query_history_items = 2
-    cfg.data.interactions.query_history_columns = ["title"]
+    cfg = config.updated(cfg, {"data.interactions.query_column": None, "data.interactions.query_history_items": 2,
+                               "data.interactions.query_history_columns": ["title"]})
     data = dataset.load(cfg.data)
     assert data.test.query_text == ["Gamma; Beta"]  # before i4: i3 (latest), then i2
     assert data.skipped["no_history"] == 1  # the user's first interaction has no history
@@ -62,8 +57,8 @@ def test_history_queries_most_recent_first(tmp_path):
 def test_random_and_time_splits_are_disjoint(tmp_path):
     for method in ("random", "time"):
         cfg = make_cfg(tmp_path, rows(n_users=10, per_user=10))
-        cfg.data.split.method = method
-        cfg.data.split.test_fraction = cfg.data.split.validation_fraction = 0.2
+        cfg = config.updated(cfg, {"data.split.method": method, "data.split.test_fraction": 0.2,
+                                   "data.split.validation_fraction": 0.2})
         data = dataset.load(cfg.data)
         assert len(data.train) + len(data.validation) + len(data.test) == 100
         assert len(data.test) == 20
@@ -99,7 +94,7 @@ def test_missing_column_and_file(tmp_path):
     cfg = make_cfg(tmp_path, rows().replace("rating", "stars"))
     with pytest.raises(DataError, match=r"inter.csv, column 'rating': missing required column 'rating'"):
         dataset.load(cfg.data)
-    cfg.data.interactions.path = str(tmp_path / "nope.csv")
+    cfg = config.updated(cfg, {"data.interactions.path": str(tmp_path / "nope.csv")})
     with pytest.raises(DataError, match="nope.csv: file not found"):
         dataset.load(cfg.data)
 
@@ -159,7 +154,7 @@ def test_tfrecord_shards_glob_and_wrong_type(tmp_path):
                 for j in range(4):
                     w.write(example(u, j))
     cfg = make_cfg(tmp_path, rows())
-    cfg.data.interactions.path = str(tmp_path / "part-*.tfrecord")
+    cfg = config.updated(cfg, {"data.interactions.path": str(tmp_path / "part-*.tfrecord")})
     data = dataset.load(cfg.data)
     assert len(data.test) == 4 and data.counts["interactions_read"] == 16
     with tf.io.TFRecordWriter(str(tmp_path / "part-1.tfrecord")) as w:

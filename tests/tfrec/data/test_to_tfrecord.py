@@ -73,8 +73,8 @@ def test_smoke_data_set_loads_the_same_from_shards(tmp_path):
     want = dataset.load(cfg.data)
     for src, prefix in ((inter, "inter"), (items, "items")):
         assert to_tfrecord.main(["--input", src, "--output", str(tmp_path / "tfr" / prefix), "--shards", "3"]) == 0
-    cfg.data.interactions.path = str(tmp_path / "tfr" / "inter-*.tfrecord")
-    cfg.data.items.path = str(tmp_path / "tfr" / "items-*.tfrecord")
+    cfg = config.updated(cfg, {"data.interactions.path": str(tmp_path / "tfr" / "inter-*.tfrecord"),
+                               "data.items.path": str(tmp_path / "tfr" / "items-*.tfrecord")})
     got = dataset.load(cfg.data)
     assert got.counts == want.counts
     assert got.catalog.item_ids == want.catalog.item_ids and got.catalog.texts == want.catalog.texts

@@ -13,7 +13,7 @@ import pytest
 
 from tfrec.export import layout
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _write_marker(text: str):
