@@ -7,10 +7,11 @@ can fix into one line on stderr and exit code 2 (``--debug`` shows the traceback
 
 from __future__ import annotations
 
+import difflib
 import errno
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Iterable
 
 from tfrec.errors import UserError
 
@@ -73,3 +74,52 @@ def run_main(command: Callable[[], object], debug: bool = False) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def flags_as_overrides(unknown: list[str], cli_flags: Iterable[str], config_keys: Iterable[str],
+                       platform_flags: Iterable[str] = ()) -> list[str]:
+    """Turns the flags argparse did not know into ``--set`` assignments, or refuses them by name.
+
+    ``--train.epochs 3`` (a dotted config key) and ``--epochs=3`` (a key's last
+    part, when only one key ends so) are shorthands for ``--set train.epochs=3``:
+    hyperparameter tuning on Vertex AI passes each tuned parameter as
+    ``--<parameter_id> <value>``. A flag in ``platform_flags`` is logged and
+    ignored. Anything else raises a UserError naming the closest valid flag.
+
+    Returns:
+      ``["train.epochs=3", ...]`` in command-line order.
+    """
+    keys = list(config_keys)
+    by_leaf: dict[str, list[str]] = {}
+    for key in keys:
+        by_leaf.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    platform = set(platform_flags)
+    overrides, i = [], 0
+    while i < len(unknown):
+        token = unknown[i]
+        i += 1
+        if not token.startswith("--") or token == "--":
+            raise UserError(f"unexpected argument {token!r}; config values go as --set dotted.key=value")
+        name, has_value, value = token[2:].partition("=")
+        if not has_value and i < len(unknown) and not unknown[i].startswith("--"):
+            value, has_value = unknown[i], True
+            i += 1
+        if name in platform:
+            logging.getLogger("tfrec").info("ignoring platform flag --%s", name)
+            continue
+        key = name if name in keys else (by_leaf[name][0] if len(by_leaf.get(name, [])) == 1 else None)
+        if key is None and name in by_leaf:
+            raise UserError(f"flag --{name} is ambiguous: use one of "
+                            + ", ".join(f"--{k}" for k in by_leaf[name]))
+        if key is None:
+            candidates = [f"--{f.lstrip('-')}" for f in cli_flags] + [f"--{k}" for k in keys]
+            close = difflib.get_close_matches(f"--{name}", candidates, n=1, cutoff=0.6)
+            leaf = difflib.get_close_matches(name, list(by_leaf), n=1, cutoff=0.6)
+            if leaf and not close:
+                close = [f"--{by_leaf[leaf[0]][0]}"]
+            hint = f"; did you mean {close[0]}?" if close else "; see --help (config values: --set dotted.key=value)"
+            raise UserError(f"unknown flag --{name}{hint}")
+        if not has_value:
+            raise UserError(f"flag --{name} needs a value (--{key}=VALUE)")
+        overrides.append(f"{key}={value}")
+    return overrides

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import tfrec
-from tfrec.cli import run_main, setup_logging
+from tfrec.cli import flags_as_overrides, run_main, setup_logging
+from tfrec.errors import UserError
 
 log = logging.getLogger("tfrec")
 
@@ -30,7 +31,7 @@ def default_job_dir(preset: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from tfrec.config import list_presets
+    from tfrec.config import config_keys, list_presets
 
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="movielens", help=f"one of: {', '.join(list_presets())}")
@@ -40,14 +41,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--job-dir", "--job_dir", dest="job_dir", help="output folder (default: runs/<preset>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
-    args, unknown = parser.parse_known_args(argv)  # platforms inject their own flags
-    if unknown:
-        logging.getLogger("tfrec").debug("ignoring unknown arguments: %s", unknown)
+    args, unknown = parser.parse_known_args(argv)
+    # Tuning passes --<parameter_id> <value>: a config key's flag; anything else is refused by name.
+    flags = [o for a in parser._actions for o in a.option_strings]
+    args.set = flags_as_overrides(unknown, flags, config_keys()) + args.set
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as e:  # an unknown flag: one line, before any work
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     setup_logging(args.debug)
 
     def run() -> None:

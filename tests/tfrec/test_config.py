@@ -73,7 +73,7 @@ def test_round_trip_through_yaml():
 
 def test_cli_user_error_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.task", "--preset", "smoke", "--set", "train.epochs=0",
-                           "--job-dir", str(tmp_path / "j"), "--some-platform-flag=1"],
+                           "--job-dir", str(tmp_path / "j")],
                           capture_output=True, text=True, cwd=str(config.PRESETS_DIR.parents[1]))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: config key 'train.epochs': must be >= 1, got 0"]

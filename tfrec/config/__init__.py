@@ -32,14 +32,14 @@ from typing import Any
 
 from tfrec.config.data import DataConfig, InteractionsConfig, ItemsConfig, SplitConfig
 from tfrec.config.model import ModelConfig, RankingConfig, RetrievalConfig, TextEncoderConfig
-from tfrec.config.parse import merge, nest, read_yaml, set_dotted
+from tfrec.config.parse import absolute_paths, merge, model_name_from_file, nest, read_yaml, set_dotted
 from tfrec.config.train import EvalConfig, ExportConfig, RuntimeConfig, TrainConfig
 from tfrec.errors import ConfigError
 
 __all__ = ["Config", "DataConfig", "InteractionsConfig", "ItemsConfig", "SplitConfig", "ModelConfig",
            "TextEncoderConfig", "RetrievalConfig", "RankingConfig", "TrainConfig", "EvalConfig", "ExportConfig",
            "RuntimeConfig", "build", "override", "updated", "validate", "list_presets", "read_yaml", "merge", "to_dict",
-           "to_yaml", "from_dict", "config_hash", "PRESETS_DIR"]
+           "to_yaml", "from_dict", "config_hash", "config_keys", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -64,13 +64,21 @@ def list_presets() -> list[str]:
 
 
 def build(preset: str = "movielens", config_file: str | None = None, sets: list[str] | None = None) -> Config:
-    """Resolves a config in the fixed order and validates it."""
+    """Resolves a config in the fixed order and validates it.
+
+    Relative file paths in ``config_file`` resolve against that file's folder,
+    those of ``--set`` against the current folder; the config holds them
+    absolute (``params.yaml`` repeats from anywhere). Without its own
+    ``export.model_name`` a user file names the export after itself
+    (``shop.yaml`` -> ``export/shop/<version>``).
+    """
     preset_path = PRESETS_DIR / f"{preset}.yaml"
     if not preset_path.is_file():
         raise ConfigError("preset", f"unknown preset '{preset}' (known: {', '.join(list_presets())})")
     cfg = dataclasses.replace(merge(Config(), read_yaml(preset_path)), name=preset)
     if config_file:
         user = read_yaml(config_file)
+        absolute_paths(user, config_file)
         user_data = user.get("data") if isinstance(user.get("data"), dict) else {}
         # A file naming its own interactions or items describes a different data
         # set: the preset's column names and formats for that section do not
@@ -80,9 +88,11 @@ def build(preset: str = "movielens", config_file: str | None = None, sets: list[
                                                              ("items", ItemsConfig))
                  if isinstance(user_data.get(section), dict) and "path" in user_data[section]}
         cfg = merge(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **fresh)), user)
+        if not (isinstance(user.get("export"), dict) and "model_name" in user["export"]):
+            cfg = updated(cfg, {"export.model_name": model_name_from_file(config_file)})
     for assignment in sets or []:
         cfg = set_dotted(cfg, assignment)
-    return validate(cfg)
+    return validate(updated(cfg, absolute_paths(to_dict(cfg))))
 
 
 def override(cfg: Config, sets: list[str]) -> Config:
@@ -119,6 +129,15 @@ def config_hash(cfg: Config) -> str:
     """A short stable hash of the resolved config (identifies a run's settings)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def config_keys() -> list[str]:
+    """Every settable dotted key (``train.epochs``, ``data.items.path``, ...), in tree order."""
+    def walk(node: dict, prefix: str) -> list[str]:
+        return [k for key, value in node.items()
+                for k in (walk(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+    return [k for k in walk(to_dict(Config()), "") if k != "name"]
 
 
 def from_dict(data: dict) -> Config:

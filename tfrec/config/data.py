@@ -23,6 +23,9 @@ class InteractionsConfig:
     user_id_column: Optional[str] = None
     timestamp_column: Optional[str] = None
     label_column: Optional[str] = None
+    # Retrieval learns from positives only: with a label column, rows whose label is below this are dropped
+    # before splitting (counted in eval.json's data.skipped.below_positive_threshold), e.g. 4 for 1-5 ratings.
+    positive_threshold: Optional[float] = None
     # Stream the training interactions from TFRecord shards each epoch instead of reading them into memory
     # (tfrec.data.stream); needs split.method=files and a query_column.
     streaming: bool = False
@@ -90,6 +93,13 @@ class DataConfig:
             check(cfg.ranking.weight == 0, "ranking.weight",
                   "the ranking evaluation needs the training labels in memory; not available with "
                   "data.interactions.streaming")
+        if d.interactions.positive_threshold is not None:
+            check(d.interactions.label_column is not None, "data.interactions.positive_threshold",
+                  "needs data.interactions.label_column (the label compared with it)")
+            check(cfg.ranking.weight == 0, "data.interactions.positive_threshold",
+                  "drops the low labels the ranking head learns from; set it to null when ranking.weight > 0")
+            check(not d.interactions.streaming, "data.interactions.positive_threshold",
+                  "is not applied to streamed shards; filter the TFRecord files instead")
         if d.split.method in ("time", "leave_last"):
             check(d.interactions.timestamp_column is not None, "data.interactions.timestamp_column",
                   f"is required by data.split.method={d.split.method}")

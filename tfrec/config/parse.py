@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -161,3 +162,45 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)
+
+
+# The config keys holding a file or folder path (a local one may be relative).
+PATH_KEYS = ("data.interactions.path", "data.items.path", "data.split.validation_path", "data.split.test_path",
+             "model.query_encoder.checkpoint")
+
+
+def absolute_paths(tree: dict, config_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """Makes the local relative paths of a raw config mapping absolute, in place.
+
+    Args:
+      tree: a YAML mapping, or ``to_dict(cfg)``.
+      config_file: the YAML ``tree`` came from: its relative paths resolve
+        against its folder. None: against the current folder (``--set`` values).
+    Returns:
+      ``{dotted key: absolute path}`` for each path changed (URL-like paths,
+      ``gs://``, ``pkg://``, ``synthetic://``..., are left as they are).
+    """
+    changed = {}
+    for dotted in PATH_KEYS:
+        *sections, leaf = dotted.split(".")
+        node = tree
+        for key in sections:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or "://" in value:
+            continue
+        value = os.path.expanduser(value)
+        if config_file is not None and "://" in str(config_file):  # a YAML on gs://: its paths are beside it
+            new = value if value.startswith("/") else str(config_file).rsplit("/", 1)[0] + "/" + value
+        else:
+            base = os.path.dirname(os.path.abspath(config_file)) if config_file is not None else os.getcwd()
+            new = os.path.abspath(os.path.join(base, value))
+        if new != node[leaf]:
+            node[leaf] = changed[dotted] = new
+    return changed
+
+
+def model_name_from_file(config_file: str | os.PathLike) -> str:
+    """``shop.yaml`` -> ``shop``: the export's model name for a user file without ``export.model_name``."""
+    stem = re.sub(r"\.ya?ml$", "", str(config_file).rstrip("/").rsplit("/", 1)[-1])
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "tfrec"

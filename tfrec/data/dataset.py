@@ -181,9 +181,12 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     stamps = np.array(as_float(table, ic.timestamp_column) if ic.timestamp_column else range(n), np.float64)
     labels = np.array(as_float(table, ic.label_column) if ic.label_column else [1.0] * n, np.float32)
 
+    threshold = ic.positive_threshold
     known = []
     for i, item in enumerate(items):
-        if item in catalog.position:
+        if threshold is not None and not labels[i] >= threshold:  # NaN labels are not positives either
+            skipped["below_positive_threshold"] += 1
+        elif item in catalog.position:
             known.append(i)
         elif cfg.skip_unknown_items:
             skipped["unknown_items"] += 1
