@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate, runtime, training
+from tfrec import evaluate, runtime, training, vertex
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
@@ -318,16 +318,22 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     return Evaluation(results, baselines, ranking, q, item_embeddings)
 
 
-def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation
-                 ) -> list[Path]:
-    """Publishes the SavedModel(s) of ``export.index`` under ``job/export``; returns the version folders."""
+def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
+                 model_dir: str | None = None) -> list[Path]:
+    """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` (or ``model_dir``, which then also holds
+    the first one's ``saved_model.pb`` at its top, where Vertex AI loads it); returns the version folders."""
+    from tfrec.export import layout
     from tfrec.export.savedmodel import export_run
 
-    return export_run(cfg, job, model, data, evaluation.item_embeddings, query_embeddings=evaluation.query_embeddings)
+    published = export_run(cfg, job, model, data, evaluation.item_embeddings,
+                           query_embeddings=evaluation.query_embeddings, export_root=model_dir)
+    if model_dir and published:
+        layout.copy_version_to_top(published[0], model_dir)
+    return published
 
 
 def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evaluation, train_state: dict,
-                 seconds: float) -> dict:
+                 seconds: float, tensorboard_dir: str | Path | None = None) -> dict:
     """Writes ``job/eval.json`` and TensorBoard's hparams and projector; returns the ``eval.json`` dict."""
     report: dict[str, Any] = {
         "model": evaluation.model, "baselines": evaluation.baselines,
@@ -337,7 +343,7 @@ def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evalua
         "config_hash": config_lib.config_hash(cfg)}
     if evaluation.ranking is not None:
         report["ranking"] = evaluation.ranking
-    tb = str(job / "tensorboard")
+    tb = str(tensorboard_dir or job / "tensorboard")
     training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
                            {f"test_{k}": v for k, v in evaluation.model.items()})
     training.write_projector(tb, evaluation.item_embeddings, data.catalog)
@@ -358,8 +364,12 @@ def _worker_dir() -> Iterator[Path | None]:
 
 
 # --------------------------------------------------------------------- fit
-def fit(config: Config, job_dir: str | Path) -> Run:
+def fit(config: Config, job_dir: str | Path, *, model_dir: str | None = None, checkpoint_dir: str | None = None,
+        tensorboard_dir: str | None = None) -> Run:
     """Trains, evaluates and exports one run in ``job_dir``; calling it again resumes.
+
+    ``model_dir``, ``checkpoint_dir``, ``tensorboard_dir``: those outputs outside the job dir (Vertex AI's
+    ``AIP_*`` folders, :mod:`tfrec.vertex`). A tuning trial gets the kept epoch's validation metric.
 
     Under ``runtime.strategy=multi_worker`` a non-chief worker runs every
     training step with the others (collective ops need all workers) but writes
@@ -381,20 +391,24 @@ def fit(config: Config, job_dir: str | Path) -> Run:
         features = build_features(config, data, model)
 
         # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
-        ckpt_dir = job / "checkpoints"
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else job / "checkpoints"
+        tb_dir = Path(tensorboard_dir) if tensorboard_dir else job / "tensorboard"
         if scratch is not None:
             ckpt_dir = scratch / "checkpoints"
             if (job / "checkpoints").is_dir():
                 shutil.copytree(job / "checkpoints", ckpt_dir)
-        state = train(config, model, data, features, strategy, ckpt_dir, (scratch or job) / "tensorboard")
+            tb_dir = scratch / "tensorboard"
+        state = train(config, model, data, features, strategy, ckpt_dir, tb_dir)
         if scratch is not None:
             return Run(config, model, {}, job, None)  # evaluation, eval.json and the export are the chief's
+        vertex.report_tuning_metric(config.train.early_stopping_metric, state["best"],
+                                    (state["best_epoch"] + 1) * features.steps_per_epoch)
 
         # evaluate: the model and the baselines on the test split
         evaluation = evaluate_model(config, model, data, features)
-        report = write_report(config, job, data, evaluation, state, time.time() - started)
+        report = write_report(config, job, data, evaluation, state, time.time() - started, tb_dir)
 
         # export
-        published = export_model(config, job, model, data, evaluation) if config.export.enabled else []
+        published = export_model(config, job, model, data, evaluation, model_dir) if config.export.enabled else []
         log.info("done in %.0fs", time.time() - started)
         return Run(config, model, report, job, published[0] if published else None)

@@ -5,7 +5,11 @@
 The job dir defaults to the parent of ``AIP_MODEL_DIR`` when Vertex AI sets it,
 else ``runs/<preset>``. It receives ``params.yaml`` (the resolved config),
 ``checkpoints/`` (rerunning the same command resumes), ``tensorboard/``,
-``eval.json`` and ``export/``. Exit code 0 on success; 2 on a user error, with
+``eval.json`` and ``export/``. On Vertex AI, ``AIP_CHECKPOINT_DIR`` and
+``AIP_TENSORBOARD_LOG_DIR`` take the checkpoints and TensorBoard logs, and
+``AIP_MODEL_DIR`` the export (the serving SavedModel at its top); see
+:mod:`tfrec.vertex`. Config keys are also flags (``--train.epochs 3``, or
+``--epochs 3``: tuning trials pass them so); other unknown flags are refused. Exit code 0 on success; 2 on a user error, with
 one line on stderr (``--debug`` shows the traceback); 130 on Ctrl-C.
 """
 
@@ -15,9 +19,9 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 import tfrec
+from tfrec import vertex
 from tfrec.cli import flags_as_overrides, run_main, setup_logging
 from tfrec.errors import UserError
 
@@ -25,9 +29,8 @@ log = logging.getLogger("tfrec")
 
 
 def default_job_dir(preset: str) -> str:
-    if os.environ.get("AIP_MODEL_DIR"):
-        return str(Path(os.environ["AIP_MODEL_DIR"].rstrip("/")).parent)
-    return os.path.join("runs", preset)
+    model_dir = vertex.output_dirs().model_dir
+    return vertex.parent(model_dir) if model_dir else os.path.join("runs", preset)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         job_dir = args.job_dir or default_job_dir(args.preset)
         log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
-        tfrec.fit(cfg, job_dir)
+        aip = vertex.output_dirs()  # Vertex AI's AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
+        tfrec.fit(cfg, job_dir, model_dir=aip.model_dir, checkpoint_dir=aip.checkpoint_dir,
+                  tensorboard_dir=aip.tensorboard_dir)
 
     return run_main(run, args.debug)
 

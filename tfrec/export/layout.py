@@ -153,6 +153,25 @@ def publish_version(model_base_path: str | os.PathLike,
     return final
 
 
+def copy_version_to_top(version_dir: str | os.PathLike, model_dir: str | os.PathLike) -> None:
+    """Copies a published SavedModel's files to the top of ``model_dir`` (any ``tf.io.gfile`` scheme).
+
+    Vertex AI loads ``AIP_MODEL_DIR/saved_model.pb``, not a numbered version, so
+    the serving model is placed there too (the numbered copy stays for TF Serving).
+    ``saved_model.pb`` is copied last: a reader never finds it before its variables.
+    """
+    import tensorflow as tf
+
+    src, dst = str(version_dir).rstrip("/"), str(model_dir).rstrip("/")
+    files = [(f"{folder}/{name}", f"{dst}{folder[len(src):]}/{name}")
+             for folder, _, names in tf.io.gfile.walk(src) for name in names]
+    files.sort(key=lambda pair: pair[0] == f"{src}/saved_model.pb")
+    for source, target in files:
+        tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+        tf.io.gfile.copy(source, target, overwrite=True)
+    log.info("export: %s also at the top of %s (Vertex AI loads it there)", Path(src).name, dst)
+
+
 def _check_model_name(name: str) -> None:
     if not _MODEL_NAME_RE.match(name):
         raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
