@@ -36,13 +36,26 @@ class OutputDirs:
     tensorboard_dir: str | None = None
 
 
-def output_dirs(environ: dict | None = None) -> OutputDirs:
-    """The ``AIP_*`` folders set in ``environ`` (default ``os.environ``), trailing slashes dropped."""
+def on_fuse(path: str, mount: str = "/gcs") -> str:
+    """``gs://bucket/x`` -> ``/gcs/bucket/x`` where Vertex AI mounts Cloud Storage (Cloud Storage FUSE).
+
+    Vertex AI training machines mount every bucket the job may read at ``/gcs``;
+    through it plain file I/O reaches the bucket. Without the mount the path is
+    returned as it is.
+    """
+    if path.startswith("gs://") and os.path.isdir(mount):
+        return f"{mount}/{path[len('gs://'):]}"
+    return path
+
+
+def output_dirs(environ: dict | None = None, mount: str = "/gcs") -> OutputDirs:
+    """The ``AIP_*`` folders set in ``environ`` (default ``os.environ``), trailing slashes dropped,
+    ``gs://`` ones read through the ``mount`` when it exists (:func:`on_fuse`)."""
     env = os.environ if environ is None else environ
 
     def folder(name: str) -> str | None:
         value = (env.get(name) or "").rstrip("/")
-        return value or None
+        return on_fuse(value, mount) if value else None
 
     return OutputDirs(folder("AIP_MODEL_DIR"), folder("AIP_CHECKPOINT_DIR"), folder("AIP_TENSORBOARD_LOG_DIR"))
 

@@ -12,11 +12,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_output_dirs_and_parent():
-    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/", "AIP_CHECKPOINT_DIR": "gs://b/base/ckpt/"})
+    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/", "AIP_CHECKPOINT_DIR": "gs://b/base/ckpt/"},
+                              mount="/nonexistent")
     assert (dirs.model_dir, dirs.checkpoint_dir, dirs.tensorboard_dir) == ("gs://b/base/model", "gs://b/base/ckpt",
                                                                            None)
     assert vertex.parent(dirs.model_dir) == "gs://b/base"  # not "gs:/b/base" as pathlib would make it
     assert vertex.metric_tag("recall@10") == "recall_at_10"
+
+
+def test_gs_folders_go_through_the_vertex_mount(tmp_path):
+    (tmp_path / "gcs").mkdir()
+    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/"}, mount=str(tmp_path / "gcs"))
+    assert dirs.model_dir == f"{tmp_path}/gcs/b/base/model"
+    assert vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/m"}, mount=str(tmp_path / "none")).model_dir == "gs://b/m"
 
 
 def test_smoke_run_writes_where_vertex_says(tmp_path):
