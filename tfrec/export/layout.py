@@ -21,6 +21,11 @@ Usage::
     layout.write_models_config(export_root, ["tfrec", "tfrec_scann"])
     layout.write_batching_parameters(export_root, max_batch_size=64)
     layout.read_models_config(export_root / "models.config")  # {"tfrec": "/abs/..."}
+
+``models.config`` names each model relative to its own folder, so the export
+moves as a whole; for the ``tensorflow/serving`` container, which resolves paths
+against its working directory, write one with the mount point as prefix:
+``python -m tfrec.export.layout JOB_DIR/export --base_path /models``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -177,17 +183,23 @@ def _check_model_name(name: str) -> None:
         raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
 
 
-def write_models_config(export_root: str | os.PathLike, model_names: list[str]) -> Path:
-    """Writes ``export_root/models.config`` listing ``export_root/<name>`` for each name.
+def write_models_config(export_root: str | os.PathLike, model_names: list[str], base_path: str | None = None,
+                        output: str | os.PathLike | None = None) -> Path:
+    """Writes a ``models.config`` listing each model's folder, so the export folder can move.
 
     Args:
       export_root: the export folder.
       model_names: e.g. ``["tfrec", "tfrec_scann"]``; letters, digits, '-', '_'.
+      base_path: where a server will see ``export_root`` (``/models`` when it is
+        mounted there in the ``tensorflow/serving`` container): entries become
+        ``<base_path>/<name>``. None: entries are ``<name>``, relative to the
+        config file's folder (``serving.server`` reads them so; TF Serving
+        resolves them against its working directory).
+      output: the file to write (default ``export_root/models.config``).
 
     Returns:
-      The path of the text-format ``ModelServerConfig`` (absolute base paths,
-      ``model_platform: "tensorflow"``), usable as TF Serving's
-      ``--model_config_file``.
+      The path of the text-format ``ModelServerConfig`` (``model_platform:
+      "tensorflow"``), usable as TF Serving's ``--model_config_file``.
     """
     root = Path(export_root).absolute()
     config = model_server_config_pb2.ModelServerConfig()
@@ -195,12 +207,19 @@ def write_models_config(export_root: str | os.PathLike, model_names: list[str]) 
         _check_model_name(name)
         entry = config.model_config_list.config.add()
         entry.name = name
-        entry.base_path = str(root / name)
+        entry.base_path = f"{base_path.rstrip('/')}/{name}" if base_path else name
         entry.model_platform = "tensorflow"
     root.mkdir(parents=True, exist_ok=True)
-    path = root / MODELS_CONFIG
+    path = Path(output) if output else root / MODELS_CONFIG
     _write_atomic(path, text_format.MessageToString(config))
     return path
+
+
+def model_names(export_root: str | os.PathLike) -> list[str]:
+    """The model folders of an export (those holding at least one integer version), sorted."""
+    root = Path(export_root)
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and latest_version(p) is not None)
 
 
 def read_models_config(path: str | os.PathLike) -> dict[str, str]:
@@ -263,3 +282,26 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tfrec.export.layout EXPORT_DIR [--base_path /models] [--output FILE]``: rewrites models.config."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tfrec.export.layout", description=main.__doc__)
+    parser.add_argument("export_dir", help="a run's export folder (JOB_DIR/export)")
+    parser.add_argument("--base_path", help="where a server sees EXPORT_DIR, e.g. /models in tensorflow/serving; "
+                        "default: paths relative to the config file")
+    parser.add_argument("--output", help="file to write (default EXPORT_DIR/models.config)")
+    args = parser.parse_args(argv)
+    names = model_names(args.export_dir) if Path(args.export_dir).is_dir() else []
+    if not names:
+        print(f"error: {args.export_dir}: no model folder with a version in it", file=sys.stderr)
+        return 2
+    path = write_models_config(args.export_dir, names, args.base_path, args.output)
+    print(f"{path}: {', '.join(names)}" + (f" under {args.base_path}" if args.base_path else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -234,9 +234,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         log.info("export: %s (%s index, k=%d) in %.0fs", path, idx.kind, k, time.time() - t0)
         published.append(path)
     # Model folders are those holding a version (AIP_MODEL_DIR also holds a SavedModel's own variables/ etc.).
-    existing = sorted(p.name for p in export_root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and layout.latest_version(p) is not None)
-    layout.write_models_config(export_root, existing)
+    layout.write_models_config(export_root, layout.model_names(export_root))
     layout.write_batching_parameters(export_root)
     return published
 
