@@ -78,7 +78,20 @@ def materialize(path: str, base_dir: str | None) -> str:
 
         raise DataError(path, "unknown synthetic data set; expected synthetic://smoke/items.csv or "
                         "synthetic://smoke/interactions.csv")
-    folder = os.path.join(base_dir or tempfile.gettempdir(), "synthetic", name)
+    base = base_dir or tempfile.gettempdir()
+    if "://" in base:  # a tf.io.gfile folder (gs://, ram://): generated locally, then copied there
+        import tensorflow as tf
+
+        target = f"{base.rstrip('/')}/synthetic/{name}/{file}"
+        if not tf.io.gfile.exists(target):
+            with tempfile.TemporaryDirectory() as local:
+                write_smoke(local)
+                tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+                for generated in ("items.csv", "interactions.csv"):
+                    tf.io.gfile.copy(os.path.join(local, generated), target.rsplit("/", 1)[0] + "/" + generated,
+                                     overwrite=True)
+        return target
+    folder = os.path.join(base, "synthetic", name)
     target = os.path.join(folder, file)
     if not os.path.exists(target):
         write_smoke(folder)
