@@ -322,11 +322,10 @@ def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalDa
                  model_dir: str | None = None) -> list[Path]:
     """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` (or ``model_dir``, which then also holds
     the first one's ``saved_model.pb`` at its top, where Vertex AI loads it); returns the version folders."""
-    from tfrec.export import layout
-    from tfrec.export.savedmodel import export_run
+    from tfrec.export import layout, savedmodel
 
-    published = export_run(cfg, job, model, data, evaluation.item_embeddings,
-                           query_embeddings=evaluation.query_embeddings, export_root=model_dir)
+    published = savedmodel.export_run(cfg, job, model, data, evaluation.item_embeddings, export_root=model_dir,
+                                      query_embeddings=evaluation.query_embeddings)
     if model_dir and published:
         layout.copy_version_to_top(published[0], model_dir)
     return published
@@ -380,6 +379,7 @@ def fit(config: Config, job_dir: str | Path, *, model_dir: str | None = None, ch
     with _worker_dir() as scratch:
         # set-up: job dir, seed, strategy
         started = time.time()
+        vertex.check_output_folders(job_dir, model_dir, checkpoint_dir, tensorboard_dir)
         job = Path(job_dir)
         prepare_job_dir(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)

@@ -60,6 +60,19 @@ def output_dirs(environ: dict | None = None, mount: str = "/gcs") -> OutputDirs:
     return OutputDirs(folder("AIP_MODEL_DIR"), folder("AIP_CHECKPOINT_DIR"), folder("AIP_TENSORBOARD_LOG_DIR"))
 
 
+def check_output_folders(*folders: str | os.PathLike | None) -> None:
+    """Refuses a URL output folder with a way out: outputs are written with local file I/O.
+
+    (pathlib would turn ``gs://b/x`` into a local folder named ``gs:``.)
+    """
+    from tfrec.errors import UserError
+
+    for folder in folders:
+        if folder is not None and "://" in str(folder):
+            raise UserError(f"{folder}: outputs go to local or mounted folders only; on Vertex AI use "
+                            "/gcs/BUCKET/... (Cloud Storage FUSE), elsewhere mount the bucket (gcsfuse)")
+
+
 def parent(path: str) -> str:
     """``gs://b/base/model`` -> ``gs://b/base`` (``os.path.dirname`` that keeps a URL's ``//``)."""
     head, _, _ = path.rstrip("/").rpartition("/")

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(to_yaml(cfg), end="")
             return
-        job_dir = args.job_dir or default_job_dir(args.preset)
+        job_dir = vertex.on_fuse(args.job_dir) if args.job_dir else default_job_dir(args.preset)
         log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
         aip = vertex.output_dirs()  # Vertex AI's AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
         tfrec.fit(cfg, job_dir, model_dir=aip.model_dir, checkpoint_dir=aip.checkpoint_dir,

@@ -20,6 +20,15 @@ def test_output_dirs_and_parent():
     assert vertex.metric_tag("recall@10") == "recall_at_10"
 
 
+def test_url_output_folder_is_refused_with_the_way_out(capsys):
+    from trainer import task
+
+    assert task.main(["--preset", "smoke", "--job-dir", "s3://bucket/run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: s3://bucket/run: outputs go to local or mounted folders only; on Vertex AI use /gcs/BUCKET/... "
+        "(Cloud Storage FUSE), elsewhere mount the bucket (gcsfuse)")
+
+
 def test_gs_folders_go_through_the_vertex_mount(tmp_path):
     (tmp_path / "gcs").mkdir()
     dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/"}, mount=str(tmp_path / "gcs"))
