@@ -24,6 +24,7 @@ RUNTIME = [
     "numpy>=2.0,<3",  # scann 1.4 needs numpy 2
     "PyYAML>=6.0",
     "tqdm>=4.66",
+    "prometheus_client>=0.20",  # serving metrics
     "cloudml-hypertune>=0.1.0.dev6",  # Vertex AI tuning metric (imported only in a tuning trial)
 ]
 

@@ -320,15 +320,11 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
 
 def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
                  model_dir: str | None = None) -> list[Path]:
-    """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` (or ``model_dir``, which then also holds
-    the first one's ``saved_model.pb`` at its top, where Vertex AI loads it); returns the version folders."""
-    from tfrec.export import layout, savedmodel
+    """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions."""
+    from tfrec.export.savedmodel import export_run
 
-    published = savedmodel.export_run(cfg, job, model, data, evaluation.item_embeddings, export_root=model_dir,
-                                      query_embeddings=evaluation.query_embeddings)
-    if model_dir and published:
-        layout.copy_version_to_top(published[0], model_dir)
-    return published
+    return export_run(cfg, job, model, data, evaluation.item_embeddings, model_dir=model_dir,
+                      query_embeddings=evaluation.query_embeddings)
 
 
 def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evaluation, train_state: dict,
@@ -363,12 +359,8 @@ def _worker_dir() -> Iterator[Path | None]:
 
 
 # --------------------------------------------------------------------- fit
-def fit(config: Config, job_dir: str | Path, *, model_dir: str | None = None, checkpoint_dir: str | None = None,
-        tensorboard_dir: str | None = None) -> Run:
-    """Trains, evaluates and exports one run in ``job_dir``; calling it again resumes.
-
-    ``model_dir``, ``checkpoint_dir``, ``tensorboard_dir``: those outputs outside the job dir (Vertex AI's
-    ``AIP_*`` folders, :mod:`tfrec.vertex`). A tuning trial gets the kept epoch's validation metric.
+def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None = None) -> Run:
+    """Trains, evaluates and exports one run in ``job_dir`` (``outputs``: :mod:`tfrec.vertex`); rerunning resumes.
 
     Under ``runtime.strategy=multi_worker`` a non-chief worker runs every
     training step with the others (collective ops need all workers) but writes
@@ -379,8 +371,7 @@ def fit(config: Config, job_dir: str | Path, *, model_dir: str | None = None, ch
     with _worker_dir() as scratch:
         # set-up: job dir, seed, strategy
         started = time.time()
-        vertex.check_output_folders(job_dir, model_dir, checkpoint_dir, tensorboard_dir)
-        job = Path(job_dir)
+        job, out = Path(job_dir), vertex.output_folders(job_dir, outputs)  # where checkpoints, logs, export go
         prepare_job_dir(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
@@ -391,24 +382,19 @@ def fit(config: Config, job_dir: str | Path, *, model_dir: str | None = None, ch
         features = build_features(config, data, model)
 
         # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else job / "checkpoints"
-        tb_dir = Path(tensorboard_dir) if tensorboard_dir else job / "tensorboard"
-        if scratch is not None:
-            ckpt_dir = scratch / "checkpoints"
-            if (job / "checkpoints").is_dir():
-                shutil.copytree(job / "checkpoints", ckpt_dir)
-            tb_dir = scratch / "tensorboard"
+        ckpt_dir, tb_dir = (out.checkpoint_dir, out.tensorboard_dir) if scratch is None else (
+            scratch / "checkpoints", scratch / "tensorboard")
+        if scratch is not None and out.checkpoint_dir.is_dir():
+            shutil.copytree(out.checkpoint_dir, ckpt_dir)
         state = train(config, model, data, features, strategy, ckpt_dir, tb_dir)
         if scratch is not None:
             return Run(config, model, {}, job, None)  # evaluation, eval.json and the export are the chief's
-        vertex.report_tuning_metric(config.train.early_stopping_metric, state["best"],
-                                    (state["best_epoch"] + 1) * features.steps_per_epoch)
 
         # evaluate: the model and the baselines on the test split
         evaluation = evaluate_model(config, model, data, features)
         report = write_report(config, job, data, evaluation, state, time.time() - started, tb_dir)
 
         # export
-        published = export_model(config, job, model, data, evaluation, model_dir) if config.export.enabled else []
+        published = export_model(config, job, model, data, evaluation, out.model_dir) if config.export.enabled else []
         log.info("done in %.0fs", time.time() - started)
         return Run(config, model, report, job, published[0] if published else None)

@@ -14,9 +14,11 @@ the folders; :func:`report_tuning_metric` reports the validation metric with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("tfrec")
 
@@ -60,17 +62,31 @@ def output_dirs(environ: dict | None = None, mount: str = "/gcs") -> OutputDirs:
     return OutputDirs(folder("AIP_MODEL_DIR"), folder("AIP_CHECKPOINT_DIR"), folder("AIP_TENSORBOARD_LOG_DIR"))
 
 
-def check_output_folders(*folders: str | os.PathLike | None) -> None:
-    """Refuses a URL output folder with a way out: outputs are written with local file I/O.
+@dataclass
+class Folders:
+    """Where one run writes: :func:`output_folders`' answer (all set)."""
 
-    (pathlib would turn ``gs://b/x`` into a local folder named ``gs:``.)
+    checkpoint_dir: Path
+    tensorboard_dir: Path
+    model_dir: str | None  # None: the export goes to JOB_DIR/export
+
+
+def output_folders(job_dir: str | os.PathLike, outputs: OutputDirs | None) -> Folders:
+    """The run's checkpoint and TensorBoard folders (``outputs``' or the job dir's) and the model dir.
+
+    Refuses a URL with a way out: outputs are written with local file I/O, and
+    pathlib would turn ``gs://b/x`` into a local folder named ``gs:``.
     """
     from tfrec.errors import UserError
 
-    for folder in folders:
+    outputs = outputs or OutputDirs()
+    for folder in (job_dir, outputs.model_dir, outputs.checkpoint_dir, outputs.tensorboard_dir):
         if folder is not None and "://" in str(folder):
             raise UserError(f"{folder}: outputs go to local or mounted folders only; on Vertex AI use "
                             "/gcs/BUCKET/... (Cloud Storage FUSE), elsewhere mount the bucket (gcsfuse)")
+    job = Path(job_dir)
+    return Folders(Path(outputs.checkpoint_dir or job / "checkpoints"),
+                   Path(outputs.tensorboard_dir or job / "tensorboard"), outputs.model_dir)
 
 
 def parent(path: str) -> str:
@@ -84,6 +100,12 @@ def metric_tag(metric: str) -> str:
     return metric.replace("@", "_at_")
 
 
+def report_kept_epoch(metric: str, checkpoint_dir: str | os.PathLike) -> bool:
+    """Reports the kept epoch's validation ``metric`` (from ``checkpoint_dir/state.json``) in a tuning trial."""
+    state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
+    return report_tuning_metric(metric, state["best"], state["best_epoch"] + 1)
+
+
 def report_tuning_metric(metric: str, value: float, step: int) -> bool:
     """Reports ``value`` to Vertex AI hyperparameter tuning when the trial asks for one.
 
@@ -93,7 +115,7 @@ def report_tuning_metric(metric: str, value: float, step: int) -> bool:
     Args:
       metric: the config's name, e.g. ``recall@10``; reported as ``recall_at_10``.
       value: the kept epoch's validation value.
-      step: the global training step it was reached at.
+      step: when it was reached (the kept epoch, counted from 1).
     """
     if not (os.environ.get("CLOUD_ML_HP_METRIC_FILE") or os.environ.get("CLOUD_ML_TRIAL_ID")):
         return False

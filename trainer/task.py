@@ -9,8 +9,9 @@ else ``runs/<preset>``. It receives ``params.yaml`` (the resolved config),
 ``AIP_TENSORBOARD_LOG_DIR`` take the checkpoints and TensorBoard logs, and
 ``AIP_MODEL_DIR`` the export (the serving SavedModel at its top); see
 :mod:`tfrec.vertex`. Config keys are also flags (``--train.epochs 3``, or
-``--epochs 3``: tuning trials pass them so); other unknown flags are refused. Exit code 0 on success; 2 on a user error, with
-one line on stderr (``--debug`` shows the traceback); 130 on Ctrl-C.
+``--epochs 3``: tuning trials pass them so); other unknown flags are refused.
+Exit code 0 on success; 2 on a user error, with one line on stderr (``--debug``
+shows the traceback); 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         job_dir = vertex.on_fuse(args.job_dir) if args.job_dir else default_job_dir(args.preset)
         log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
         aip = vertex.output_dirs()  # Vertex AI's AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
-        tfrec.fit(cfg, job_dir, model_dir=aip.model_dir, checkpoint_dir=aip.checkpoint_dir,
-                  tensorboard_dir=aip.tensorboard_dir)
+        run = tfrec.fit(cfg, job_dir, aip)
+        if run.metrics:  # the chief: a tuning trial gets the kept epoch's validation metric
+            folders = vertex.output_folders(job_dir, aip)
+            vertex.report_kept_epoch(cfg.train.early_stopping_metric, folders.checkpoint_dir)
 
     return run_main(run, args.debug)
 

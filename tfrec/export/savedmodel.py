@@ -161,7 +161,7 @@ def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_em
 
 def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
                index: str | None = None, k: int | None = None, query_embeddings: np.ndarray | None = None,
-               index_params: dict | None = None, export_root: str | Path | None = None) -> list[Path]:
+               index_params: dict | None = None, model_dir: str | Path | None = None) -> list[Path]:
     """Builds every requested index, checks the approximate ones, then publishes one version each.
 
     Args:
@@ -176,12 +176,13 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
       query_embeddings: float32 [n, d] held-out queries for the recall gate
         (default: the test split's queries through the query tower).
       index_params: constructor arguments for the approximate indexes (e.g. nprobe).
-      export_root: where the layout goes instead of ``job_dir/export`` (Vertex AI's ``AIP_MODEL_DIR``).
+      model_dir: Vertex AI's ``AIP_MODEL_DIR``: the layout goes there instead of ``job_dir/export``, and the
+        first version's files also at its top (``saved_model.pb``, where Vertex AI loads a model).
     Returns:
       The published version folders. Raises ExportRefused (exit code 2) if an
       approximate index's recall@10 is below ``export.min_recall``.
     """
-    export_root = Path(export_root) if export_root else Path(job_dir) / "export"
+    export_root = Path(model_dir) if model_dir else Path(job_dir) / "export"
     k = k or cfg.export.k
     if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
         from tfrec.encoders.lora import merge_adapters
@@ -236,6 +237,8 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     # Model folders are those holding a version (AIP_MODEL_DIR also holds a SavedModel's own variables/ etc.).
     layout.write_models_config(export_root, layout.model_names(export_root))
     layout.write_batching_parameters(export_root)
+    if model_dir and published:
+        layout.copy_version_to_top(published[0], model_dir)
     return published
 
 
