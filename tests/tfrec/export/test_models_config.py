@@ -43,7 +43,7 @@ def test_build_md_container_line_runs(tmp_path):
     import shlex
     from pathlib import Path
 
-    build = (Path(__file__).resolve().parents[2] / "BUILD.md").read_text()
+    build = (Path(__file__).resolve().parents[3] / "BUILD.md").read_text()
     line = next(ln for ln in build.splitlines() if " -m tfrec.export.layout " in ln)
     args = shlex.split(line.replace("runs/movielens/export", str(_export(tmp_path / "export"))))
     assert args[:3] == [".venv/bin/python", "-m", "tfrec.export.layout"]
