@@ -5,6 +5,12 @@ Metrics (one target item per query, rank r counted from 1):
 1/log2(r + 1) when r <= k, else 0; ``mrr`` = mean of 1/r.
 Ties are broken against the target (an item scoring exactly the target's
 score ranks before it), so a constant model cannot look good.
+
+Scores are computed in blocks of ``query_chunk`` queries x ``item_chunk``
+items, so memory stays at one block (``[query_chunk, item_chunk]`` float32)
+whatever the catalog size: a rank is a running count of the items that score
+at least the target's score, and :func:`top_k` keeps a running top k per
+query. Neither ever holds a ``[num_queries, num_items]`` matrix.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import tensorflow_recommenders as tfrs
 from tfrec.data.dataset import RetrievalData
 
 log = logging.getLogger("tfrec")
+
+QUERY_CHUNK = 1024
+ITEM_CHUNK = 16384  # a [1024, 16384] float32 block is 64 MB
 
 
 def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, progress: str | None = None
@@ -41,33 +50,135 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
 
 
+def _chunk_exclusions(exclude: list[np.ndarray] | None, start: int, stop: int,
+                      also: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row in the query chunk, item row) pairs to leave out, for queries ``start:stop``.
+
+    ``also`` [stop - start] adds one item per query (the target, when counting ranks).
+    """
+    rows, cols = [], []
+    if exclude is not None:
+        for r, skip in enumerate(exclude[start:stop]):
+            rows.append(np.full(len(skip), r, np.int64))
+            cols.append(np.asarray(skip, np.int64))
+    if also is not None:
+        rows.append(np.arange(stop - start, dtype=np.int64))
+        cols.append(np.asarray(also, np.int64))
+    if not rows:
+        return np.zeros([0], np.int64), np.zeros([0], np.int64)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _item_blocks(queries: tf.Tensor, items: tf.Tensor, rows: np.ndarray, cols: np.ndarray, item_chunk: int):
+    """Yields (first item row, scores float32 [b, c]) per item block, excluded pairs at -inf."""
+    n_items = int(items.shape[0])
+    for c0 in range(0, n_items, item_chunk):
+        c1 = min(c0 + item_chunk, n_items)
+        scores = tf.matmul(queries, items[c0:c1], transpose_b=True)
+        inside = (cols >= c0) & (cols < c1)
+        if inside.any():
+            idx = np.stack([rows[inside], cols[inside] - c0], axis=1)
+            scores = tf.tensor_scatter_nd_update(scores, idx, tf.fill([len(idx)], -np.inf))
+        yield c0, scores
+
+
 def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targets: np.ndarray,
-                 exclude: list[np.ndarray] | None = None, batch_size: int = 1024) -> np.ndarray:
-    """1-based rank of each query's target among all items.
+                 exclude: list[np.ndarray] | None = None, query_chunk: int = QUERY_CHUNK,
+                 item_chunk: int = ITEM_CHUNK) -> np.ndarray:
+    """1-based rank of each query's target among all items, in blocks of queries x items.
+
+    rank = 1 + the number of other, not excluded items scoring at least the
+    target's score (ties count against the target). The target's score comes
+    from the same matmul kernel as the others'; the target itself is never
+    compared, so it always counts once whatever the rounding.
 
     Args:
       query_embeddings: float32 [num_queries, dim].
       item_embeddings: float32 [num_items, dim].
       targets: int [num_queries], the target's row in ``item_embeddings``.
-      exclude: per query, item rows to leave out of the ranking (never the target).
+      exclude: per query, item rows to leave out of the ranking (the target, if listed, is kept).
+      query_chunk, item_chunk: the block size; memory ~ query_chunk * item_chunk floats.
     Returns:
       int64 [num_queries].
     """
     items = tf.constant(item_embeddings, tf.float32)
+    targets = np.asarray(targets, np.int64)
     ranks = []
-    for start in range(0, len(targets), batch_size):
-        q = tf.constant(query_embeddings[start:start + batch_size], tf.float32)
-        scores = tf.matmul(q, items, transpose_b=True).numpy()
-        rows = np.arange(len(scores))
-        t = targets[start:start + batch_size]
-        target_scores = scores[rows, t]
-        if exclude is not None:
-            for r, skip in enumerate(exclude[start:start + batch_size]):
-                skip = skip[skip != t[r]]
-                scores[r, skip] = -np.inf
-        beats = (scores >= target_scores[:, None]).sum(axis=1)  # includes the target itself
-        ranks.append(beats)
-    return np.concatenate(ranks).astype(np.int64)
+    for start in range(0, len(targets), query_chunk):
+        t = targets[start:start + query_chunk]
+        q = tf.constant(query_embeddings[start:start + query_chunk], tf.float32)
+        target_scores = tf.linalg.diag_part(tf.matmul(q, tf.gather(items, t), transpose_b=True))[:, None]
+        rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
+        count = tf.ones([len(t)], tf.int64)
+        for _, scores in _item_blocks(q, items, rows, cols, item_chunk):
+            count += tf.reduce_sum(tf.cast(scores >= target_scores, tf.int64), axis=1)
+        ranks.append(count.numpy())
+    return np.concatenate(ranks) if ranks else np.zeros([0], np.int64)
+
+
+def top_k(query_embeddings: np.ndarray, item_embeddings: np.ndarray, k: int,
+          exclude: list[np.ndarray] | None = None, query_chunk: int = QUERY_CHUNK, item_chunk: int = ITEM_CHUNK
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best items, merged block by block (a running top k).
+
+    Equal scores keep catalog order (the lower row first), as a stable sort of
+    the full row would; excluded items score -inf.
+
+    Args:
+      query_embeddings: float32 [num_queries, dim].
+      item_embeddings: float32 [num_items, dim].
+      k: how many (at most num_items).
+      exclude: per query, item rows to leave out.
+    Returns:
+      (scores float32 [num_queries, k], item rows int64 [num_queries, k]), best first.
+    """
+    items = tf.constant(item_embeddings, tf.float32)
+    k = min(k, int(items.shape[0]))
+    out_scores, out_rows = [], []
+    for start in range(0, len(query_embeddings), query_chunk):
+        q = tf.constant(query_embeddings[start:start + query_chunk], tf.float32)
+        rows, cols = _chunk_exclusions(exclude, start, start + int(q.shape[0]))
+        best_scores = tf.zeros([q.shape[0], 0], tf.float32)
+        best_rows = tf.zeros([q.shape[0], 0], tf.int64)
+        for c0, scores in _item_blocks(q, items, rows, cols, item_chunk):
+            # The running best hold lower rows than the block, so top_k's lower-index-first tie rule keeps
+            # catalog order across blocks.
+            scores = tf.concat([best_scores, scores], axis=1)
+            block_rows = tf.range(c0, c0 + scores.shape[1] - best_rows.shape[1], dtype=tf.int64)
+            candidates = tf.concat([best_rows, tf.broadcast_to(block_rows, [q.shape[0], len(block_rows)])], 1)
+            best_scores, at = tf.math.top_k(scores, k=min(k, int(scores.shape[1])))
+            best_rows = tf.gather(candidates, at, batch_dims=1)
+        out_scores.append(best_scores.numpy())
+        out_rows.append(best_rows.numpy())
+    if not out_scores:
+        return np.zeros([0, k], np.float32), np.zeros([0, k], np.int64)
+    return np.concatenate(out_scores), np.concatenate(out_rows)
+
+
+def ranks_from_item_scores(item_scores: np.ndarray, targets: np.ndarray,
+                           exclude: list[np.ndarray] | None = None) -> np.ndarray:
+    """Ranks when every query shares one score per item (popularity): a sort, not a matmul.
+
+    Same rule as :func:`target_ranks` (ties against the target).
+
+    Args:
+      item_scores: float32 [num_items].
+      targets: int [num_queries].
+      exclude: per query, item rows to leave out (the target, if listed, is kept).
+    Returns:
+      int64 [num_queries].
+    """
+    item_scores = np.asarray(item_scores, np.float32)
+    targets = np.asarray(targets, np.int64)
+    ordered = np.sort(item_scores)
+    target_scores = item_scores[targets]
+    ranks = len(ordered) - np.searchsorted(ordered, target_scores, side="left")  # items >= target, incl. it
+    if exclude is not None:
+        for r, skip in enumerate(exclude):
+            skip = np.asarray(skip, np.int64)
+            skip = skip[skip != targets[r]]
+            ranks[r] -= int(np.count_nonzero(item_scores[skip] >= target_scores[r]))
+    return ranks.astype(np.int64)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
@@ -82,21 +193,41 @@ def metrics_from_ranks(ranks: np.ndarray, ks: list[int]) -> dict[str, float]:
     return out
 
 
-def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool):
+def validation_sample(num_queries: int, max_queries: int | None, seed: int) -> np.ndarray | None:
+    """A fixed, seeded subset of a split's rows (sorted), or None to keep them all.
+
+    Depends only on (num_queries, max_queries, seed), so a restarted run
+    validates on the very same queries.
+    """
+    if not max_queries or num_queries <= max_queries:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_queries, size=max_queries, replace=False))
+
+
+def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool, rows: np.ndarray | None = None):
     examples = getattr(data, split)
-    targets = np.array([data.catalog.position[i] for i in examples.item_id], dtype=np.int64)
+    item_ids = examples.item_id if rows is None else [examples.item_id[i] for i in rows]
+    user_ids = examples.user_id if rows is None else [examples.user_id[i] for i in rows]
+    targets = np.array([data.catalog.position[i] for i in item_ids], dtype=np.int64)
     exclude = None
     if exclude_seen:
         seen = data.seen_items()
         exclude = [np.array([data.catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
-                   for u in examples.user_id]
+                   for u in user_ids]
     return targets, exclude
 
 
 def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarray, data: RetrievalData,
-                        split: str, ks: list[int], exclude_seen: bool = False) -> dict[str, float]:
-    """Metrics of precomputed embeddings on ``split`` ("validation" or "test")."""
-    targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
+                        split: str, ks: list[int], exclude_seen: bool = False,
+                        rows: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of precomputed embeddings on ``split`` ("validation" or "test").
+
+    Args:
+      query_embeddings: float32 [len(split), dim], or [len(rows), dim] with ``rows``.
+      item_embeddings: float32 [num_items, dim].
+      rows: int [n], evaluate only these rows of the split (e.g. :func:`validation_sample`).
+    """
+    targets, exclude = _targets_and_exclusions(data, split, exclude_seen, rows)
     return metrics_from_ranks(target_ranks(query_embeddings, item_embeddings, targets, exclude), ks)
 
 
@@ -107,17 +238,19 @@ def popularity_baseline(data: RetrievalData, split: str, ks: list[int], exclude_
     # Ties between equally popular items are broken by catalog order.
     scores = data.item_counts().astype(np.float64) - np.arange(n) / (2.0 * n)
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
-    q = np.ones([len(targets), 1], np.float32)
-    return metrics_from_ranks(target_ranks(q, scores[:, None].astype(np.float64), targets, exclude), ks)
+    return metrics_from_ranks(ranks_from_item_scores(scores.astype(np.float32), targets, exclude), ks)
 
 
 def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs: int = 10, dim: int = 64,
                           batch_size: int = 256, seed: int = 0, exclude_seen: bool = False,
-                          monitor: str = "recall@10") -> dict:
+                          monitor: str = "recall@10", patience: int | None = None,
+                          validation_rows: np.ndarray | None = None) -> dict:
     """A plain TFRS id-only two-tower (user id -> item id), trained on the same split.
 
-    Treated like the main model: Adam, and the epoch with the best validation
-    ``monitor`` is the one evaluated (id models overfit fast on leave-last).
+    Treated like the main model, and given no more: Adam, the caller's batch
+    size and epoch budget, early stopping after ``patience`` epochs without a
+    better validation ``monitor`` (on ``validation_rows`` of the validation
+    split, all by default), and the best epoch is the one evaluated.
     """
     tf.keras.utils.set_random_seed(seed)
     users = sorted(set(data.train.user_id))
@@ -141,16 +274,24 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     ds = tf.data.Dataset.from_tensor_slices({"user_id": data.train.user_id, "item_id": data.train.item_id})
     ds = ds.shuffle(len(data.train), seed=seed).batch(batch_size).cache()
-    val_users = tf.constant(data.validation.user_id)
+    val_user_ids = data.validation.user_id
+    if validation_rows is not None:
+        val_user_ids = [val_user_ids[i] for i in validation_rows]
+    val_users = tf.constant(val_user_ids)
     eval_users = tf.constant(getattr(data, split).user_id)
-    best, best_value = None, -1.0
+    k = [int(monitor.split("@")[1])]
+    best, best_value, since_best = None, -1.0, 0
     for _ in range(epochs):
         model.fit(ds, epochs=1, verbose=0)
         items = model.item_model(tf.constant(data.catalog.item_ids)).numpy()
-        value = evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", [int(
-            monitor.split("@")[1])], exclude_seen)[monitor]
+        value = evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
+                                    exclude_seen, rows=validation_rows)[monitor]
         if value > best_value:
-            best_value, best = value, (model.user_model(eval_users).numpy(), items)
+            best_value, best, since_best = value, (model.user_model(eval_users).numpy(), items), 0
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                break
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
     return metrics_from_ranks(target_ranks(best[0], best[1], targets, exclude), ks)
 

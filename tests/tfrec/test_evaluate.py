@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from tfrec import evaluate
 
@@ -44,3 +45,68 @@ def test_embed_runs_in_batches_with_a_terminal_only_progress_bar(capsys):
     np.testing.assert_array_equal(out[:, 0], 2.0 * x)
     np.testing.assert_array_equal(out[:, 1], [4] * 8 + [2] * 2)  # batches of 4, never the whole input
     assert "embedding the catalog" not in capsys.readouterr().err  # not a terminal: no bar in the logs
+
+
+def _dense_ranks(q, items, targets, exclude):
+    """The whole [queries, items] matrix at once: the reference the blocked code must equal."""
+    scores = q.astype(np.float32) @ items.astype(np.float32).T
+    target_scores = scores[np.arange(len(targets)), targets]
+    for r, skip in enumerate(exclude or []):
+        scores[r, skip[skip != targets[r]]] = -np.inf
+    return (scores >= target_scores[:, None]).sum(axis=1)
+
+
+def _random_case(seed, n_queries=23, n_items=37, dim=3, ties=True):
+    rng = np.random.default_rng(seed)
+    # Small integers: every dot product is exact in float32, so ties are real ties whatever the summation order.
+    draw = (lambda *s: rng.integers(-1, 2, size=s).astype(np.float32)) if ties else \
+        (lambda *s: rng.normal(size=s).astype(np.float32))
+    q, items = draw(n_queries, dim), draw(n_items, dim)
+    targets = rng.integers(0, n_items, size=n_queries)
+    exclude = [rng.choice(n_items, size=rng.integers(0, 6), replace=False) for _ in range(n_queries)]
+    exclude[0] = np.append(exclude[0], targets[0])  # a listed target stays ranked
+    return q, items, targets, exclude
+
+
+@pytest.mark.parametrize("ties", [True, False])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_blocked_ranks_and_metrics_equal_the_dense_computation(ties, exclude_seen):
+    for seed in range(3):
+        q, items, targets, exclude = _random_case(seed, ties=ties)
+        exclude = exclude if exclude_seen else None
+        dense = _dense_ranks(q, items, targets, exclude)
+        for query_chunk, item_chunk in [(1, 1), (4, 5), (7, 64), (1024, 16384)]:
+            blocked = evaluate.target_ranks(q, items, targets, exclude, query_chunk, item_chunk)
+            assert blocked.tolist() == dense.tolist(), (seed, query_chunk, item_chunk)
+            assert evaluate.metrics_from_ranks(blocked, [1, 5, 10]) == evaluate.metrics_from_ranks(dense, [1, 5, 10])
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_running_top_k_equals_a_stable_sort_of_the_whole_row(exclude_seen):
+    q, items, _, exclude = _random_case(5)
+    exclude = exclude if exclude_seen else None
+    scores = q @ items.T
+    for r, skip in enumerate(exclude or []):
+        scores[r, skip] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")  # equal scores: lower row first
+    for k, item_chunk in [(1, 4), (10, 4), (10, 3), (37, 8), (50, 1000)]:
+        top_scores, top_rows = evaluate.top_k(q, items, k, exclude, query_chunk=6, item_chunk=item_chunk)
+        np.testing.assert_array_equal(top_rows, order[:, :min(k, 37)])
+        np.testing.assert_array_equal(top_scores, np.take_along_axis(scores, order[:, :min(k, 37)], axis=1))
+
+
+def test_popularity_ranks_by_sorting_equal_the_blocked_ranks():
+    _, _, targets, exclude = _random_case(2)
+    scores = np.random.default_rng(0).integers(0, 5, size=37).astype(np.float32)  # many ties
+    ones = np.ones([len(targets), 1], np.float32)
+    for excl in (None, exclude):
+        np.testing.assert_array_equal(evaluate.ranks_from_item_scores(scores, targets, excl),
+                                      evaluate.target_ranks(ones, scores[:, None], targets, excl, 4, 5))
+
+
+def test_validation_sample_is_seeded_sorted_and_all_when_small():
+    a = evaluate.validation_sample(1000, 50, seed=3)
+    assert a.tolist() == evaluate.validation_sample(1000, 50, seed=3).tolist()  # a restart sees the same rows
+    assert len(set(a.tolist())) == 50 and a.tolist() == sorted(a.tolist())
+    assert a.tolist() != evaluate.validation_sample(1000, 50, seed=4).tolist()
+    assert evaluate.validation_sample(40, 50, seed=3) is None and evaluate.validation_sample(40, 0, seed=3) is None
