@@ -1,10 +1,14 @@
-"""A small synthetic catalog and interaction log, generated in code (smoke preset).
+"""Synthetic catalogs and interaction logs, generated in code and fully seeded.
 
-``synthetic://smoke/items.csv`` and ``synthetic://smoke/interactions.csv`` are
-written under ``base_dir/synthetic/smoke/`` on first use. Items belong to one of
-8 genres and have 3-word titles drawn from their genre's words; each query names
-two words of the item it leads to, so a text two-tower can learn it. Fully
-deterministic (seeded).
+* :func:`write_smoke` (the smoke preset): ``synthetic://smoke/items.csv`` and
+  ``synthetic://smoke/interactions.csv``, written under
+  ``base_dir/synthetic/smoke/`` on first use. Items belong to one of 8 genres
+  and have 3-word titles drawn from their genre's words; each query names two
+  words of the item it leads to, so a text two-tower can learn it.
+* :func:`write_shop` (``bench/scale.py``): a shop of any size, vectorised so
+  10^7 interactions take seconds: Zipf-like item popularity inside each
+  category, users with two favourite categories, per-user time-ordered
+  histories, text queries naming words of the item bought.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import random
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 GENRES = {
     "space": "rocket star orbit galaxy comet alien planet moon",
@@ -68,6 +74,74 @@ def write_smoke(folder: str, num_items: int = 160, num_users: int = 60, per_user
     for name in ("items.csv", "interactions.csv"):
         os.replace(tmp / name, Path(folder) / name)
     tmp.rmdir()
+
+
+QUALIFIERS = "red blue black small large cheap new classic best gift".split()
+
+
+def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0, per_user: int = 20,
+               zipf: float = 1.0) -> dict[str, int]:
+    """Writes ``items.csv`` (item_id, title, category) and ``interactions.csv``.
+
+    ``interactions.csv`` holds (user_id, item_id, query, rating, timestamp),
+    rows grouped by user in time order; users have ``per_user`` interactions on
+    average (at least 3, so leave-last keeps one for training). Within a
+    category the item of popularity rank r is bought with probability
+    proportional to 1 / r ** zipf. Returns the counts written.
+    """
+    rng = np.random.default_rng(seed)
+    genres = list(GENRES)
+    words = np.array([GENRES[g].split() for g in genres])  # [8 categories, 8 words]
+    n_cat = len(genres)
+    category = np.arange(num_items) % n_cat  # item i -> category i % 8; rank within it: i // 8
+    title_words = np.stack([rng.permutation(8)[:3] for _ in range(min(num_items, 4096))])
+    title_words = title_words[rng.integers(0, len(title_words), num_items)]  # [num_items, 3] word slots
+    titles = [" ".join(words[c, w]) + f" {i}" for i, (c, w) in enumerate(zip(category, title_words))]
+
+    # Users: sizes from a geometric draw around per_user (>= 3), trimmed to num_interactions exactly.
+    sizes = rng.geometric(1.0 / max(per_user - 2, 1), size=num_interactions // 3 + 1) + 2
+    cut = int(np.searchsorted(np.cumsum(sizes), num_interactions))
+    sizes = sizes[:cut + 1]
+    sizes[-1] -= int(sizes.sum()) - num_interactions
+    if sizes[-1] < 3 and len(sizes) > 1:
+        sizes[-2] += sizes[-1]
+        sizes = sizes[:-1]
+    user = np.repeat(np.arange(len(sizes)), sizes)
+    favourites = rng.integers(0, n_cat, size=(len(sizes), 2))
+    pick = rng.random(num_interactions)
+    cat = np.where(pick < 0.5, favourites[user, 0], np.where(pick < 0.8, favourites[user, 1],
+                                                              rng.integers(0, n_cat, num_interactions)))
+    per_cat = np.bincount(category, minlength=n_cat)  # items in each category
+    # Zipf inside a category: inverse CDF over the largest category's ranks, redrawn where it overshoots.
+    weights = 1.0 / np.arange(1, per_cat.max() + 1) ** zipf
+    cdf = np.cumsum(weights) / weights.sum()
+    rank = np.searchsorted(cdf, rng.random(num_interactions) * cdf[per_cat[cat] - 1])
+    item = cat + n_cat * rank
+    slots = title_words[item]
+    chosen = np.sort(rng.random((num_interactions, 3)).argsort(axis=1)[:, :2], axis=1)
+    query_words = words[cat[:, None], np.take_along_axis(slots, chosen, axis=1)]  # [n, 2]
+    qualifier = rng.integers(0, len(QUALIFIERS) + 1, num_interactions)  # == len: none
+    rating = np.where(np.isin(cat, favourites[user, 0]), 5, rng.integers(1, 5, num_interactions))
+    timestamp = 1_000_000 + np.cumsum(rng.integers(1, 100, num_interactions))  # ascending inside each user
+
+    os.makedirs(folder, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder))
+    with open(tmp / "items.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["item_id", "title", "category"])
+        w.writerows(zip((f"i{i}" for i in range(num_items)), titles, (genres[c] for c in category)))
+    quals = QUALIFIERS + [""]
+    with open(tmp / "interactions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "query", "rating", "timestamp"])
+        w.writerows(zip((f"u{u}" for u in user.tolist()), (f"i{i}" for i in item.tolist()),
+                        (f"{quals[k]} {a} {b}".lstrip() for k, a, b in
+                         zip(qualifier.tolist(), query_words[:, 0].tolist(), query_words[:, 1].tolist())),
+                        rating.tolist(), timestamp.tolist()))
+    for name in ("items.csv", "interactions.csv"):
+        os.replace(tmp / name, Path(folder) / name)
+    tmp.rmdir()
+    return {"items": num_items, "interactions": num_interactions, "users": len(sizes)}
 
 
 def materialize(path: str, base_dir: str | None) -> str:

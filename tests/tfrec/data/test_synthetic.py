@@ -1,0 +1,42 @@
+import csv
+
+import numpy as np
+
+from tfrec import config as config_lib
+from tfrec.data import dataset, synthetic
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_shop_is_seeded_skewed_and_read_by_the_trainer_readers(tmp_path):
+    counts = synthetic.write_shop(str(tmp_path / "a"), num_interactions=3000, num_items=200, seed=1)
+    synthetic.write_shop(str(tmp_path / "b"), num_interactions=3000, num_items=200, seed=1)
+    synthetic.write_shop(str(tmp_path / "c"), num_interactions=3000, num_items=200, seed=2)
+    a = (tmp_path / "a" / "interactions.csv").read_bytes()
+    assert a == (tmp_path / "b" / "interactions.csv").read_bytes()
+    assert a != (tmp_path / "c" / "interactions.csv").read_bytes()
+
+    rows = _rows(tmp_path / "a" / "interactions.csv")
+    items = _rows(tmp_path / "a" / "items.csv")
+    assert len(rows) == 3000 and len(items) == 200 == counts["items"]
+    per_user = {}
+    for r in rows:
+        per_user.setdefault(r["user_id"], []).append(int(r["timestamp"]))
+    assert len(per_user) == counts["users"] and min(len(t) for t in per_user.values()) >= 3
+    assert all(t == sorted(t) for t in per_user.values())  # histories in time order
+    # Zipf-like: the most bought item sells far more than the median one.
+    sold = np.sort(np.bincount([int(r["item_id"][1:]) for r in rows], minlength=200))[::-1]
+    assert sold[0] > 10 * max(sold[100], 1)
+    # The query names words of the item's title (so text towers have something to learn).
+    title = {i["item_id"]: set(i["title"].split()) for i in items}
+    assert all(len(set(r["query"].split()) & title[r["item_id"]]) == 2 for r in rows[:200])
+
+    cfg = config_lib.build("smoke", None, [f"data.interactions.path={tmp_path}/a/interactions.csv",
+                                           f"data.items.path={tmp_path}/a/items.csv",
+                                           "data.items.categorical_columns=[category]",
+                                           "data.items.text_columns=[title, category]"])
+    data = dataset.load(cfg.data)
+    assert data.counts["items"] == 200 and data.num_train + len(data.validation) + len(data.test) == 3000
