@@ -1,0 +1,227 @@
+"""How each stage's cost grows with the data: the real trainer on synthetic shops of growing size.
+
+    nice -n 5 .venv/bin/python bench/scale.py [--sizes 1e5x1e4,1e6x1e5] [--large] [--out DIR]
+
+For each size (interactions x items) a seeded shop is generated
+(:func:`tfrec.data.synthetic.write_shop`: Zipf-like popularity, titles and
+categories, text queries, per-user histories; cached under ``--out``) and
+``python -m trainer.task`` runs on it as a user would: the smoke preset with a
+frozen tiny random BERT (``random://tiny``, so the framework's own cost shows,
+not BERT's), one epoch, batch 1024, every baseline, the index and the export.
+``--large`` adds 10^7 interactions x 10^6 items.
+
+Each run writes ``timings.json`` (:mod:`tfrec.timings`: wall time and peak RSS
+per stage: read, encode, train per epoch, validation, evaluate, each
+baseline, index, export); a trainer without it is timed from its log lines
+(one-second resolution). The script prints one table row per size and stage
+(seconds, examples/s, peak RSS MB, share of the run), then each stage's growth
+exponent: the least-squares slope of log(seconds) on log(interactions) over
+the sizes (1 = linear; items grow with interactions here). It writes all of it
+to ``--out/scale.json`` and ``--out/scale.png`` when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_SIZES = "1e5x1e4,1e6x1e5"
+LARGE_SIZES = "1e7x1e6"
+STAGES = ["read", "encode", "train", "validation", "evaluate", "baseline:popularity", "baseline:id_two_tower",
+          "index", "export"]
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1e5x1e4,1e6x1e5"`` -> [(100000, 10000), (1000000, 100000)]."""
+    sizes = []
+    for part in filter(None, text.split(",")):
+        n, _, items = part.partition("x")
+        sizes.append((int(float(n)), int(float(items))))
+    return sizes
+
+
+def make_shop(root: Path, interactions: int, items: int, seed: int) -> Path:
+    """The shop's folder, generated once per (size, seed)."""
+    from tfrec.data import synthetic
+
+    folder = root / "data" / f"shop-{interactions}x{items}-seed{seed}"
+    if not (folder / "interactions.csv").exists():
+        started = time.time()
+        counts = synthetic.write_shop(str(folder), interactions, items, seed=seed)
+        print(f"generated {folder} ({counts['users']} users) in {time.time() - started:.0f}s", flush=True)
+    return folder
+
+
+def trainer_command(shop: Path, job: Path, batch_size: int, extra: list[str]) -> list[str]:
+    sets = [f"data.interactions.path={shop / 'interactions.csv'}", f"data.items.path={shop / 'items.csv'}",
+            "data.items.text_columns=[title, category]", "data.items.categorical_columns=[category]",
+            "model.query_encoder.checkpoint=random://tiny", "model.query_encoder.trainable_layers=0",
+            "model.embedding_dim=64", "model.hidden_units=[64]", "model.item_id_embedding_dim=16",
+            "train.epochs=1", f"train.batch_size={batch_size}", "train.learning_rate=0.001",
+            "eval.ks=[10, 100]", "eval.id_two_tower_epochs=1", "export.k=100", *extra]
+    cmd = [sys.executable, "-m", "trainer.task", "--preset", "smoke", "--job-dir", str(job)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def run_trainer(cmd: list[str], log_path: Path) -> tuple[float, float, int]:
+    """Runs the trainer; returns (wall seconds, peak RSS MB of the child, exit code)."""
+    started = time.time()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(cmd, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return time.time() - started, usage.ru_maxrss / 1024.0, child.returncode
+
+
+def _log_times(log_path: Path) -> list[tuple[float, str]]:
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = re.match(r"^(\d\d):(\d\d):(\d\d) (.*)$", line)
+        if m:
+            out.append((int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]), m[4]))
+    return out
+
+
+def timings_from_log(log_path: Path) -> dict:
+    """Stage seconds from the log's time stamps, for a trainer that writes no timings.json (coarse)."""
+    lines = _log_times(log_path)
+    if not lines:
+        return {"stages": {}}
+
+    def first(prefix: str) -> float | None:
+        return next((t for t, msg in lines if msg.startswith(prefix)), None)
+
+    marks = [("read", first("strategy:"), first("data:")), ("encode", first("data:"), first("train:")),
+             ("train", first("train:"), first("train: kept")), ("evaluate", first("train: kept"), first("eval: wrote")),
+             ("export", first("eval: wrote"), first("done in"))]
+    stages = {name: {"seconds": float(b - a), "calls": 1} for name, a, b in marks if a is not None and b is not None}
+    return {"stages": stages, "source": "log"}
+
+
+def examples_for(stage: str, counts: dict) -> int | None:
+    """How many examples a stage processes (when timings.json does not say)."""
+    return {"read": counts.get("interactions"), "train": counts.get("train"), "index": counts.get("items"),
+            "export": counts.get("items"), "evaluate": counts.get("test")}.get(stage)
+
+
+def rows_for_run(interactions: int, items: int, timings: dict, wall: float, peak_mb: float, counts: dict) -> list:
+    rows = []
+    total = sum(v["seconds"] for k, v in timings["stages"].items() if k != "validation") or wall
+    for stage, v in timings["stages"].items():
+        calls = max(v.get("calls", 1), 1)
+        seconds = v["seconds"] / calls if stage in ("train", "validation") else v["seconds"]  # per epoch
+        n = v.get("examples")
+        n = n / calls if n is not None and stage in ("train", "validation") else n
+        if n is None:
+            n = examples_for(stage, counts)
+        rows.append({"interactions": interactions, "items": items, "stage": stage, "seconds": round(seconds, 2),
+                     "examples_per_s": round(n / seconds, 1) if n and seconds > 0 else None,
+                     "peak_rss_mb": v.get("peak_rss_mb"), "share": round(v["seconds"] / total, 3) if total else None,
+                     "note": v.get("note")})
+    rows.append({"interactions": interactions, "items": items, "stage": "total", "seconds": round(wall, 1),
+                 "examples_per_s": round(interactions / wall, 1), "peak_rss_mb": round(peak_mb, 1), "share": 1.0,
+                 "note": None})
+    return rows
+
+
+def growth_exponents(rows: list[dict]) -> dict[str, float]:
+    """Per stage: the least-squares slope of log(seconds) on log(interactions) (needs two sizes)."""
+    out = {}
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        pts = [(math.log(r["interactions"]), math.log(r["seconds"])) for r in rows
+               if r["stage"] == stage and r["seconds"] and r["seconds"] > 0]
+        if len({x for x, _ in pts}) < 2:
+            continue
+        mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+        out[stage] = round(sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts), 2)
+    return out
+
+
+def format_table(rows: list[dict], exponents: dict[str, float]) -> str:
+    head = f"{'interactions':>12} {'items':>8}  {'stage':<22} {'seconds':>9} {'examples/s':>11} {'peak MB':>8} {'share':>6}"
+    lines = [head]
+    for r in rows:
+        eps = f"{r['examples_per_s']:,.0f}" if r["examples_per_s"] else "-"
+        rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "-"
+        note = f"  ({r['note']})" if r.get("note") else ""
+        lines.append(f"{r['interactions']:>12,} {r['items']:>8,}  {r['stage']:<22} {r['seconds']:>9.2f} {eps:>11} "
+                     f"{rss:>8} {100 * (r['share'] or 0):>5.0f}%{note}")
+    if exponents:
+        lines.append("growth exponent (slope of log seconds on log interactions): "
+                     + ", ".join(f"{k}={v:.2f}" for k, v in exponents.items()))
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        pts = [(r["interactions"], r["seconds"]) for r in rows if r["stage"] == stage and r["seconds"]]
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=stage)
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="interactions x items, comma separated")
+    parser.add_argument("--large", action="store_true", help=f"also run {LARGE_SIZES}")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join("/tmp", "tfrec-scale"))
+    parser.add_argument("--set", action="append", default=[], help="extra trainer override, repeatable")
+    args = parser.parse_args(argv)
+    sizes = parse_sizes(args.sizes + ("," + LARGE_SIZES if args.large else ""))
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, runs = [], []
+    for interactions, items in sizes:
+        shop = make_shop(root, interactions, items, args.seed)
+        job = root / "jobs" / f"{interactions}x{items}"
+        shutil.rmtree(job, ignore_errors=True)  # a fresh run: nothing resumed, nothing cached
+        log_path = root / f"run-{interactions}x{items}.log"
+        wall, peak_mb, code = run_trainer(trainer_command(shop, job, args.batch_size, args.set), log_path)
+        if code != 0:
+            print(f"trainer failed at {interactions}x{items} (exit {code}); see {log_path}", file=sys.stderr)
+            return 1
+        timings_path = job / "timings.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.exists() else timings_from_log(log_path)
+        counts = json.loads((job / "eval.json").read_text())["data"]["counts"]
+        counts["interactions"] = interactions
+        rows += rows_for_run(interactions, items, timings, wall, peak_mb, counts)
+        runs.append({"interactions": interactions, "items": items, "wall_seconds": round(wall, 1),
+                     "peak_rss_mb": round(peak_mb, 1), "counts": counts, "timings": timings, "log": str(log_path)})
+        print(f"ran {interactions:,} x {items:,}: {wall:.0f}s, peak RSS {peak_mb:.0f} MB", flush=True)
+    exponents = growth_exponents(rows)
+    print("\n" + format_table(rows, exponents), flush=True)
+    (root / "scale.json").write_text(json.dumps({"rows": rows, "growth_exponents": exponents, "runs": runs},
+                                                indent=2))
+    print(f"wrote {root / 'scale.json'}" + (f" and {root / 'scale.png'}" if plot(rows, root / "scale.png") else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Where a run's time and memory went: wall time and peak RSS per named stage.
+
+Stages are ``read``, ``encode``, ``train`` (one call per epoch), ``validation``
+(one call per epoch, inside ``train``), ``evaluate``, ``baseline:<name>``,
+``index`` and ``export``. A stage entered twice adds up its seconds and counts
+its calls. Written as ``timings.json`` beside ``eval.json``::
+
+    {"stages": {"read": {"seconds": 12.1, "calls": 1, "peak_rss_mb": 812.0, "examples": 1000000}, ...},
+     "total_seconds": 230.4, "peak_rss_mb": 2210.0}
+
+Peak RSS per stage: on Linux the kernel's high-water mark (``VmHWM``) is reset
+when a stage starts (``/proc/self/clear_refs``) and read when it ends, so each
+stage reports its own peak; elsewhere every stage reports the process peak so far.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _read_hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _process_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+class StageTimes:
+    """Collects per-stage wall time and peak RSS for one run (see the module docstring)."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+        self.started = time.time()
+        self._open: list[str] = []
+        self._peak_mb = 0.0
+
+    def _fold_peak(self) -> None:
+        """Charges the high-water mark so far to every open stage (before a reset loses it)."""
+        hwm = _read_hwm_mb()
+        peak = hwm if hwm is not None else _process_peak_mb()
+        self._peak_mb = max(self._peak_mb, peak)
+        for name in self._open:
+            self.stages[name]["peak_rss_mb"] = max(self.stages[name]["peak_rss_mb"], round(peak, 1))
+
+    @contextmanager
+    def stage(self, name: str, examples: int | None = None):
+        """Times the body as stage ``name``; ``examples`` (how many it processed) gives examples/s."""
+        entry = self.stages.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_rss_mb": 0.0})
+        self._fold_peak()
+        self._open.append(name)
+        _reset_hwm()
+        start = time.perf_counter()
+        try:
+            yield entry
+        finally:
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - start, 3)
+            entry["calls"] += 1
+            if examples is not None:
+                entry["examples"] = entry.get("examples", 0) + int(examples)
+            self._fold_peak()
+            self._open.remove(name)
+
+    def record(self, name: str, seconds: float, note: str | None = None) -> None:
+        """Adds a stage measured elsewhere (e.g. reused from a cache: ``note="cached"``)."""
+        entry = self.stages.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_rss_mb": 0.0})
+        entry["seconds"] = round(entry["seconds"] + seconds, 3)
+        entry["calls"] += 1
+        if note:
+            entry["note"] = note
+
+    def to_dict(self) -> dict:
+        self._fold_peak()
+        return {"stages": self.stages, "total_seconds": round(time.time() - self.started, 3),
+                "peak_rss_mb": round(max(self._peak_mb, _process_peak_mb()), 1)}
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def summary(self) -> str:
+        """One line: each top-level stage's share of the run, largest first, and the peak RSS."""
+        report = self.to_dict()
+        total = max(report["total_seconds"], 1e-9)
+        inside_train = {"validation"}  # timed within train's epochs: not counted twice
+        parts = sorted(((v["seconds"], k) for k, v in self.stages.items() if k not in inside_train), reverse=True)
+        shares = ", ".join(f"{k} {100 * s / total:.0f}% ({s:.0f}s)" for s, k in parts if s >= 0.5)
+        return f"time: {shares or 'nothing timed'} of {total:.0f}s; peak RSS {report['peak_rss_mb']:.0f} MB"
