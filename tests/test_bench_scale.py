@@ -1,0 +1,35 @@
+"""bench/scale.py's table arithmetic (the end-to-end runs are the benchmark itself, not a test)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
+scale = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scale)
+
+
+def test_growth_exponent_is_the_log_log_slope():
+    rows = [{"interactions": n, "stage": "train", "seconds": 2e-3 * n} for n in (1e5, 1e6, 1e7)]
+    rows += [{"interactions": n, "stage": "evaluate", "seconds": 1e-9 * n * n} for n in (1e5, 1e6)]
+    rows += [{"interactions": 1e5, "stage": "index", "seconds": 1.0}]  # one size: no slope
+    assert scale.growth_exponents(rows) == {"train": 1.0, "evaluate": 2.0}
+
+
+def test_rows_read_timings_per_epoch_and_shares():
+    timings = {"stages": {"read": {"seconds": 10.0, "calls": 1, "peak_rss_mb": 500.0, "examples": 1000},
+                          "train": {"seconds": 60.0, "calls": 2, "peak_rss_mb": 900.0, "examples": 4000},
+                          "validation": {"seconds": 4.0, "calls": 2, "peak_rss_mb": 800.0},
+                          "evaluate": {"seconds": 30.0, "calls": 1, "peak_rss_mb": 700.0}}}
+    rows = {r["stage"]: r for r in scale.rows_for_run(1000, 100, timings, 101.0, 950.0, {"test": 300})}
+    assert rows["train"]["seconds"] == 30.0 and rows["train"]["examples_per_s"] == round(2000 / 30.0, 1)  # per epoch
+    assert rows["evaluate"]["examples_per_s"] == 10.0  # from the test count
+    assert math.isclose(rows["train"]["share"], 0.6) and math.isclose(rows["read"]["share"], 0.1)
+    assert rows["total"]["peak_rss_mb"] == 950.0
+    text = scale.format_table(list(rows.values()), {"train": 1.02})
+    assert "train=1.02" in text and len(text.splitlines()) == 7
+
+
+def test_sizes_parse():
+    assert scale.parse_sizes("1e5x1e4,1e6x1e5") == [(100000, 10000), (1000000, 100000)]

@@ -1,0 +1,25 @@
+import json
+import time
+
+from tfrec.timings import StageTimes
+
+
+def test_stages_add_up_calls_keep_their_own_peak_and_write_json(tmp_path):
+    times = StageTimes()
+    with times.stage("read", examples=100):
+        big = bytearray(200 * 1024 * 1024)
+        big[::4096] = b"x" * len(big[::4096])  # touch every page: 200 MB resident
+        del big
+    for _ in range(2):
+        with times.stage("train", examples=10):
+            time.sleep(0.05)
+    times.record("encode", 3.0, note="cached")
+    times.write(tmp_path / "timings.json")
+    out = json.loads((tmp_path / "timings.json").read_text())
+    read, train = out["stages"]["read"], out["stages"]["train"]
+    assert train["calls"] == 2 and train["examples"] == 20 and train["seconds"] >= 0.1
+    assert read["peak_rss_mb"] >= 200 + train["peak_rss_mb"] * 0.5  # read's 200 MB is not charged to train
+    assert out["stages"]["encode"] == {"seconds": 3.0, "calls": 1, "peak_rss_mb": 0.0, "note": "cached"}
+    assert out["peak_rss_mb"] >= read["peak_rss_mb"]
+    line = times.summary()
+    assert line.startswith("time: ") and "read" in line and "encode" in line and line.endswith(" MB")
