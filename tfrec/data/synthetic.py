@@ -8,7 +8,7 @@
 * :func:`write_shop` (``bench/scale.py``): a shop of any size, vectorised so
   10^7 interactions take seconds: Zipf-like item popularity inside each
   category, users with two favourite categories, per-user time-ordered
-  histories, text queries naming words of the item bought.
+  histories, text queries naming words (and 40% the number) of the item bought.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0
     chosen = np.sort(rng.random((num_interactions, 3)).argsort(axis=1)[:, :2], axis=1)
     query_words = words[cat[:, None], np.take_along_axis(slots, chosen, axis=1)]  # [n, 2]
     qualifier = rng.integers(0, len(QUALIFIERS) + 1, num_interactions)  # == len: none
+    # Some shoppers type the item's number (a model number), so distinct queries grow with the catalog.
+    numbered = rng.random(num_interactions) < 0.4
     rating = np.where(np.isin(cat, favourites[user, 0]), 5, rng.integers(1, 5, num_interactions))
     timestamp = 1_000_000 + np.cumsum(rng.integers(1, 100, num_interactions))  # ascending inside each user
 
@@ -135,8 +137,9 @@ def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "query", "rating", "timestamp"])
         w.writerows(zip((f"u{u}" for u in user.tolist()), (f"i{i}" for i in item.tolist()),
-                        (f"{quals[k]} {a} {b}".lstrip() for k, a, b in
-                         zip(qualifier.tolist(), query_words[:, 0].tolist(), query_words[:, 1].tolist())),
+                        (f"{quals[k]} {a} {b}".lstrip() + (f" {i}" if num else "") for k, a, b, i, num in
+                         zip(qualifier.tolist(), query_words[:, 0].tolist(), query_words[:, 1].tolist(),
+                             item.tolist(), numbered.tolist())),
                         rating.tolist(), timestamp.tolist()))
     for name in ("items.csv", "interactions.csv"):
         os.replace(tmp / name, Path(folder) / name)
