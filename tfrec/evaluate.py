@@ -16,6 +16,8 @@ query. Neither ever holds a ``[num_queries, num_items]`` matrix.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -294,6 +296,69 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
                 break
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
     return metrics_from_ranks(target_ranks(best[0], best[1], targets, exclude), ks)
+
+
+@dataclass
+class BaselineBudget:
+    """What every baseline is given: the model's own split, batch size and epoch budget, never more.
+
+    Attributes:
+      ks: the cut-offs of the metrics.
+      exclude_seen: leave each user's training items out of the ranking.
+      batch_size, epochs, patience: the model's ``train.batch_size``, ``train.epochs`` and
+        ``train.early_stopping_patience``.
+      monitor: the early-stopping metric (``recall@10``), on ``validation_rows`` of the validation split.
+      seed: the run's seed.
+      validation_rows: int [n] (:func:`validation_sample`), or None for every validation query.
+    """
+
+    ks: list[int]
+    exclude_seen: bool = False
+    batch_size: int = 256
+    epochs: int = 10
+    patience: int | None = None
+    monitor: str = "recall@10"
+    seed: int = 0
+    validation_rows: np.ndarray | None = None
+
+
+@dataclass
+class Baseline:
+    """A named baseline: ``run(data, split, budget) -> metrics`` and what it needs from the data.
+
+    ``needs_users``: a user id column; ``needs_in_memory``: the training
+    interactions in memory (not streamed). :func:`unavailable` says why one cannot run.
+    """
+
+    run: Callable[[RetrievalData, str, BaselineBudget], dict]
+    needs_users: bool = False
+    needs_in_memory: bool = False
+
+
+def _popularity(data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    return popularity_baseline(data, split, budget.ks, budget.exclude_seen)
+
+
+def _id_two_tower(data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    return id_two_tower_baseline(data, split, budget.ks, epochs=budget.epochs, batch_size=budget.batch_size,
+                                 seed=budget.seed, exclude_seen=budget.exclude_seen, monitor=budget.monitor,
+                                 patience=budget.patience, validation_rows=budget.validation_rows)
+
+
+# ``eval.baselines`` names these; a new baseline is one entry here.
+BASELINES: dict[str, Baseline] = {
+    "popularity": Baseline(_popularity),
+    "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
+}
+
+
+def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str | None:
+    """Why ``baseline`` cannot run on ``data`` (one phrase for the log), or None when it can."""
+    if baseline.needs_users and not has_users:
+        return "it needs data.interactions.user_id_column"
+    if baseline.needs_in_memory and data.stream is not None:
+        return "it trains on the training interactions in memory; these were streamed"
+    return None
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

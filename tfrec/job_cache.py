@@ -1,0 +1,105 @@
+"""What a rerun of the same command takes from the job dir instead of computing it again.
+
+    JOB_DIR/cache/encodings/<role>-<key>.npy    a frozen encoder's outputs, float32 [distinct texts, hidden]
+    JOB_DIR/cache/baselines/<name>-<key>.json   a finished baseline's metrics
+
+The key hashes everything the result depends on (the encoder's config and
+seed and the exact texts; the data config, counts and the baseline's budget),
+so a changed config or data set computes afresh instead of reusing a stale
+result. Files are written under a temporary name and renamed, so a run killed
+mid-write leaves nothing half-written behind; a file that cannot be read is
+computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("tfrec")
+
+
+def digest(identity: Any, texts: list[str] | None = None) -> str:
+    """A short hex key of a JSON-able ``identity`` (and, if given, every text in order)."""
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    if texts is not None:
+        h.update(len(texts).to_bytes(8, "little"))
+        for t in texts:
+            h.update(t.encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class JobCache:
+    """Encodings and baseline results kept under ``job_dir/cache`` (see the module docstring).
+
+    Args:
+      job_dir: the run's folder.
+      enabled: False computes everything and keeps nothing (e.g. a non-chief worker).
+    """
+
+    def __init__(self, job_dir: str | os.PathLike, enabled: bool = True):
+        self.root = Path(job_dir) / "cache"
+        self.enabled = enabled
+
+    def encoder(self, role: str, encode: Callable[..., np.ndarray], identity: Any) -> Callable[..., np.ndarray]:
+        """``encode`` (list[str] -> float32 [n, hidden]) that reuses an earlier run's outputs for the same texts.
+
+        Args:
+          role: ``"query"`` or ``"item"`` (the file name and the log line).
+          encode: the frozen encoder's ``encode_texts``.
+          identity: what makes the encoder's outputs what they are (its config and seed).
+        """
+
+        def cached_encode(texts: list[str], progress: str | None = None) -> np.ndarray:
+            path = self.root / "encodings" / f"{role}-{digest(identity, texts)}.npy"
+            if self.enabled and path.is_file():
+                try:
+                    matrix = np.load(path)
+                    if matrix.shape[0] == len(texts):
+                        log.info("cache: reused %d %s encodings from %s", len(texts), role, path)
+                        return matrix
+                except (OSError, ValueError):
+                    pass  # unreadable: encode again
+            matrix = encode(texts, progress=progress) if progress else encode(texts)
+            if self.enabled:
+                _atomic_write(path, lambda f: np.save(f, matrix), "wb")
+            return matrix
+
+        return cached_encode
+
+    def baseline(self, name: str, identity: Any, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """A baseline's metrics: from an earlier run with the same ``identity``, else ``compute()`` (kept).
+
+        Returns:
+          (metrics, reused).
+        """
+        path = self.root / "baselines" / f"{name}-{digest(identity)}.json"
+        if self.enabled and path.is_file():
+            try:
+                return json.loads(path.read_text()), True
+            except (OSError, ValueError):
+                pass
+        metrics = compute()
+        if self.enabled:
+            _atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2)), "w")
+        return metrics, False
