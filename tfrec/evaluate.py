@@ -84,15 +84,30 @@ def _item_blocks(queries: tf.Tensor, items: tf.Tensor, rows: np.ndarray, cols: n
         yield c0, scores
 
 
+@tf.function(reduce_retracing=True)
+def _count_block(queries: tf.Tensor, block: tf.Tensor, target_scores: tf.Tensor, pairs: tf.Tensor):
+    """Per query, how many items of ``block`` score >= its target's score; and the scores at ``pairs``.
+
+    Args:
+      queries: float32 [b, d]; block: float32 [c, d]; target_scores: float32 [b, 1];
+      pairs: int32 [p, 2], (query row, block column) pairs whose scores are returned.
+    Returns:
+      (int32 [b], float32 [p]).
+    """
+    scores = tf.matmul(queries, block, transpose_b=True)  # [b, c]: the only block in memory
+    return tf.reduce_sum(tf.cast(scores >= target_scores, tf.int32), axis=1), tf.gather_nd(scores, pairs)
+
+
 def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targets: np.ndarray,
                  exclude: list[np.ndarray] | None = None, query_chunk: int = QUERY_CHUNK,
                  item_chunk: int = ITEM_CHUNK) -> np.ndarray:
     """1-based rank of each query's target among all items, in blocks of queries x items.
 
     rank = 1 + the number of other, not excluded items scoring at least the
-    target's score (ties count against the target). The target's score comes
-    from the same matmul kernel as the others'; the target itself is never
-    compared, so it always counts once whatever the rounding.
+    target's score (ties count against the target). Each block counts all its
+    items, then the target and the excluded items are taken back out using
+    their scores from that same block; so the target always counts exactly
+    once, whatever the rounding.
 
     Args:
       query_embeddings: float32 [num_queries, dim].
@@ -104,6 +119,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
       int64 [num_queries].
     """
     items = tf.constant(item_embeddings, tf.float32)
+    n_items = int(items.shape[0])
     targets = np.asarray(targets, np.int64)
     ranks = []
     for start in range(0, len(targets), query_chunk):
@@ -111,10 +127,20 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
         q = tf.constant(query_embeddings[start:start + query_chunk], tf.float32)
         target_scores = tf.linalg.diag_part(tf.matmul(q, tf.gather(items, t), transpose_b=True))[:, None]
         rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
-        count = tf.ones([len(t)], tf.int64)
-        for _, scores in _item_blocks(q, items, rows, cols, item_chunk):
-            count += tf.reduce_sum(tf.cast(scores >= target_scores, tf.int64), axis=1)
-        ranks.append(count.numpy())
+        if exclude is not None:  # a listed target is the "also" entry already: drop its duplicate
+            keep = np.ones(len(rows), bool)
+            keep[:len(rows) - len(t)] = cols[:len(rows) - len(t)] != t[rows[:len(rows) - len(t)]]
+            rows, cols = rows[keep], cols[keep]
+        count = np.ones(len(t), np.int64)
+        threshold = target_scores.numpy()[:, 0]
+        for c0 in range(0, n_items, item_chunk):
+            c1 = min(c0 + item_chunk, n_items)
+            inside = (cols >= c0) & (cols < c1)
+            pairs = np.stack([rows[inside], cols[inside] - c0], axis=1).astype(np.int32)
+            counted, picked = _count_block(q, items[c0:c1], target_scores, tf.constant(pairs.reshape(-1, 2)))
+            count += counted.numpy()
+            np.subtract.at(count, rows[inside], picked.numpy() >= threshold[rows[inside]])
+        ranks.append(count)
     return np.concatenate(ranks) if ranks else np.zeros([0], np.int64)
 
 
