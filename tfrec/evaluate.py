@@ -15,13 +15,11 @@ query. Neither ever holds a ``[num_queries, num_items]`` matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from tfrec.data.dataset import RetrievalData
 
@@ -232,31 +230,33 @@ def validation_sample(num_queries: int, max_queries: int | None, seed: int) -> n
     return np.sort(np.random.default_rng(seed).choice(num_queries, size=max_queries, replace=False))
 
 
-def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool, rows: np.ndarray | None = None):
+def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool):
     examples = getattr(data, split)
-    item_ids = examples.item_id if rows is None else [examples.item_id[i] for i in rows]
-    user_ids = examples.user_id if rows is None else [examples.user_id[i] for i in rows]
-    targets = np.array([data.catalog.position[i] for i in item_ids], dtype=np.int64)
+    targets = np.array([data.catalog.position[i] for i in examples.item_id], dtype=np.int64)
     exclude = None
     if exclude_seen:
         seen = data.seen_items()
         exclude = [np.array([data.catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
-                   for u in user_ids]
+                   for u in examples.user_id]
     return targets, exclude
 
 
 def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarray, data: RetrievalData,
-                        split: str, ks: list[int], exclude_seen: bool = False,
-                        rows: np.ndarray | None = None) -> dict[str, float]:
+                        split: str, ks: list[int], exclude_seen: bool = False) -> dict[str, float]:
     """Metrics of precomputed embeddings on ``split`` ("validation" or "test").
 
     Args:
-      query_embeddings: float32 [len(split), dim], or [len(rows), dim] with ``rows``.
+      query_embeddings: float32 [len(split), dim].
       item_embeddings: float32 [num_items, dim].
-      rows: int [n], evaluate only these rows of the split (e.g. :func:`validation_sample`).
     """
-    targets, exclude = _targets_and_exclusions(data, split, exclude_seen, rows)
+    targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
     return metrics_from_ranks(target_ranks(query_embeddings, item_embeddings, targets, exclude), ks)
+
+
+def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed: int) -> RetrievalData:
+    """``data`` with ``split`` cut to :func:`validation_sample`'s rows (the same object when it is small enough)."""
+    rows = validation_sample(len(getattr(data, split)), max_queries, seed)
+    return data if rows is None else dataclasses.replace(data, **{split: getattr(data, split).take(rows)})
 
 
 # ----------------------------------------------------------------- baselines
@@ -269,124 +269,6 @@ def popularity_baseline(data: RetrievalData, split: str, ks: list[int], exclude_
     return metrics_from_ranks(ranks_from_item_scores(scores.astype(np.float32), targets, exclude), ks)
 
 
-def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs: int = 10, dim: int = 64,
-                          batch_size: int = 256, seed: int = 0, exclude_seen: bool = False,
-                          monitor: str = "recall@10", patience: int | None = None,
-                          validation_rows: np.ndarray | None = None) -> dict:
-    """A plain TFRS id-only two-tower (user id -> item id), trained on the same split.
-
-    Treated like the main model, and given no more: Adam, the caller's batch
-    size and epoch budget, early stopping after ``patience`` epochs without a
-    better validation ``monitor`` (on ``validation_rows`` of the validation
-    split, all by default), and the best epoch is the one evaluated.
-    """
-    tf.keras.utils.set_random_seed(seed)
-    users = sorted(set(data.train.user_id))
-    lookup = tf.keras.layers.StringLookup
-    user_model = tf.keras.Sequential([lookup(vocabulary=users, mask_token=None),
-                                      tf.keras.layers.Embedding(len(users) + 1, dim)])
-    item_model = tf.keras.Sequential([lookup(vocabulary=data.catalog.item_ids, mask_token=None),
-                                      tf.keras.layers.Embedding(len(data.catalog) + 1, dim)])
-
-    class IdTwoTower(tfrs.Model):
-        def __init__(self):
-            super().__init__()
-            self.user_model, self.item_model = user_model, item_model
-            self.task = tfrs.tasks.Retrieval()
-
-        def compute_loss(self, features, training=False):
-            return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]),
-                             compute_metrics=False)
-
-    model = IdTwoTower()
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
-    ds = tf.data.Dataset.from_tensor_slices({"user_id": data.train.user_id, "item_id": data.train.item_id})
-    ds = ds.shuffle(len(data.train), seed=seed).batch(batch_size).cache()
-    val_user_ids = data.validation.user_id
-    if validation_rows is not None:
-        val_user_ids = [val_user_ids[i] for i in validation_rows]
-    val_users = tf.constant(val_user_ids)
-    eval_users = tf.constant(getattr(data, split).user_id)
-    k = [int(monitor.split("@")[1])]
-    best, best_value, since_best = None, -1.0, 0
-    for _ in range(epochs):
-        model.fit(ds, epochs=1, verbose=0)
-        items = model.item_model(tf.constant(data.catalog.item_ids)).numpy()
-        value = evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
-                                    exclude_seen, rows=validation_rows)[monitor]
-        if value > best_value:
-            best_value, best, since_best = value, (model.user_model(eval_users).numpy(), items), 0
-        else:
-            since_best += 1
-            if patience is not None and since_best >= patience:
-                break
-    targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
-    return metrics_from_ranks(target_ranks(best[0], best[1], targets, exclude), ks)
-
-
-@dataclass
-class BaselineBudget:
-    """What every baseline is given: the model's own split, batch size and epoch budget, never more.
-
-    Attributes:
-      ks: the cut-offs of the metrics.
-      exclude_seen: leave each user's training items out of the ranking.
-      batch_size, epochs, patience: the model's ``train.batch_size``, ``train.epochs`` and
-        ``train.early_stopping_patience``.
-      monitor: the early-stopping metric (``recall@10``), on ``validation_rows`` of the validation split.
-      seed: the run's seed.
-      validation_rows: int [n] (:func:`validation_sample`), or None for every validation query.
-    """
-
-    ks: list[int]
-    exclude_seen: bool = False
-    batch_size: int = 256
-    epochs: int = 10
-    patience: int | None = None
-    monitor: str = "recall@10"
-    seed: int = 0
-    validation_rows: np.ndarray | None = None
-
-
-@dataclass
-class Baseline:
-    """A named baseline: ``run(data, split, budget) -> metrics`` and what it needs from the data.
-
-    ``needs_users``: a user id column; ``needs_in_memory``: the training
-    interactions in memory (not streamed). :func:`unavailable` says why one cannot run.
-    """
-
-    run: Callable[[RetrievalData, str, BaselineBudget], dict]
-    needs_users: bool = False
-    needs_in_memory: bool = False
-
-
-def _popularity(data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
-    return popularity_baseline(data, split, budget.ks, budget.exclude_seen)
-
-
-def _id_two_tower(data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
-    return id_two_tower_baseline(data, split, budget.ks, epochs=budget.epochs, batch_size=budget.batch_size,
-                                 seed=budget.seed, exclude_seen=budget.exclude_seen, monitor=budget.monitor,
-                                 patience=budget.patience, validation_rows=budget.validation_rows)
-
-
-# ``eval.baselines`` names these; a new baseline is one entry here.
-BASELINES: dict[str, Baseline] = {
-    "popularity": Baseline(_popularity),
-    "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
-}
-
-
-def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str | None:
-    """Why ``baseline`` cannot run on ``data`` (one phrase for the log), or None when it can."""
-    if baseline.needs_users and not has_users:
-        return "it needs data.interactions.user_id_column"
-    if baseline.needs_in_memory and data.stream is not None:
-        return "it trains on the training interactions in memory; these were streamed"
-    return None
-
-
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A fixed-width table, one row per model, one column per metric."""
     names = list(next(iter(results.values())).keys())
@@ -395,3 +277,10 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     for model, values in results.items():
         lines.append(f"{model:<{width}}" + "".join(f"{values.get(m, float('nan')):>11.4f}" for m in names))
     return "\n".join(lines)
+
+
+def id_two_tower_baseline(*args, **kwargs) -> dict:
+    """Moved to :func:`tfrec.baseline_runs.id_two_tower_baseline` (this name goes when the run stages call it)."""
+    from tfrec import baseline_runs
+
+    return baseline_runs.id_two_tower_baseline(*args, **kwargs)

@@ -1,0 +1,74 @@
+import pytest
+
+from tfrec import baseline_runs, evaluate
+from tfrec import config as config_lib
+from tfrec.data import dataset
+from tfrec.job_cache import JobCache
+from tfrec.timings import StageTimes
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    cfg = config_lib.build("smoke", None, ["train.batch_size=64", "train.epochs=3",
+                                           "train.early_stopping_patience=1"])
+    cfg.eval.validation_max_queries = 20  # set directly: the config key lands with the run stages
+    cfg.eval.baselines = ["popularity", "id_two_tower"]
+    return cfg, dataset.load(cfg.data, base_dir=str(tmp_path))
+
+
+def test_baselines_get_the_models_budget_a_seeded_validation_sample_and_are_reused(smoke, tmp_path, monkeypatch,
+                                                                                     caplog):
+    cfg, data = smoke
+    seen = []
+
+    def fake(cfg_, data_, split, budget):
+        seen.append((len(data_.validation), split, budget))
+        return {"recall@10": 0.25}
+
+    monkeypatch.setitem(baseline_runs.BASELINES, "id_two_tower", baseline_runs.Baseline(fake, needs_users=True))
+    times = StageTimes()
+    with caplog.at_level("INFO", logger="tfrec"):
+        out = baseline_runs.run_baselines(cfg, data, "test", times, JobCache(tmp_path))
+    assert out["id_two_tower"] == {"recall@10": 0.25}
+    assert out["popularity"] == evaluate.popularity_baseline(data, "test", cfg.eval.ks)
+    n_val, split, budget = seen[0]
+    assert (n_val, split) == (20, "test")  # 60 validation queries, cut to the seeded 20
+    assert (budget.batch_size, budget.epochs, budget.patience, budget.seed) == (64, 3, 1, cfg.train.seed)
+    assert set(times.stages) == {"baseline:popularity", "baseline:id_two_tower"}
+
+    # A rerun of the same config reuses both; a changed budget trains again.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tfrec"):
+        assert baseline_runs.run_baselines(cfg, data, "test", None, JobCache(tmp_path)) == out
+    assert len(seen) == 1 and caplog.text.count("reused from the job dir's cache") == 2
+    cfg.train.epochs = 4
+    baseline_runs.run_baselines(cfg, data, "test", None, JobCache(tmp_path))
+    assert len(seen) == 2
+
+    # Skipped by name; one that cannot run on this data says why.
+    cfg.eval.baselines = ["id_two_tower"]
+    monkeypatch.setattr(cfg.data.interactions, "user_id_column", None)
+    with caplog.at_level("INFO", logger="tfrec"):
+        assert baseline_runs.run_baselines(cfg, data, "test") == {}
+    assert "no id_two_tower baseline (it needs data.interactions.user_id_column)" in caplog.text
+
+
+def test_id_two_tower_stops_after_patience_epochs_without_improvement(smoke, monkeypatch):
+    cfg, data = smoke
+    values = iter([0.5, 0.4, 0.3, 0.9, 0.9])  # best at epoch 1, then worse: patience 1 stops after epoch 2
+    real = evaluate.evaluate_embeddings
+    calls = []
+
+    def scripted(q, items, data_, split, ks, exclude_seen=False):
+        if split == "validation":
+            calls.append(1)
+            return {"recall@10": next(values)}
+        return real(q, items, data_, split, ks, exclude_seen)
+
+    monkeypatch.setattr(evaluate, "evaluate_embeddings", scripted)
+    out = baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=5, batch_size=64, patience=1)
+    assert len(calls) == 2 and 0.0 <= out["recall@10"] <= 1.0
+    calls.clear()
+    values = iter([0.5, 0.4, 0.3, 0.9, 0.9])
+    baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=5, batch_size=64, patience=None)
+    assert len(calls) == 5

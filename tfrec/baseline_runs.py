@@ -1,0 +1,177 @@
+"""Which baselines a run compares its model with, and with what budget; each timed and kept in the job dir.
+
+``eval.baselines`` names them (``BASELINES``): ``popularity`` (no training)
+and ``id_two_tower`` (user id -> item id). A learned baseline is given the
+model's own batch size, epoch budget and early stopping on the same seeded
+validation sample (:class:`BaselineBudget`), never more, so no baseline can
+cost more than the model's training. A new baseline is one entry in
+``BASELINES``: ``run(cfg, data, split, budget) -> metrics`` and what it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec import evaluate
+from tfrec.data.dataset import RetrievalData
+
+log = logging.getLogger("tfrec")
+
+
+def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs: int = 10, dim: int = 64,
+                          batch_size: int = 256, seed: int = 0, exclude_seen: bool = False,
+                          monitor: str = "recall@10", patience: int | None = None) -> dict:
+    """A plain TFRS id-only two-tower (user id -> item id), trained on the same split.
+
+    Treated like the main model, and given no more: Adam, the caller's batch
+    size and epoch budget, early stopping after ``patience`` epochs without a
+    better validation ``monitor``, and the best epoch is the one evaluated
+    (pass a validation split cut by :func:`tfrec.evaluate.sample_split` to keep
+    those checks cheap).
+    """
+    tf.keras.utils.set_random_seed(seed)
+    users = sorted(set(data.train.user_id))
+    lookup = tf.keras.layers.StringLookup
+    user_model = tf.keras.Sequential([lookup(vocabulary=users, mask_token=None),
+                                      tf.keras.layers.Embedding(len(users) + 1, dim)])
+    item_model = tf.keras.Sequential([lookup(vocabulary=data.catalog.item_ids, mask_token=None),
+                                      tf.keras.layers.Embedding(len(data.catalog) + 1, dim)])
+
+    class IdTwoTower(tfrs.Model):
+        def __init__(self):
+            super().__init__()
+            self.user_model, self.item_model = user_model, item_model
+            self.task = tfrs.tasks.Retrieval()
+
+        def compute_loss(self, features, training=False):
+            return self.task(self.user_model(features["user_id"]), self.item_model(features["item_id"]),
+                             compute_metrics=False)
+
+    model = IdTwoTower()
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    ds = tf.data.Dataset.from_tensor_slices({"user_id": data.train.user_id, "item_id": data.train.item_id})
+    ds = ds.shuffle(len(data.train), seed=seed).batch(batch_size).cache()
+    val_users = tf.constant(data.validation.user_id)
+    eval_users = tf.constant(getattr(data, split).user_id)
+    k = [int(monitor.split("@")[1])]
+    best, best_value, since_best = None, -1.0, 0
+    for _ in range(epochs):
+        model.fit(ds, epochs=1, verbose=0)
+        items = model.item_model(tf.constant(data.catalog.item_ids)).numpy()
+        value = evaluate.evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
+                                             exclude_seen)[monitor]
+        if value > best_value:
+            best_value, best, since_best = value, (model.user_model(eval_users).numpy(), items), 0
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                break
+    targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
+    return evaluate.metrics_from_ranks(evaluate.target_ranks(best[0], best[1], targets, exclude), ks)
+
+
+@dataclass
+class BaselineBudget:
+    """What every baseline is given: the model's own split, batch size and epoch budget, never more.
+
+    Attributes:
+      ks: the cut-offs of the metrics.
+      exclude_seen: leave each user's training items out of the ranking.
+      batch_size, epochs, patience: the model's ``train.batch_size``, ``train.epochs`` and
+        ``train.early_stopping_patience``.
+      monitor: the early-stopping metric (``recall@10``), on the run's validation sample.
+      seed: the run's seed.
+    """
+
+    ks: list[int]
+    exclude_seen: bool = False
+    batch_size: int = 256
+    epochs: int = 10
+    patience: int | None = None
+    monitor: str = "recall@10"
+    seed: int = 0
+
+
+@dataclass
+class Baseline:
+    """A named baseline: ``run(cfg, data, split, budget) -> metrics`` and what it needs from the data.
+
+    ``needs_users``: a user id column; ``needs_in_memory``: the training
+    interactions in memory (not streamed). :func:`unavailable` says why one cannot run.
+    """
+
+    run: Callable[..., dict]  # (cfg, data, split, budget) -> metrics
+    needs_users: bool = False
+    needs_in_memory: bool = False
+
+
+def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    return evaluate.popularity_baseline(data, split, budget.ks, budget.exclude_seen)
+
+
+def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    return id_two_tower_baseline(data, split, budget.ks, epochs=budget.epochs, batch_size=budget.batch_size,
+                                 seed=budget.seed, exclude_seen=budget.exclude_seen, monitor=budget.monitor,
+                                 patience=budget.patience)
+
+
+# ``eval.baselines`` names these; a new baseline is one entry here.
+BASELINES: dict[str, Baseline] = {
+    "popularity": Baseline(_popularity),
+    "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
+}
+
+
+def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str | None:
+    """Why ``baseline`` cannot run on ``data`` (one phrase for the log), or None when it can."""
+    if baseline.needs_users and not has_users:
+        return "it needs data.interactions.user_id_column"
+    if baseline.needs_in_memory and data.stream is not None:
+        return "it trains on the training interactions in memory; these were streamed"
+    return None
+
+
+def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) -> dict[str, dict]:
+    """Every baseline ``cfg.eval.baselines`` names, on ``split``, each with the model's budget.
+
+    Args:
+      cfg: the run's :class:`tfrec.config.Config` (``eval.*`` and the ``train.*`` budget).
+      times: a :class:`tfrec.timings.StageTimes` (each baseline is stage ``baseline:<name>``), or None.
+      cache: a :class:`tfrec.job_cache.JobCache`: a baseline finished by an earlier run of the same
+        config and data is reused (the log says so), or None.
+    Returns:
+      name -> metrics, for the baselines that could run.
+    """
+    from tfrec import config as config_lib
+
+    validation = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
+    budget = BaselineBudget(ks=list(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                            batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,
+                            patience=cfg.train.early_stopping_patience, monitor=cfg.train.early_stopping_metric,
+                            seed=cfg.train.seed)
+    results = {}
+    for name in cfg.eval.baselines:
+        baseline = BASELINES[name]
+        why = unavailable(baseline, data, bool(cfg.data.interactions.user_id_column))
+        if why:
+            log.info("eval: no %s baseline (%s)", name, why)
+            continue
+        identity = {"baseline": name, "split": split, "budget": dataclasses.asdict(budget), "counts": data.counts,
+                    "data": config_lib.to_dict(cfg)["data"], "validation_max_queries": cfg.eval.validation_max_queries}
+        started = time.perf_counter()
+        stage = times.stage(f"baseline:{name}", examples=data.num_train) if times else contextlib.nullcontext()
+        with stage:
+            compute = lambda: baseline.run(cfg, validation, split, budget)  # noqa: E731  (validation: sampled)
+            metrics, reused = cache.baseline(name, identity, compute) if cache else (compute(), False)
+        log.info("eval: %s baseline %s", name, "reused from the job dir's cache" if reused
+                 else f"in {time.perf_counter() - started:.0f}s")
+        results[name] = metrics
+    return results
