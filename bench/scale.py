@@ -151,7 +151,8 @@ def growth_exponents(rows: list[dict]) -> dict[str, float]:
 
 
 def format_table(rows: list[dict], exponents: dict[str, float]) -> str:
-    head = f"{'interactions':>12} {'items':>8}  {'stage':<22} {'seconds':>9} {'examples/s':>11} {'peak MB':>8} {'share':>6}"
+    head = (f"{'interactions':>12} {'items':>8}  {'stage':<22} {'seconds':>9} {'examples/s':>11} {'peak MB':>8} "
+            f"{'share':>6}")
     lines = [head]
     for r in rows:
         eps = f"{r['examples_per_s']:,.0f}" if r["examples_per_s"] else "-"

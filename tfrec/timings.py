@@ -1,9 +1,9 @@
 """Where a run's time and memory went: wall time and peak RSS per named stage.
 
-Stages are ``read``, ``encode``, ``train`` (one call per epoch), ``validation``
-(one call per epoch, inside ``train``), ``evaluate``, ``baseline:<name>``,
-``index`` and ``export``. A stage entered twice adds up its seconds and counts
-its calls. Written as ``timings.json`` beside ``eval.json``::
+Stages are ``read``, ``build``, ``encode``, ``train`` (one call per epoch),
+``validation`` (one call per epoch, inside ``train``), ``evaluate``,
+``baseline:<name>``, ``index`` and ``export`` (the index's time inside it). A
+stage entered twice adds up its seconds and counts its calls. Written as ``timings.json`` beside ``eval.json``::
 
     {"stages": {"read": {"seconds": 12.1, "calls": 1, "peak_rss_mb": 812.0, "examples": 1000000}, ...},
      "total_seconds": 230.4, "peak_rss_mb": 2210.0}
@@ -21,6 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 
 def _read_hwm_mb() -> float | None:
@@ -83,6 +84,31 @@ class StageTimes:
             self._fold_peak()
             self._open.remove(name)
 
+    def timed(self, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` that times each of its calls as stage ``name``."""
+
+        def wrapper():
+            with self.stage(name):
+                return fn()
+
+        return wrapper
+
+    def epoch_callback(self, name: str = "train", examples_per_epoch: int | None = None):
+        """A Keras callback timing each epoch (its end-of-epoch validation included) as one call of ``name``."""
+        import tensorflow as tf
+
+        times = self
+
+        class EpochTimes(tf.keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.stage = times.stage(name, examples_per_epoch)
+                self.stage.__enter__()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.stage.__exit__(None, None, None)
+
+        return EpochTimes()
+
     def record(self, name: str, seconds: float, note: str | None = None) -> None:
         """Adds a stage measured elsewhere (e.g. reused from a cache: ``note="cached"``)."""
         entry = self.stages.setdefault(name, {"seconds": 0.0, "calls": 0, "peak_rss_mb": 0.0})
@@ -105,5 +131,8 @@ class StageTimes:
         total = max(report["total_seconds"], 1e-9)
         inside_train = {"validation"}  # timed within train's epochs: not counted twice
         parts = sorted(((v["seconds"], k) for k, v in self.stages.items() if k not in inside_train), reverse=True)
-        shares = ", ".join(f"{k} {100 * s / total:.0f}% ({s:.0f}s)" for s, k in parts if s >= 0.5)
+        inner = self.stages.get("validation", {}).get("seconds", 0.0)
+        shares = ", ".join(f"{k} {100 * s / total:.0f}% ({s:.0f}s"
+                           + (f", validation {inner:.0f}s of it)" if k == "train" and inner >= 0.5 else ")")
+                           for s, k in parts if s >= 0.5)
         return f"time: {shares or 'nothing timed'} of {total:.0f}s; peak RSS {report['peak_rss_mb']:.0f} MB"

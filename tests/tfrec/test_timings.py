@@ -23,3 +23,16 @@ def test_stages_add_up_calls_keep_their_own_peak_and_write_json(tmp_path):
     assert out["peak_rss_mb"] >= read["peak_rss_mb"]
     line = times.summary()
     assert line.startswith("time: ") and "read" in line and "encode" in line and line.endswith(" MB")
+
+
+def test_epoch_callback_and_timed_functions_count_calls():
+    times = StageTimes()
+    callback = times.epoch_callback(examples_per_epoch=5)
+    validate = times.timed("validation", lambda: {"recall@10": 0.5})
+    for epoch in range(3):
+        callback.on_epoch_begin(epoch)
+        assert validate() == {"recall@10": 0.5}
+        callback.on_epoch_end(epoch)
+    assert times.stages["train"]["calls"] == 3 and times.stages["train"]["examples"] == 15
+    assert times.stages["validation"]["calls"] == 3
+    assert times.stages["train"]["seconds"] >= times.stages["validation"]["seconds"]
