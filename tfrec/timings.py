@@ -3,7 +3,8 @@
 Stages are ``read``, ``build``, ``encode``, ``train`` (one call per epoch),
 ``validation`` (one call per epoch, inside ``train``), ``evaluate``,
 ``baseline:<name>``, ``index`` and ``export`` (the index's time inside it). A
-stage entered twice adds up its seconds and counts its calls. Written as ``timings.json`` beside ``eval.json``::
+stage entered twice adds up its seconds and counts its calls. Written as
+``timings.json`` beside ``eval.json``::
 
     {"stages": {"read": {"seconds": 12.1, "calls": 1, "peak_rss_mb": 812.0, "examples": 1000000}, ...},
      "total_seconds": 230.4, "peak_rss_mb": 2210.0}
