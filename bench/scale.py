@@ -8,7 +8,11 @@ categories, text queries, per-user histories; cached under ``--out``) and
 ``python -m trainer.task`` runs on it as a user would: the smoke preset with a
 frozen tiny random BERT (``random://tiny``, so the framework's own cost shows,
 not BERT's), one epoch, batch 1024, every baseline, the index and the export.
-``--large`` adds 10^7 interactions x 10^6 items.
+``--large`` adds 10^7 interactions x 10^6 items. ``--stream`` trains from
+TFRecord shards (``data.interactions.streaming``, leave-last held-out files,
+no query-encoding cache) so that peak RSS need not grow with the interactions:
+
+    nice -n 5 .venv/bin/python bench/scale.py --stream --sizes 1e6x1e5,1e7x1e5
 
 Each run writes ``timings.json`` (:mod:`tfrec.timings`: wall time and peak RSS
 per stage: read, encode, train per epoch, validation, evaluate, each
@@ -51,20 +55,34 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def make_shop(root: Path, interactions: int, items: int, seed: int) -> Path:
-    """The shop's folder, generated once per (size, seed)."""
+def make_shop(root: Path, interactions: int, items: int, seed: int, stream: bool = False) -> Path:
+    """The shop's folder, generated once per (size, seed); with ``stream`` also its TFRecord training shards."""
     from tfrec.data import synthetic
 
-    folder = root / "data" / f"shop-{interactions}x{items}-seed{seed}"
+    folder = root / "data" / f"shop-{interactions}x{items}-seed{seed}{'-files' if stream else ''}"
     if not (folder / "interactions.csv").exists():
         started = time.time()
-        counts = synthetic.write_shop(str(folder), interactions, items, seed=seed)
+        counts = synthetic.write_shop(str(folder), interactions, items, seed=seed, held_out_files=stream)
         print(f"generated {folder} ({counts['users']} users) in {time.time() - started:.0f}s", flush=True)
+    if stream and not (folder / "shards.done").exists():
+        from tfrec.data import to_tfrecord
+
+        started = time.time()
+        to_tfrecord.convert(str(folder / "train.csv"), str(folder / "shards" / "train"),
+                            shards=max(1, interactions // 250_000), overwrite=True)
+        (folder / "shards.done").write_text("ok")
+        print(f"converted {folder / 'train.csv'} to TFRecord shards in {time.time() - started:.0f}s", flush=True)
     return folder
 
 
-def trainer_command(shop: Path, job: Path, batch_size: int, extra: list[str]) -> list[str]:
-    sets = [f"data.interactions.path={shop / 'interactions.csv'}", f"data.items.path={shop / 'items.csv'}",
+def trainer_command(shop: Path, job: Path, batch_size: int, extra: list[str], stream: bool = False) -> list[str]:
+    if stream:  # training rows read shard by shard; no query cache (it would hold every distinct training query)
+        data = [f"data.interactions.path={shop / 'shards' / 'train-*.tfrecord'}", "data.interactions.streaming=true",
+                "data.split.method=files", f"data.split.validation_path={shop / 'validation.csv'}",
+                f"data.split.test_path={shop / 'test.csv'}", "train.cache_frozen_encoders=false"]
+    else:
+        data = [f"data.interactions.path={shop / 'interactions.csv'}"]
+    sets = [*data, f"data.items.path={shop / 'items.csv'}",
             "data.items.text_columns=[title, category]", "data.items.categorical_columns=[category]",
             "model.query_encoder.checkpoint=random://tiny", "model.query_encoder.trainable_layers=0",
             "model.embedding_dim=64", "model.hidden_units=[64]", "model.item_id_embedding_dim=16",
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="interactions x items, comma separated")
     parser.add_argument("--large", action="store_true", help=f"also run {LARGE_SIZES}")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream the training interactions from TFRecord shards (data.interactions.streaming)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("/tmp", "tfrec-scale"))
@@ -200,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     rows, runs = [], []
     for interactions, items in sizes:
-        shop = make_shop(root, interactions, items, args.seed)
-        job = root / "jobs" / f"{interactions}x{items}"
+        shop = make_shop(root, interactions, items, args.seed, args.stream)
+        job = root / "jobs" / f"{interactions}x{items}{'-stream' if args.stream else ''}"
         shutil.rmtree(job, ignore_errors=True)  # a fresh run: nothing resumed, nothing cached
-        log_path = root / f"run-{interactions}x{items}.log"
-        wall, peak_mb, code = run_trainer(trainer_command(shop, job, args.batch_size, args.set), log_path)
+        log_path = root / f"run-{interactions}x{items}{'-stream' if args.stream else ''}.log"
+        wall, peak_mb, code = run_trainer(trainer_command(shop, job, args.batch_size, args.set, args.stream), log_path)
         if code != 0:
             print(f"trainer failed at {interactions}x{items} (exit {code}); see {log_path}", file=sys.stderr)
             return 1

@@ -80,14 +80,17 @@ QUALIFIERS = "red blue black small large cheap new classic best gift".split()
 
 
 def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0, per_user: int = 20,
-               zipf: float = 1.0) -> dict[str, int]:
+               zipf: float = 1.0, held_out_files: bool = False) -> dict[str, int]:
     """Writes ``items.csv`` (item_id, title, category) and ``interactions.csv``.
 
     ``interactions.csv`` holds (user_id, item_id, query, rating, timestamp),
     rows grouped by user in time order; users have ``per_user`` interactions on
     average (at least 3, so leave-last keeps one for training). Within a
     category the item of popularity rank r is bought with probability
-    proportional to 1 / r ** zipf. Returns the counts written.
+    proportional to 1 / r ** zipf. With ``held_out_files`` the same rows are
+    also written split leave-last (``split.method: files``): each user's last
+    interaction in ``test.csv``, the one before in ``validation.csv``, the rest
+    in ``train.csv``. Returns the counts written.
     """
     rng = np.random.default_rng(seed)
     genres = list(GENRES)
@@ -133,15 +136,22 @@ def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0
         w.writerow(["item_id", "title", "category"])
         w.writerows(zip((f"i{i}" for i in range(num_items)), titles, (genres[c] for c in category)))
     quals = QUALIFIERS + [""]
-    with open(tmp / "interactions.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["user_id", "item_id", "query", "rating", "timestamp"])
-        w.writerows(zip((f"u{u}" for u in user.tolist()), (f"i{i}" for i in item.tolist()),
-                        (f"{quals[k]} {a} {b}".lstrip() + (f" {i}" if num else "") for k, a, b, i, num in
-                         zip(qualifier.tolist(), query_words[:, 0].tolist(), query_words[:, 1].tolist(),
-                             item.tolist(), numbered.tolist())),
-                        rating.tolist(), timestamp.tolist()))
-    for name in ("items.csv", "interactions.csv"):
+    last = np.cumsum(sizes) - 1  # each user's last row
+    part = np.zeros(num_interactions, np.int8)  # 0 train, 1 validation, 2 test
+    part[last], part[last - 1] = 2, 1
+    files = {"interactions.csv": slice(None)}
+    if held_out_files:
+        files.update({"train.csv": part == 0, "validation.csv": part == 1, "test.csv": part == 2})
+    for name, rows in files.items():
+        with open(tmp / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "item_id", "query", "rating", "timestamp"])
+            w.writerows(zip((f"u{u}" for u in user[rows].tolist()), (f"i{i}" for i in item[rows].tolist()),
+                            (f"{quals[k]} {a} {b}".lstrip() + (f" {i}" if num else "") for k, a, b, i, num in
+                             zip(qualifier[rows].tolist(), query_words[rows, 0].tolist(),
+                                 query_words[rows, 1].tolist(), item[rows].tolist(), numbered[rows].tolist())),
+                            rating[rows].tolist(), timestamp[rows].tolist()))
+    for name in ("items.csv", *files):
         os.replace(tmp / name, Path(folder) / name)
     tmp.rmdir()
     return {"items": num_items, "interactions": num_interactions, "users": len(sizes)}

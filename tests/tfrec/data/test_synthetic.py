@@ -41,3 +41,15 @@ def test_shop_is_seeded_skewed_and_read_by_the_trainer_readers(tmp_path):
                                            "data.items.text_columns=[title, category]"])
     data = dataset.load(cfg.data)
     assert data.counts["items"] == 200 and data.num_train + len(data.validation) + len(data.test) == 3000
+
+
+def test_shop_held_out_files_are_the_leave_last_split(tmp_path):
+    counts = synthetic.write_shop(str(tmp_path), num_interactions=500, num_items=50, seed=3, held_out_files=True)
+    rows = _rows(tmp_path / "interactions.csv")
+    train, val, test = (_rows(tmp_path / f"{n}.csv") for n in ("train", "validation", "test"))
+    assert len(test) == len(val) == counts["users"] and len(train) + len(val) + len(test) == 500
+    last = {}
+    for i, r in enumerate(rows):
+        last[r["user_id"]] = last.get(r["user_id"], []) + [i]
+    assert sorted(r["timestamp"] for r in test) == sorted(rows[v[-1]]["timestamp"] for v in last.values())
+    assert sorted(r["timestamp"] for r in val) == sorted(rows[v[-2]]["timestamp"] for v in last.values())
