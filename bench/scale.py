@@ -20,8 +20,11 @@ baseline, index, export); a trainer without it is timed from its log lines
 (one-second resolution). The script prints one table row per size and stage
 (seconds, examples/s, peak RSS MB, share of the run), then each stage's growth
 exponent: the least-squares slope of log(seconds) on log(interactions) over
-the sizes (1 = linear; items grow with interactions here). It writes all of it
-to ``--out/scale.json`` and ``--out/scale.png`` when matplotlib is installed.
+the sizes (1 = linear; items grow with interactions here), and per size
+``ratio evaluation_and_baselines/training: X`` (evaluate plus every baseline,
+over all training epochs with their validation; <= 1 is the goal). It writes
+all of it to ``--out/scale.json`` and ``--out/scale.png`` when matplotlib is
+installed.
 """
 
 from __future__ import annotations
@@ -168,6 +171,16 @@ def growth_exponents(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def evaluation_ratio(timings: dict) -> float | None:
+    """(evaluate + every baseline) seconds / training seconds (all epochs, validation included)."""
+    stages = timings["stages"]
+    train = stages.get("train", {}).get("seconds")
+    if not train:
+        return None
+    spent = sum(v["seconds"] for k, v in stages.items() if k == "evaluate" or k.startswith("baseline:"))
+    return spent / train
+
+
 def format_table(rows: list[dict], exponents: dict[str, float]) -> str:
     head = (f"{'interactions':>12} {'items':>8}  {'stage':<22} {'seconds':>9} {'examples/s':>11} {'peak MB':>8} "
             f"{'share':>6}")
@@ -238,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ran {interactions:,} x {items:,}: {wall:.0f}s, peak RSS {peak_mb:.0f} MB", flush=True)
     exponents = growth_exponents(rows)
     print("\n" + format_table(rows, exponents), flush=True)
+    for run in runs:
+        ratio = evaluation_ratio(run["timings"])
+        if ratio is not None:
+            run["evaluation_over_training"] = round(ratio, 3)
+            print(f"ratio evaluation_and_baselines/training at {run['interactions']:.0e}x{run['items']:.0e}: "
+                  f"{ratio:.2f}")
     (root / "scale.json").write_text(json.dumps({"rows": rows, "growth_exponents": exponents, "runs": runs},
                                                 indent=2))
     print(f"wrote {root / 'scale.json'}" + (f" and {root / 'scale.png'}" if plot(rows, root / "scale.png") else ""))

@@ -33,3 +33,11 @@ def test_rows_read_timings_per_epoch_and_shares():
 
 def test_sizes_parse():
     assert scale.parse_sizes("1e5x1e4,1e6x1e5") == [(100000, 10000), (1000000, 100000)]
+
+
+def test_evaluation_ratio_counts_evaluate_and_every_baseline_over_training():
+    timings = {"stages": {"train": {"seconds": 100.0}, "validation": {"seconds": 10.0},
+                          "evaluate": {"seconds": 30.0}, "baseline:popularity": {"seconds": 5.0},
+                          "baseline:id_two_tower": {"seconds": 45.0}, "export": {"seconds": 60.0}}}
+    assert scale.evaluation_ratio(timings) == 0.8
+    assert scale.evaluation_ratio({"stages": {"evaluate": {"seconds": 1.0}}}) is None
