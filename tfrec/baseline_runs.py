@@ -139,6 +139,18 @@ def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str
     return None
 
 
+def baseline_names(choice: bool | list[str]) -> list[str]:
+    """``eval.baselines`` as names: true = every baseline, false = none; an unknown name is a ConfigError."""
+    from tfrec.errors import ConfigError
+
+    if isinstance(choice, bool):
+        return list(BASELINES) if choice else []
+    for name in choice:
+        if name not in BASELINES:
+            raise ConfigError("eval.baselines", f"unknown baseline {name!r}; expected some of {', '.join(BASELINES)}")
+    return list(dict.fromkeys(choice))
+
+
 def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) -> dict[str, dict]:
     """Every baseline ``cfg.eval.baselines`` names, on ``split``, each with the model's budget.
 
@@ -158,7 +170,7 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) 
                             patience=cfg.train.early_stopping_patience, monitor=cfg.train.early_stopping_metric,
                             seed=cfg.train.seed)
     results = {}
-    for name in cfg.eval.baselines:
+    for name in baseline_names(cfg.eval.baselines):
         baseline = BASELINES[name]
         why = unavailable(baseline, data, bool(cfg.data.interactions.user_id_column))
         if why:

@@ -72,3 +72,13 @@ def test_id_two_tower_stops_after_patience_epochs_without_improvement(smoke, mon
     values = iter([0.5, 0.4, 0.3, 0.9, 0.9])
     baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=5, batch_size=64, patience=None)
     assert len(calls) == 5
+
+
+def test_baseline_names_from_the_config_value():
+    from tfrec.errors import ConfigError
+
+    assert baseline_runs.baseline_names(True) == list(baseline_runs.BASELINES)
+    assert baseline_runs.baseline_names(False) == [] == baseline_runs.baseline_names([])
+    assert baseline_runs.baseline_names(["id_two_tower", "popularity"]) == ["id_two_tower", "popularity"]
+    with pytest.raises(ConfigError, match="unknown baseline 'pop'; expected some of popularity, id_two_tower"):
+        baseline_runs.baseline_names(["pop"])
