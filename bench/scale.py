@@ -90,7 +90,7 @@ def trainer_command(shop: Path, job: Path, batch_size: int, extra: list[str], st
             "model.query_encoder.checkpoint=random://tiny", "model.query_encoder.trainable_layers=0",
             "model.embedding_dim=64", "model.hidden_units=[64]", "model.item_id_embedding_dim=16",
             "train.epochs=1", f"train.batch_size={batch_size}", "train.learning_rate=0.001",
-            "eval.ks=[10, 100]", "eval.id_two_tower_epochs=1", "export.k=100", *extra]
+            "eval.ks=[10, 100]", "export.k=100", *extra]
     cmd = [sys.executable, "-m", "trainer.task", "--preset", "smoke", "--job-dir", str(job)]
     for s in sets:
         cmd += ["--set", s]
