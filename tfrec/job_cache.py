@@ -72,14 +72,17 @@ class JobCache:
 
         def cached_encode(texts: list[str], progress: str | None = None) -> np.ndarray:
             path = self.root / "encodings" / f"{role}-{digest(identity, texts)}.npy"
-            if self.enabled and path.is_file():
+            if self.enabled and path.is_file() and texts:
                 try:
                     matrix = np.load(path)
-                    if matrix.shape[0] == len(texts):
-                        log.info("cache: reused %d %s encodings from %s", len(texts), role, path)
-                        return matrix
                 except (OSError, ValueError):
-                    pass  # unreadable: encode again
+                    matrix = None  # unreadable: encode again
+                # The encoder still runs on one text: Keras creates its weights on the first call, and the
+                # checkpoint restore and the towers need them; its width also checks the file.
+                if matrix is not None and matrix.shape[0] == len(texts) and matrix.shape[1:] == encode(
+                        texts[:1]).shape[1:]:
+                    log.info("cache: reused %d %s encodings from %s", len(texts), role, path)
+                    return matrix
             matrix = encode(texts, progress=progress) if progress else encode(texts)
             if self.enabled:
                 _atomic_write(path, lambda f: np.save(f, matrix), "wb")
