@@ -140,7 +140,9 @@ def examples_for(stage: str, counts: dict) -> int | None:
 
 def rows_for_run(interactions: int, items: int, timings: dict, wall: float, peak_mb: float, counts: dict) -> list:
     rows = []
-    total = sum(v["seconds"] for k, v in timings["stages"].items() if k != "validation") or wall
+    from tfrec.timings import NESTED
+
+    total = sum(v["seconds"] for k, v in timings["stages"].items() if k not in NESTED) or wall
     for stage, v in timings["stages"].items():
         calls = max(v.get("calls", 1), 1)
         seconds = v["seconds"] / calls if stage in ("train", "validation") else v["seconds"]  # per epoch

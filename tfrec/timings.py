@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# Stages timed inside another (their seconds are part of it): name -> the stage around it.
+NESTED = {"validation": "train", "index": "export"}
+
+
 def _read_hwm_mb() -> float | None:
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -130,10 +134,14 @@ class StageTimes:
         """One line: each top-level stage's share of the run, largest first, and the peak RSS."""
         report = self.to_dict()
         total = max(report["total_seconds"], 1e-9)
-        inside_train = {"validation"}  # timed within train's epochs: not counted twice
-        parts = sorted(((v["seconds"], k) for k, v in self.stages.items() if k not in inside_train), reverse=True)
-        inner = self.stages.get("validation", {}).get("seconds", 0.0)
-        shares = ", ".join(f"{k} {100 * s / total:.0f}% ({s:.0f}s"
-                           + (f", validation {inner:.0f}s of it)" if k == "train" and inner >= 0.5 else ")")
-                           for s, k in parts if s >= 0.5)
+        parts = sorted(((v["seconds"], k) for k, v in self.stages.items() if k not in NESTED), reverse=True)
+        inner = {outer: (name, self.stages[name]["seconds"]) for name, outer in NESTED.items() if name in self.stages}
+
+        def share(seconds: float, name: str) -> str:
+            text = f"{name} {100 * seconds / total:.0f}% ({seconds:.0f}s"
+            if name in inner and inner[name][1] >= 0.5:
+                text += f", {inner[name][0]} {inner[name][1]:.0f}s of it"
+            return text + ")"
+
+        shares = ", ".join(share(s, k) for s, k in parts if s >= 0.5)
         return f"time: {shares or 'nothing timed'} of {total:.0f}s; peak RSS {report['peak_rss_mb']:.0f} MB"

@@ -6,7 +6,7 @@ and a resumed run's weights equal an uninterrupted run's; see ``test_faults.py``
 
 * killed after epoch 1, then resumed: epoch 2's validation metrics equal the uninterrupted run's, which holds only
   if the resumed run validates on the very same 20 queries;
-* killed when evaluation starts, then rerun: the log says the query and item encodings were reused from the job
+* killed as evaluation starts (at "train: kept epoch"), then rerun: the log says the query and item encodings were reused from the job
   dir (nothing encoded again), baselines finished before the kill are reused, and the run writes ``eval.json``
   and ``timings.json`` and ends with the line saying where the time went.
 """
@@ -64,7 +64,7 @@ def test_rerun_after_kills_reuses_encodings_and_validates_on_the_same_sample(tmp
     job = tmp_path / "job"
     first = kill_at(trainer(job), "epoch 1/2")
     assert "cache: reused" not in first
-    second = kill_at(trainer(job), "evaluate:")
+    second = kill_at(trainer(job), "train: kept epoch")  # evaluation starts next
     assert "resume: restored epoch 1" in second
     assert epoch_line(second, 2) == epoch_line(reference, 2)  # the same 20 validation queries after the restart
     assert "cache: reused" in second  # encodings from the killed first run
