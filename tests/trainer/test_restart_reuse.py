@@ -6,9 +6,9 @@ and a resumed run's weights equal an uninterrupted run's; see ``test_faults.py``
 
 * killed after epoch 1, then resumed: epoch 2's validation metrics equal the uninterrupted run's, which holds only
   if the resumed run validates on the very same 20 queries;
-* killed as evaluation starts (at "train: kept epoch"), then rerun: the log says the query and item encodings were reused from the job
-  dir (nothing encoded again), baselines finished before the kill are reused, and the run writes ``eval.json``
-  and ``timings.json`` and ends with the line saying where the time went.
+* killed as evaluation starts (at "train: kept epoch"), then rerun: the log says the query and item encodings
+  were reused from the job dir (nothing encoded again), and the run writes ``eval.json`` and ``timings.json``
+  and ends with the line saying where the time went.
 """
 
 from __future__ import annotations
