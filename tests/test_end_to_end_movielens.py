@@ -58,7 +58,7 @@ data:
 def run(movielens_slice, tmp_path_factory):
     job = tmp_path_factory.mktemp("ml_job")
     code = task.main(["--config", str(movielens_slice / "data.yaml"), "--job-dir", str(job),
-                      "--set", "train.epochs=2", "--set", "eval.id_two_tower_epochs=2", "--set", "export.k=20"])
+                      "--set", "train.epochs=2", "--set", "export.k=20"])
     assert code == 0
     return job
 

@@ -277,10 +277,3 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     for model, values in results.items():
         lines.append(f"{model:<{width}}" + "".join(f"{values.get(m, float('nan')):>11.4f}" for m in names))
     return "\n".join(lines)
-
-
-def id_two_tower_baseline(*args, **kwargs) -> dict:
-    """Moved to :func:`tfrec.baseline_runs.id_two_tower_baseline` (this name goes when the run stages call it)."""
-    from tfrec import baseline_runs
-
-    return baseline_runs.id_two_tower_baseline(*args, **kwargs)

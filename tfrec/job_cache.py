@@ -106,3 +106,25 @@ class JobCache:
         if self.enabled:
             _atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2)), "w")
         return metrics, False
+
+
+# The run's cache: set by tfrec.run.fit (use), None outside a run (everything computed, nothing kept).
+_current: JobCache | None = None
+
+
+def use(job_dir: str | os.PathLike, enabled: bool = True) -> JobCache:
+    """Makes ``job_dir/cache`` the current run's cache."""
+    global _current
+    _current = JobCache(job_dir, enabled)
+    return _current
+
+
+def current() -> JobCache | None:
+    return _current
+
+
+def encode(role: str, encoder) -> Callable[..., np.ndarray]:
+    """``encoder.encode_texts``, kept in the current run's cache (keyed by ``encoder.get_config()``) if any."""
+    if _current is None:
+        return encoder.encode_texts
+    return _current.encoder(role, encoder.encode_texts, encoder.get_config())

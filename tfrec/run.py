@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate, runtime, training, vertex
+from tfrec import baseline_runs, evaluate, job_cache, runtime, timings, training, vertex
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
@@ -157,15 +157,16 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     """Sampling probabilities, the frozen encoders' caches and the catalog's item features."""
     item_probability = data.item_probability()
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
-    cache = cfg.train.cache_frozen_encoders
+    cache = cfg.train.cache_frozen_encoders  # a run's encodings are kept in the job dir (tfrec.job_cache)
     query_cache = item_cache = None
     if cache and query_encoder.frozen:
         train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
         texts = train_texts + data.validation.query_text + data.test.query_text
-        query_cache = pipeline.TextCache(texts, query_encoder.encode_texts, progress="encoding queries")
+        query_cache = pipeline.TextCache(texts, job_cache.encode("query", query_encoder), progress="encoding queries")
         log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
     if cache and item_encoder is not None and item_encoder.frozen:
-        item_cache = pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts, progress="encoding items")
+        item_cache = pipeline.TextCache(data.catalog.texts, job_cache.encode("item", item_encoder),
+                                        progress="encoding items")
         log.info("cache: %d item texts encoded once (frozen encoder)", len(item_cache.texts))
     steps = math.ceil(data.num_train / cfg.train.batch_size)
     if cfg.train.max_steps_per_epoch:
@@ -228,7 +229,8 @@ def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, s
 
 
 def validation_metrics(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features) -> dict:
-    """Full-catalog retrieval metrics on the validation split (and the ranking head's, if any)."""
+    """Full-catalog metrics (and the ranking head's) on a seeded validation sample, the same in every epoch."""
+    data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
     q, items = embed_split(model, data, features, "validation")
     metrics = evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
     if model.ranking is not None:  # the ranking head's rmse/mae (or auc/logloss) on the validation pairs
@@ -268,8 +270,9 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
     # TensorBoard runs last so that it sees the validation metrics the callbacks before it add.
-    callbacks = [training.ValidationMetrics(lambda: validation_metrics(cfg, model, data, features)), saver,
-                 training.EpochLog(cfg.train.epochs),
+    callbacks = [training.ValidationMetrics(timings.timed("validation", lambda: validation_metrics(cfg, model, data,
+                                                                                                 features))),
+                 saver, training.EpochLog(cfg.train.epochs), timings.epoch_callback(data.num_train),
                  training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
                                       histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
                                       profile_batch=0)]
@@ -295,25 +298,17 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
 
 def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
                    split: str = "test") -> Evaluation:
-    """Full-catalog metrics of ``model`` on ``split``, and of the baselines trained on the same split."""
-    q, item_embeddings = embed_split(model, data, features, split)
-    results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-    baselines = {}
-    if cfg.eval.baselines:
-        baselines["popularity"] = evaluate.popularity_baseline(data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-        if cfg.data.interactions.user_id_column and data.stream is not None:
-            log.info("eval: no id_two_tower baseline (it trains on the training interactions in memory; these "
-                     "were streamed)")
-        elif cfg.data.interactions.user_id_column:
-            baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
-                data, split, cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
-                exclude_seen=cfg.eval.exclude_seen, monitor=cfg.train.early_stopping_metric)
+    """Full-catalog metrics of ``model`` on ``split``, and of the baselines ``eval.baselines`` names."""
+    with timings.stage("evaluate", examples=len(getattr(data, split))):
+        q, item_embeddings = embed_split(model, data, features, split)
+        results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
+    baselines = baseline_runs.run_baselines(cfg, data, split, timings.current(), job_cache.current())
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:
         from tfrec import ranking_eval
-
-        ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
+        with timings.stage("evaluate"):
+            ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
     return Evaluation(results, baselines, ranking, q, item_embeddings)
 
@@ -322,9 +317,9 @@ def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalDa
                  model_dir: str | None = None) -> list[Path]:
     """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions."""
     from tfrec.export.savedmodel import export_run
-
-    return export_run(cfg, job, model, data, evaluation.item_embeddings, model_dir=model_dir,
-                      query_embeddings=evaluation.query_embeddings)
+    with timings.stage("export", examples=len(data.catalog)):
+        return export_run(cfg, job, model, data, evaluation.item_embeddings, model_dir=model_dir,
+                          query_embeddings=evaluation.query_embeddings)
 
 
 def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evaluation, train_state: dict,
@@ -375,11 +370,14 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         prepare_job_dir(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
+        times, _ = timings.begin(), job_cache.use(job, enabled=scratch is None)  # timings.json; JOB_DIR/cache
 
-        # input and model
-        data = load_data(config, scratch or job)
-        model = build_model(config, data, strategy)
-        features = build_features(config, data, model)
+        # input and model (the encode stage: the encoders' weights and the frozen encoders' outputs)
+        with timings.stage("read"):
+            data = load_data(config, scratch or job)
+        with timings.stage("encode"):
+            model = build_model(config, data, strategy)
+            features = build_features(config, data, model)
 
         # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
         ckpt_dir, tb_dir = (out.checkpoint_dir, out.tensorboard_dir) if scratch is None else (
@@ -396,5 +394,6 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
 
         # export
         published = export_model(config, job, model, data, evaluation, out.model_dir) if config.export.enabled else []
-        log.info("done in %.0fs", time.time() - started)
+        times.write(job / "timings.json")
+        log.info("done in %.0fs; %s (timings.json)", time.time() - started, times.summary())
         return Run(config, model, report, job, published[0] if published else None)

@@ -39,7 +39,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        for option in inner[:-1]:  # the first type that takes the value; the last one's error otherwise
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        return _coerce(key, value, inner[-1])
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(key, f"expected a list, got {type(value).__name__} {value!r}")

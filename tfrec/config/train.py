@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from tfrec.config.parse import check
 
@@ -56,14 +56,19 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
-    baselines: bool = True
-    id_two_tower_epochs: int = 10
+    # Baselines by name (tfrec.baseline_runs.BASELINES: popularity, id_two_tower), each trained with the model's
+    # batch size, epochs and early stopping, never more; true = all of them, false or [] = none.
+    baselines: Union[bool, list[str]] = field(default_factory=lambda: ["popularity", "id_two_tower"])
+    # Validation while training (and the baselines' early stopping) on a seeded sample of at most this many
+    # queries, the same in every epoch and across restarts; null = every validation query.
+    validation_max_queries: Optional[int] = 10000
     exclude_seen: bool = False
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
         check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "needs positive cutoffs")
-        check(self.id_two_tower_epochs >= 1, "eval.id_two_tower_epochs", "must be >= 1")
+        if self.validation_max_queries is not None:
+            check(self.validation_max_queries >= 1, "eval.validation_max_queries", "must be >= 1 or null")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import tensorflow as tf
 from tfrec import config as config_lib
 from tfrec import evaluate
 from tfrec import index as index_lib
+from tfrec import timings
 from tfrec.errors import UserError
 from tfrec.export import layout
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
@@ -193,19 +194,20 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     kinds = _index_kinds(index or cfg.export.index)
     item_ids = data.catalog.item_ids
     built = []
-    for kind in kinds:
-        idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
-        if note:
-            log.info("export: %s", note)
-        info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
-        if idx.kind != "brute_force":
-            if query_embeddings is None:
-                queries = {"query_text": np.array(data.test.query_text, dtype=object)}
-                query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
-            info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
-                                          cfg.export.min_recall)
-            info["min_recall"] = cfg.export.min_recall
-        built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
+    with timings.stage("index", examples=len(item_ids)):  # in a run's timings.json (tfrec.run.fit)
+        for kind in kinds:
+            idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
+            if note:
+                log.info("export: %s", note)
+            info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
+            if idx.kind != "brute_force":
+                if query_embeddings is None:
+                    queries = {"query_text": np.array(data.test.query_text, dtype=object)}
+                    query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
+                info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
+                                              cfg.export.min_recall)
+                info["min_recall"] = cfg.export.min_recall
+            built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
 
     version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
     ranking_head, catalog = getattr(model, "ranking_head", None), None
