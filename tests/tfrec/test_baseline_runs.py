@@ -11,7 +11,7 @@ from tfrec.timings import StageTimes
 def smoke(tmp_path):
     cfg = config_lib.build("smoke", None, ["train.batch_size=64", "train.epochs=3",
                                            "train.early_stopping_patience=1"])
-    cfg.eval.validation_max_queries = 20  # set directly: the config key lands with the run stages
+    cfg.eval.validation_max_queries = 20
     cfg.eval.baselines = ["popularity", "id_two_tower"]
     return cfg, dataset.load(cfg.data, base_dir=str(tmp_path))
 
@@ -82,3 +82,17 @@ def test_baseline_names_from_the_config_value():
     assert baseline_runs.baseline_names(["id_two_tower", "popularity"]) == ["id_two_tower", "popularity"]
     with pytest.raises(ConfigError, match="unknown baseline 'pop'; expected some of popularity, id_two_tower"):
         baseline_runs.baseline_names(["pop"])
+
+
+def test_config_takes_baselines_as_names_or_a_switch_and_a_validation_sample_size():
+    from tfrec.errors import ConfigError
+
+    assert config_lib.build("smoke", None, ["eval.baselines=false"]).eval.baselines is False
+    assert config_lib.build("smoke", None, ["eval.baselines=[popularity]"]).eval.baselines == ["popularity"]
+    default = config_lib.build("smoke", None, [])
+    assert default.eval.baselines == ["popularity", "id_two_tower"] and default.eval.validation_max_queries == 10000
+    assert config_lib.build("smoke", None, ["eval.validation_max_queries=null"]).eval.validation_max_queries is None
+    with pytest.raises(ConfigError, match="eval.baselines"):
+        config_lib.build("smoke", None, ["eval.baselines=7"])
+    with pytest.raises(ConfigError, match="eval.validation_max_queries"):
+        config_lib.build("smoke", None, ["eval.validation_max_queries=0"])
