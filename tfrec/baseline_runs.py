@@ -69,6 +69,9 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     for _ in range(epochs):
         model.fit(ds, epochs=1, verbose=0)
         items = model.item_model(tf.constant(data.catalog.item_ids)).numpy()
+        if epochs == 1:  # the only epoch is the best: no validation pass to pay for
+            best = (model.user_model(eval_users).numpy(), items)
+            break
         value = evaluate.evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
                                              exclude_seen)[monitor]
         if value > best_value:

@@ -72,6 +72,9 @@ def test_id_two_tower_stops_after_patience_epochs_without_improvement(smoke, mon
     values = iter([0.5, 0.4, 0.3, 0.9, 0.9])
     baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=5, batch_size=64, patience=None)
     assert len(calls) == 5
+    calls.clear()
+    baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=1, batch_size=64)
+    assert calls == []  # one epoch: nothing to choose, no validation pass
 
 
 def test_baseline_names_from_the_config_value():
