@@ -21,8 +21,17 @@ def test_stages_add_up_calls_keep_their_own_peak_and_write_json(tmp_path):
     assert read["peak_rss_mb"] >= 200 + train["peak_rss_mb"] * 0.5  # read's 200 MB is not charged to train
     assert out["stages"]["encode"] == {"seconds": 3.0, "calls": 1, "peak_rss_mb": 0.0, "note": "cached"}
     assert out["peak_rss_mb"] >= read["peak_rss_mb"]
+    assert "encode " in times.summary() and times.summary().endswith(" MB")
+
+
+def test_summary_names_nested_stages_inside_their_stage_only():
+    times = StageTimes()
+    times.started -= 20.0  # a 20 s run
+    for name, seconds in [("read", 2.0), ("train", 10.0), ("validation", 3.0), ("export", 4.0), ("index", 0.2)]:
+        times.record(name, seconds)
     line = times.summary()
-    assert line.startswith("time: ") and "read" in line and "encode" in line and line.endswith(" MB")
+    assert line.startswith("time: train 50% (10s, validation 3s of it), export 20% (4s), read 10% (2s) of 20s;"), line
+    assert "index" not in line and line.endswith(" MB")
 
 
 def test_epoch_callback_and_timed_functions_count_calls():
