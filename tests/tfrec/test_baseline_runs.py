@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from tfrec import baseline_runs, evaluate
@@ -7,12 +9,13 @@ from tfrec.job_cache import JobCache
 from tfrec.timings import StageTimes
 
 
+SETS = ["train.batch_size=64", "train.epochs=3", "train.early_stopping_patience=1", "eval.validation_max_queries=20",
+        "eval.baselines=[popularity, id_two_tower]"]
+
+
 @pytest.fixture
 def smoke(tmp_path):
-    cfg = config_lib.build("smoke", None, ["train.batch_size=64", "train.epochs=3",
-                                           "train.early_stopping_patience=1"])
-    cfg.eval.validation_max_queries = 20
-    cfg.eval.baselines = ["popularity", "id_two_tower"]
+    cfg = config_lib.build("smoke", None, SETS)
     return cfg, dataset.load(cfg.data, base_dir=str(tmp_path))
 
 
@@ -41,13 +44,14 @@ def test_baselines_get_the_models_budget_a_seeded_validation_sample_and_are_reus
     with caplog.at_level("INFO", logger="tfrec"):
         assert baseline_runs.run_baselines(cfg, data, "test", None, JobCache(tmp_path)) == out
     assert len(seen) == 1 and caplog.text.count("reused from the job dir's cache") == 2
-    cfg.train.epochs = 4
+    cfg = config_lib.build("smoke", None, [*SETS, "train.epochs=4"])
     baseline_runs.run_baselines(cfg, data, "test", None, JobCache(tmp_path))
     assert len(seen) == 2
 
     # Skipped by name; one that cannot run on this data says why.
-    cfg.eval.baselines = ["id_two_tower"]
-    monkeypatch.setattr(cfg.data.interactions, "user_id_column", None)
+    cfg = config_lib.build("smoke", None, [*SETS, "eval.baselines=[id_two_tower]"])
+    no_users = dataclasses.replace(cfg.data.interactions, user_id_column=None)  # (leave_last itself needs them)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, interactions=no_users))
     with caplog.at_level("INFO", logger="tfrec"):
         assert baseline_runs.run_baselines(cfg, data, "test") == {}
     assert "no id_two_tower baseline (it needs data.interactions.user_id_column)" in caplog.text
