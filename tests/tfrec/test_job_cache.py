@@ -38,3 +38,21 @@ def test_baseline_results_are_kept_and_reused_by_identity(tmp_path):
 def test_digest_tells_text_lists_apart():
     assert digest({}, ["ab", "c"]) != digest({}, ["a", "bc"]) != digest({}, ["a", "b", "c"])
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
+
+
+def test_encode_uses_the_current_runs_cache_only(tmp_path, monkeypatch):
+    from tfrec import job_cache
+
+    class Encoder:
+        def encode_texts(self, texts, progress=None):
+            return np.ones([len(texts), 3], np.float32)
+
+        def get_config(self):
+            return {"checkpoint": "random://tiny"}
+
+    encoder = Encoder()
+    monkeypatch.setattr(job_cache, "_current", None)
+    assert job_cache.encode("query", encoder) == encoder.encode_texts  # outside a run: the encoder itself
+    job_cache.use(tmp_path)
+    job_cache.encode("query", encoder)(["a"])
+    assert len(list((tmp_path / "cache" / "encodings").glob("query-*.npy"))) == 1

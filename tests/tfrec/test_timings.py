@@ -45,3 +45,17 @@ def test_epoch_callback_and_timed_functions_count_calls():
     assert times.stages["train"]["calls"] == 3 and times.stages["train"]["examples"] == 15
     assert times.stages["validation"]["calls"] == 3
     assert times.stages["train"]["seconds"] >= times.stages["validation"]["seconds"]
+
+
+def test_the_current_runs_timer_records_module_level_stages_and_is_a_no_op_outside_a_run(monkeypatch):
+    from tfrec import timings
+
+    monkeypatch.setattr(timings, "_current", None)
+    with timings.stage("evaluate") as entry:
+        assert entry is None  # no run: nothing recorded, nothing fails
+    times = timings.begin()
+    assert timings.current() is times
+    with timings.stage("evaluate", examples=7):
+        pass
+    assert timings.timed("validation", lambda: 3)() == 3
+    assert times.stages["evaluate"]["examples"] == 7 and times.stages["validation"]["calls"] == 1
