@@ -40,8 +40,18 @@ class TwoTowerModel(tfrs.Model):
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
-        query_embeddings = self.query_tower(features, training=training)
-        item_embeddings = self.item_tower(features, training=training)
+        negatives = self.retrieval.negatives
+        extra = extra_ids = None
+        if negatives == "full":  # the whole catalog is embedded once: candidates, positives and history items
+            extra = self.item_tower.embed_rows(tf.range(len(self.item_tower.item_ids), dtype=tf.int64), training)
+            item_embeddings = tf.gather(extra, features["item_position"])
+            query_embeddings = self.query_tower(features, training=training, catalog_embeddings=extra)
+        else:
+            query_embeddings = self.query_tower(features, training=training)
+            item_embeddings = self.item_tower(features, training=training)
+            if negatives in ("sampled", "mixed"):
+                extra_ids = self.retrieval.sample()
+                extra = self.item_tower.embed_rows(extra_ids, training)
         loss = tf.constant(0.0)
         # Python-level checks: a task with weight 0 is left out of the graph.
         if self.retrieval_weight > 0:
@@ -49,7 +59,8 @@ class TwoTowerModel(tfrs.Model):
             # them are compared much faster than the string ids.
             ids = features["item_position"] if "item_position" in features else features["item_id"]
             loss += self.retrieval_weight * self.retrieval(
-                query_embeddings, item_embeddings, ids, features.get("item_probability"))
+                query_embeddings, item_embeddings, ids, features.get("item_probability"),
+                extra_embeddings=extra, extra_ids=extra_ids)
         if self.ranking is not None and self.ranking_weight > 0:
             scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
             loss += self.ranking_weight * self.ranking(features["label"], scores)

@@ -72,6 +72,9 @@ class Examples:
     user_id: list[str]
     label: np.ndarray  # float32 [n]; ones when there is no label column
     timestamp: np.ndarray  # float64 [n]; file order when there is no timestamp column
+    # int64 [n, query_history_items]: the user's previous items as catalog rows, most recent first, -1 padded;
+    # None when queries are not built from history.
+    history: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -79,7 +82,8 @@ class Examples:
     def take(self, idx) -> "Examples":
         idx = list(idx)
         return Examples([self.query_text[i] for i in idx], [self.item_id[i] for i in idx],
-                        [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx])
+                        [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx],
+                        None if self.history is None else self.history[idx])
 
 
 @dataclass
@@ -209,15 +213,18 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     else:
         queries = [""] * n
         depth = ic.query_history_items
+        history = np.full([n, depth], -1, np.int64)
         for seq in by_user.values():
+            rows = [catalog.position[items[i]] for i in seq]
             for pos, i in enumerate(seq):
-                past = seq[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
-                queries[i] = HISTORY_SEPARATOR.join(catalog.history_texts[catalog.position[items[j]]] for j in past)
+                past = rows[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
+                history[i, :len(past)] = past
+                queries[i] = HISTORY_SEPARATOR.join(catalog.history_texts[j] for j in past)
         skipped["no_history"] += sum(1 for seq in by_user.values() if seq)  # each user's first interaction
 
     usable = {i for i in known if queries[i]}
     split = _split(cfg, by_user, usable, stamps, part_of)
-    full = Examples(queries, items, users, labels, stamps)
+    full = Examples(queries, items, users, labels, stamps, None if ic.query_column else history)
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
