@@ -1,0 +1,106 @@
+"""Learned baselines, trained as carefully as the model on the same split.
+
+``id_sequence``: an ID-only model over the same history window, as a user would
+build it in an afternoon: the query is the user's last
+``data.interactions.query_history_items`` items (id embeddings only, no text,
+no categorical features) pooled by the same ``model.history_encoder``; items are
+id embeddings. It trains with the model's negatives, temperature, optimiser,
+epochs and early stopping (best validation ``train.early_stopping_metric``,
+``train.early_stopping_patience``), so the gap to the model is what item text,
+categorical features and the shared item tower add.
+
+``popularity`` is in :mod:`tfrec.evaluate` (no training).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec import evaluate
+from tfrec.data import pipeline
+from tfrec.data.dataset import RetrievalData
+
+log = logging.getLogger("tfrec")
+ID_FEATURES = ("history_item_ids", "item_id", "item_position", "item_probability")
+
+
+def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Trains the ``id_sequence`` model; returns (queries of ``split`` [n, dim], catalog [num_items, dim]).
+
+    Args:
+      cfg: the resolved config (the model's history window, encoder, negatives and training settings).
+      data: the split data; its examples must carry ``history`` (history-built queries).
+      split: "validation" or "test", the queries to embed with the best epoch's weights.
+    """
+    from tfrec import training
+    from tfrec.models import build_model
+
+    if data.train.history is None:
+        raise ValueError("the id_sequence baseline needs history-built queries (data.interactions."
+                         "query_history_items)")
+    t = cfg.train
+    tf.keras.utils.set_random_seed(t.seed)
+    probability = data.item_probability()
+    model = build_model(cfg, data.catalog, probability, ids_only=True)
+    model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+    features = pipeline.training_features(data.train, data.catalog, probability, query_text=False)
+    features = {k: v for k, v in features.items() if k in ID_FEATURES}
+    batch = t.batch_size
+    steps = math.ceil(len(data.train) / batch)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    training.compile_model(model, cfg, steps * t.epochs)
+    train = pipeline.make_dataset(features, batch, shuffle=True, seed=t.seed,
+                                  drop_remainder=len(data.train) >= 2 * batch, repeat=True)
+    rows = tf.range(len(data.catalog), dtype=tf.int64)
+    embed_items = tf.function(lambda: model.item_tower.embed_rows(rows))
+    embed_queries = tf.function(lambda h: model.query_tower({"history_item_ids": h}))
+
+    def embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+        history = getattr(data, name).history
+        queries = np.concatenate([embed_queries(tf.constant(history[i:i + 1024])).numpy()
+                                  for i in range(0, len(history), 1024)])
+        return queries, embed_items().numpy()
+
+    metric, k = t.early_stopping_metric, int(t.early_stopping_metric.split("@")[1])
+    keeper = _KeepBest(lambda: evaluate.evaluate_embeddings(*embeddings("validation"), data, "validation", [k],
+                                                            cfg.eval.exclude_seen)[metric],
+                       metric, t.early_stopping_patience, t.epochs)
+    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper], verbose=0)
+    best = keeper.best_weights
+    model.set_weights(best)
+    return embeddings(split)
+
+
+def id_sequence_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
+    """Metrics of the trained ``id_sequence`` model on ``split`` (same metrics as the model's)."""
+    q, items = id_sequence_embeddings(cfg, data, split)
+    return evaluate.evaluate_embeddings(q, items, data, split, ks, exclude_seen)
+
+
+class _KeepBest(tf.keras.callbacks.Callback):
+    """Validation after each epoch; keeps the best weights; stops after ``patience`` epochs without a gain."""
+
+    def __init__(self, validate, metric: str, patience: int, epochs: int):
+        super().__init__()
+        self.validate, self.metric, self.patience, self.epochs = validate, metric, patience, epochs
+        self.best_value, self.best_weights, self.waited, self.started = -1.0, None, 0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.validate()
+        log.info("id_sequence: epoch %d/%d val_%s=%.4f (%.0fs)", epoch + 1, self.epochs, self.metric, value,
+                 time.time() - self.started)
+        if value > self.best_value:
+            self.best_value, self.best_weights, self.waited = value, self.model.get_weights(), 0
+        else:
+            self.waited += 1
+            if self.patience and self.waited >= self.patience:
+                self.model.stop_training = True
