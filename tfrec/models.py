@@ -138,8 +138,9 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     q = m.query_encoder
     ic = cfg.data.interactions
     history_length = ic.query_history_items or 0
-    history_encoder = make_history_encoder(m.history_encoder, history_length, m.embedding_dim, m.dropout) \
-        if history_length and m.history_encoder != "text" else None
+    encoder_name = getattr(m, "history_encoder", "text")
+    history_encoder = make_history_encoder(encoder_name, history_length, m.embedding_dim, m.dropout) \
+        if history_length and encoder_name != "text" else None
     wants_query_text = ic.query_column is not None or history_encoder is None
     query_encoder = item_encoder = None
     if not ids_only:
@@ -161,11 +162,11 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     r = cfg.retrieval
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
                               batch_metric_ks=(10,), cross_replica_negatives=r.cross_replica_negatives,
-                              negatives=r.negatives, num_sampled=r.num_sampled, sampling=r.sampling,
-                              name="retrieval")
-    if r.negatives != "in_batch":
+                              negatives=getattr(r, "negatives", "in_batch"), num_sampled=getattr(r, "num_sampled", 0),
+                              sampling=getattr(r, "sampling", "uniform"), name="retrieval")
+    if retrieval.negatives != "in_batch":
         if item_probability is None:
-            raise ValueError(f"retrieval.negatives={r.negatives} needs the catalog's item probabilities")
+            raise ValueError(f"retrieval.negatives={retrieval.negatives} needs the catalog's item probabilities")
         retrieval.set_catalog_probability(item_probability)
     rk = cfg.ranking
     ranking_head = ranking = None
