@@ -279,3 +279,37 @@ def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], sta
                 "train": sorted(order[n_test + n_val:])}
     return {"train": order[:n - n_test - n_val], "validation": order[n - n_test - n_val:n - n_test],
             "test": order[n - n_test:]}
+
+
+def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> tuple[RetrievalData, np.ndarray]:
+    """Makes ``fraction`` of the catalog cold: no training or validation interaction mentions them.
+
+    Rows whose target is cold leave the training and validation splits, and cold
+    items leave those rows' histories (the rest shift up, padding stays at the
+    tail), so nothing trains their id embeddings. Test rows are kept whole: a
+    cold target is what the ``cold_items`` section measures, and a cold item in
+    a test history is a real user's recent item (the model reads its text).
+
+    Returns:
+      (the new data, int64 [num_cold] sorted catalog rows of the cold items).
+    """
+    n = len(data.catalog)
+    rng = np.random.default_rng(seed)
+    cold = np.sort(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)).astype(np.int64)
+    is_cold = np.zeros(n, bool)
+    is_cold[cold] = True
+
+    def warm(examples: Examples) -> Examples:
+        targets = np.array([data.catalog.position[i] for i in examples.item_id], np.int64)
+        kept = examples.take(np.flatnonzero(~is_cold[targets]))
+        if kept.history is not None:
+            history = np.full_like(kept.history, -1)
+            for r, row in enumerate(kept.history):
+                row = row[(row >= 0) & ~is_cold[np.maximum(row, 0)]]
+                history[r, :len(row)] = row
+            kept.history = history
+        return kept
+
+    train, validation = warm(data.train), warm(data.validation)
+    counts = dict(data.counts, train=len(train), validation=len(validation), cold_items=len(cold))
+    return RetrievalData(data.catalog, train, validation, data.test, counts, data.skipped, data.stream), cold
