@@ -65,7 +65,13 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
                          sampling=args.sampling, name="retrieval")
     task.set_catalog_probability(data.item_probability())
     model = TwoTowerModel(query_tower, item_tower, task)
-    model.compile(optimizer=tf.keras.optimizers.Adam(args.lr))
+    if args.adamw:  # the trainer's optimiser: AdamW, warm-up and linear decay over all epochs
+        from tfrec import training
+
+        steps = len(data.train) // args.batch
+        model.compile(optimizer=training.make_optimizer(args.lr, steps * args.epochs, 0.05, 1e-4, "adamw"))
+    else:
+        model.compile(optimizer=tf.keras.optimizers.Adam(args.lr))
 
     def feats(split):
         ex = getattr(data, split)
@@ -127,6 +133,7 @@ def main() -> None:
     p.add_argument("--query-hidden", type=int, nargs="*", default=[])
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--exclude-seen", action="store_true")
+    p.add_argument("--adamw", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["model", "id_sequence"], default=None)
     args = p.parse_args()
