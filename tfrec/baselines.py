@@ -104,3 +104,54 @@ class _KeepBest(tf.keras.callbacks.Callback):
             self.waited += 1
             if self.patience and self.waited >= self.patience:
                 self.model.stop_training = True
+
+
+def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``content`` baseline: no training, the text encoder as it comes.
+
+    A query is the mean of its history items' text embeddings; an item is its
+    own text embedding (both unit length), so it ranks items by how much their
+    text resembles what the user just had.
+
+    Args:
+      data: the split data (examples with ``history``).
+      split: whose queries to embed.
+      item_text_encodings: float32 [num_items, hidden], the frozen encoder's output per catalog row.
+    Returns:
+      (queries [n, hidden], items [num_items, hidden]).
+    """
+    items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
+    history = getattr(data, split).history
+    mask = (history >= 0)[..., None]
+    queries = (items[np.maximum(history, 0)] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    return queries.astype(np.float32), items.astype(np.float32)
+
+
+def cold_items_section(data: RetrievalData, cold: np.ndarray, ks: list[int], exclude_seen: bool,
+                       model_queries: np.ndarray, model_items: np.ndarray,
+                       item_text_encodings: np.ndarray | None) -> dict:
+    """``eval.json``'s ``cold_items``: the test rows whose target is a cold item, ranked in the full catalog.
+
+    Args:
+      data: the data after :func:`tfrec.data.dataset.hold_out_cold_items`.
+      cold: int64 [num_cold] catalog rows of the cold items.
+      model_queries: float32 [num_test, dim] the model's test queries; model_items: [num_items, dim].
+      item_text_encodings: float32 [num_items, hidden] for the ``content`` baseline (None: left out).
+    Returns:
+      {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content"}}.
+    """
+    import dataclasses
+
+    targets = np.array([data.catalog.position[i] for i in data.test.item_id], np.int64)
+    rows = np.flatnonzero(np.isin(targets, cold))
+    section = {"items": int(len(cold)), "targets": int(len(rows))}
+    if len(rows) == 0:
+        return section
+    sub = dataclasses.replace(data, test=data.test.take(rows))
+    section["model"] = evaluate.evaluate_embeddings(model_queries[rows], model_items, sub, "test", ks, exclude_seen)
+    section["baselines"] = {"popularity": evaluate.popularity_baseline(sub, "test", ks, exclude_seen)}
+    if item_text_encodings is not None and data.test.history is not None:
+        q, items = content_embeddings(sub, "test", item_text_encodings)
+        section["baselines"]["content"] = evaluate.evaluate_embeddings(q, items, sub, "test", ks, exclude_seen)
+    return section
