@@ -139,6 +139,8 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     ic = cfg.data.interactions
     history_length = ic.query_history_items or 0
     encoder_name = getattr(m, "history_encoder", "text")
+    if ids_only and encoder_name == "text":  # an ID-only model cannot read titles: the plain mean of the items
+        encoder_name = "mean"
     history_encoder = make_history_encoder(encoder_name, history_length, m.embedding_dim, m.dropout) \
         if history_length and encoder_name != "text" else None
     wants_query_text = ic.query_column is not None or history_encoder is None
