@@ -155,3 +155,20 @@ def cold_items_section(data: RetrievalData, cold: np.ndarray, ks: list[int], exc
         q, items = content_embeddings(sub, "test", item_text_encodings)
         section["baselines"]["content"] = evaluate.evaluate_embeddings(q, items, sub, "test", ks, exclude_seen)
     return section
+
+
+def trained_baselines(cfg, data: RetrievalData, split: str) -> dict:
+    """``eval.json``'s ``baselines``: ``popularity`` always; ``id_sequence`` when queries are built from history,
+    else ``id_two_tower`` (user id -> item) when there are user ids and the training rows are in memory."""
+    ks, exclude = cfg.eval.ks, cfg.eval.exclude_seen
+    out = {"popularity": evaluate.popularity_baseline(data, split, ks, exclude)}
+    if data.train.history is not None:
+        out["id_sequence"] = id_sequence_baseline(cfg, data, split, ks, exclude)
+    elif cfg.data.interactions.user_id_column and data.stream is None:
+        out["id_two_tower"] = evaluate.id_two_tower_baseline(
+            data, split, ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed, exclude_seen=exclude,
+            monitor=cfg.train.early_stopping_metric)
+    elif cfg.data.interactions.user_id_column:
+        log.info("eval: no id_two_tower baseline (it trains on the training interactions in memory; these were "
+                 "streamed)")
+    return out

@@ -138,7 +138,7 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     q = m.query_encoder
     ic = cfg.data.interactions
     history_length = ic.query_history_items or 0
-    encoder_name = getattr(m, "history_encoder", "text")
+    encoder_name = m.history_encoder
     if ids_only and encoder_name == "text":  # an ID-only model cannot read titles: the plain mean of the items
         encoder_name = "mean"
     history_encoder = make_history_encoder(encoder_name, history_length, m.embedding_dim, m.dropout) \
@@ -164,8 +164,8 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     r = cfg.retrieval
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
                               batch_metric_ks=(10,), cross_replica_negatives=r.cross_replica_negatives,
-                              negatives=getattr(r, "negatives", "in_batch"), num_sampled=getattr(r, "num_sampled", 0),
-                              sampling=getattr(r, "sampling", "uniform"), name="retrieval")
+                              negatives=r.negatives, num_sampled=r.num_sampled, sampling=r.sampling,
+                              name="retrieval")
     if retrieval.negatives != "in_batch":
         if item_probability is None:
             raise ValueError(f"retrieval.negatives={retrieval.negatives} needs the catalog's item probabilities")

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tfrec import config as config_lib
 from tfrec import evaluate, runtime, training, vertex
+from tfrec.baselines import cold_items_section, trained_baselines
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
@@ -91,6 +92,7 @@ class Evaluation:
       ranking: the ranking head's report, or None when the model has no head.
       query_embeddings: float32 [num_test_queries, d].
       item_embeddings: float32 [num_items, d].
+      cold_items: with ``eval.cold_items_fraction``, :func:`tfrec.baselines.cold_items_section`.
     """
 
     model: dict
@@ -98,6 +100,7 @@ class Evaluation:
     ranking: dict | None
     query_embeddings: np.ndarray
     item_embeddings: np.ndarray
+    cold_items: dict | None = None  # eval.cold_items_fraction: the cold targets' section
 
 
 # ----------------------------------------------------------------- job dir
@@ -133,8 +136,14 @@ def training_flat(cfg: Config) -> dict:
 
 # ------------------------------------------------------------------ stages
 def load_data(cfg: Config, base_dir: str | Path) -> RetrievalData:
-    """Reads, checks and splits the interactions and the catalog (``cfg.data``)."""
+    """Reads, checks and splits the interactions and the catalog (``cfg.data``).
+
+    With ``eval.cold_items_fraction`` that share of the items is made cold
+    (:func:`tfrec.data.dataset.hold_out_cold_items`; ``data.cold_items`` holds their rows).
+    """
     data = dataset.load(cfg.data, base_dir=str(base_dir))
+    if cfg.eval.cold_items_fraction:
+        data = dataset.hold_out_cold_items(data, cfg.eval.cold_items_fraction, cfg.train.seed)
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
     return data
 
@@ -148,7 +157,7 @@ def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strate
     runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
     try:
         with strategy.scope():
-            return build_two_tower(cfg, data.catalog)
+            return build_two_tower(cfg, data.catalog, data.item_probability())
     finally:
         runtime.set_precision("none")
 
@@ -159,7 +168,7 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
     cache = cfg.train.cache_frozen_encoders
     query_cache = item_cache = None
-    if cache and query_encoder.frozen:
+    if cache and query_encoder is not None and query_encoder.frozen:
         train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
         texts = train_texts + data.validation.query_text + data.test.query_text
         query_cache = pipeline.TextCache(texts, query_encoder.encode_texts, progress="encoding queries")
@@ -171,6 +180,9 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
+    if model.query_tower.history_encoder is not None or model.retrieval.negatives != "in_batch":
+        with model.distribute_strategy.scope():  # items embedded by row: history items, catalog negatives
+            model.item_tower.set_catalog(all_items)
     return Features(item_probability, query_cache, item_cache, all_items, steps)
 
 
@@ -193,7 +205,8 @@ def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, featu
 
     if data.stream is None:  # in memory; under multi_worker Keras shards the batches across workers
         ds = pipeline.make_dataset(pipeline.training_features(data.train, data.catalog, features.item_probability,
-                                                              features.query_cache, features.item_cache),
+                                                              features.query_cache, features.item_cache,
+                                                              model.query_tower.encoder is not None),
                                    batch, shuffle=True, seed=cfg.train.seed,
                                    drop_remainder=len(data.train) >= 2 * batch
                                    or runtime.kind(strategy) in ("tpu", "multi_worker"), repeat=True)
@@ -222,7 +235,11 @@ def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, fea
 def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, split: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``split``'s queries and the whole catalog through the towers: float32 [n, d] and [num_items, d]."""
-    queries = pipeline.query_features(getattr(data, split).query_text, features.query_cache)
+    examples = getattr(data, split)
+    queries = pipeline.query_features(examples.query_text, features.query_cache) \
+        if model.query_tower.encoder is not None else {}
+    if model.query_tower.history_encoder is not None:
+        queries.update(pipeline.history_features(examples))
     return (evaluate.embed(model.query_tower, queries, progress=f"embedding {split} queries"),
             evaluate.embed(model.item_tower, features.all_items, progress="embedding the catalog"))
 
@@ -251,7 +268,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)
         sample = next(iter(pipeline.make_dataset(pipeline.training_features(
             data.validation.take(range(2)), data.catalog, features.item_probability, features.query_cache,
-            features.item_cache), 2)))
+            features.item_cache, model.query_tower.encoder is not None), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
     state_objects = {"model": model, "optimizer": head_opt}
@@ -298,16 +315,12 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     """Full-catalog metrics of ``model`` on ``split``, and of the baselines trained on the same split."""
     q, item_embeddings = embed_split(model, data, features, split)
     results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-    baselines = {}
-    if cfg.eval.baselines:
-        baselines["popularity"] = evaluate.popularity_baseline(data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-        if cfg.data.interactions.user_id_column and data.stream is not None:
-            log.info("eval: no id_two_tower baseline (it trains on the training interactions in memory; these "
-                     "were streamed)")
-        elif cfg.data.interactions.user_id_column:
-            baselines["id_two_tower"] = evaluate.id_two_tower_baseline(
-                data, split, cfg.eval.ks, epochs=cfg.eval.id_two_tower_epochs, seed=cfg.train.seed,
-                exclude_seen=cfg.eval.exclude_seen, monitor=cfg.train.early_stopping_metric)
+    baselines = trained_baselines(cfg, data, split) if cfg.eval.baselines else {}
+    cold = None
+    if data.cold_items is not None:
+        texts = features.item_cache.lookup(data.catalog.texts) if features.item_cache is not None else None
+        cold = cold_items_section(data, data.cold_items, cfg.eval.ks, cfg.eval.exclude_seen, q, item_embeddings,
+                                  texts)
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:
@@ -315,7 +328,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
 
         ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
-    return Evaluation(results, baselines, ranking, q, item_embeddings)
+    return Evaluation(results, baselines, ranking, q, item_embeddings, cold)
 
 
 def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
@@ -338,6 +351,8 @@ def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evalua
         "config_hash": config_lib.config_hash(cfg)}
     if evaluation.ranking is not None:
         report["ranking"] = evaluation.ranking
+    if evaluation.cold_items is not None:
+        report["cold_items"] = evaluation.cold_items
     tb = str(tensorboard_dir or job / "tensorboard")
     training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
                            {f"test_{k}": v for k, v in evaluation.model.items()})

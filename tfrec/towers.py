@@ -147,6 +147,8 @@ class QueryTower(tf.keras.layers.Layer):
         if self.encoder is not None:
             if any(k in features for k in ("query_text", "query_text_encoding", "query_input_ids")):
                 text = tf.cast(_encode(self.encoder, features, "query_text", training), tf.float32)
+                if self.history_encoder is not None and "query_text" in features:  # "" = no text, not a text
+                    text *= tf.cast(tf.reshape(features["query_text"], [-1]) != "", tf.float32)[:, None]
                 batch = tf.shape(text)[0]
             else:
                 text = None

@@ -29,7 +29,8 @@ def test_id_sequence_trains_and_reports_the_model_metrics(tmp_path):
 
 def test_cold_section_counts_cold_targets(tmp_path):
     data = dataset.load(history_cfg(tmp_path, n_users=4, per_user=4, depth=3).data)
-    warm, cold = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    warm = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    cold = warm.cold_items
     rng = np.random.default_rng(0)
     q, items = rng.normal(size=(len(warm.test), 2)), rng.normal(size=(4, 2))
     section = baselines.cold_items_section(warm, cold, [1, 4], False, q, items, rng.normal(size=(4, 3)))

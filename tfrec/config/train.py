@@ -59,11 +59,20 @@ class EvalConfig:
     baselines: bool = True
     id_two_tower_epochs: int = 10
     exclude_seen: bool = False
+    # A seeded share of the items made cold (no training or validation interaction), measured in eval.json's
+    # cold_items section; null = off.
+    cold_items_fraction: Optional[float] = None
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
         check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "needs positive cutoffs")
         check(self.id_two_tower_epochs >= 1, "eval.id_two_tower_epochs", "must be >= 1")
+        if self.cold_items_fraction is not None:
+            check(0.0 < self.cold_items_fraction < 0.5, "eval.cold_items_fraction",
+                  f"must be in (0, 0.5) or null, got {self.cold_items_fraction}")
+            check(cfg.data.split.method != "files" and not cfg.data.interactions.streaming,
+                  "eval.cold_items_fraction",
+                  "holds items out of one interactions file; not available with data.split.method=files")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class RetrievalData:
     counts: dict[str, int]
     skipped: dict[str, int]
     stream: StreamInfo | None = None  # data.interactions.streaming: the training shards (train is then empty)
+    cold_items: np.ndarray | None = None  # int64 catalog rows held out of training (hold_out_cold_items)
 
     @property
     def num_train(self) -> int:
@@ -281,7 +282,7 @@ def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], sta
             "test": order[n - n_test:]}
 
 
-def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> tuple[RetrievalData, np.ndarray]:
+def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> RetrievalData:
     """Makes ``fraction`` of the catalog cold: no training or validation interaction mentions them.
 
     Rows whose target is cold leave the training and validation splits, and cold
@@ -291,7 +292,7 @@ def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> tupl
     a test history is a real user's recent item (the model reads its text).
 
     Returns:
-      (the new data, int64 [num_cold] sorted catalog rows of the cold items).
+      the new data; its ``cold_items``: int64 [num_cold] sorted catalog rows of the cold items.
     """
     n = len(data.catalog)
     rng = np.random.default_rng(seed)
@@ -312,4 +313,4 @@ def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> tupl
 
     train, validation = warm(data.train), warm(data.validation)
     counts = dict(data.counts, train=len(train), validation=len(validation), cold_items=len(cold))
-    return RetrievalData(data.catalog, train, validation, data.test, counts, data.skipped, data.stream), cold
+    return RetrievalData(data.catalog, train, validation, data.test, counts, data.skipped, data.stream, cold)

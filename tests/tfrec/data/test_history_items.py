@@ -25,7 +25,8 @@ def test_history_rows_most_recent_first_and_padded(tmp_path):
 
 def test_cold_items_leave_training_validation_and_their_histories(tmp_path):
     data = dataset.load(history_cfg(tmp_path, n_users=4, per_user=4, depth=3).data)
-    warm, cold = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    warm = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    cold = warm.cold_items
     assert len(cold) == 1  # a quarter of 4 items
     cold_id = data.catalog.item_ids[cold[0]]
     for split in (warm.train, warm.validation):
@@ -36,5 +37,5 @@ def test_cold_items_leave_training_validation_and_their_histories(tmp_path):
             assert not np.any(~real[:-1] & real[1:])
     assert warm.test.item_id == data.test.item_id  # the test split is untouched
     assert len(warm.train) == sum(i != cold_id for i in data.train.item_id)
-    again, cold_again = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    cold_again = dataset.hold_out_cold_items(data, 0.25, seed=0).cold_items
     np.testing.assert_array_equal(cold, cold_again)  # seeded
