@@ -128,20 +128,22 @@ def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.
     return queries.astype(np.float32), items.astype(np.float32)
 
 
-def cold_items_section(data: RetrievalData, cold: np.ndarray, ks: list[int], exclude_seen: bool,
-                       model_queries: np.ndarray, model_items: np.ndarray,
-                       item_text_encodings: np.ndarray | None) -> dict:
+def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, model_items: np.ndarray,
+                       item_cache: pipeline.TextCache | None) -> dict:
     """``eval.json``'s ``cold_items``: the test rows whose target is a cold item, ranked in the full catalog.
 
     Args:
-      data: the data after :func:`tfrec.data.dataset.hold_out_cold_items`.
-      cold: int64 [num_cold] catalog rows of the cold items.
+      cfg: the resolved config (``eval.ks``, ``eval.exclude_seen``).
+      data: the data after :func:`tfrec.data.dataset.hold_out_cold_items` (``data.cold_items`` set).
       model_queries: float32 [num_test, dim] the model's test queries; model_items: [num_items, dim].
-      item_text_encodings: float32 [num_items, hidden] for the ``content`` baseline (None: left out).
+      item_cache: the frozen item text encoder's outputs, for the ``content`` baseline (None: left out).
     Returns:
       {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content"}}.
     """
     import dataclasses
+
+    cold, ks, exclude_seen = data.cold_items, cfg.eval.ks, cfg.eval.exclude_seen
+    item_text_encodings = item_cache.lookup(data.catalog.texts) if item_cache is not None else None
 
     targets = np.array([data.catalog.position[i] for i in data.test.item_id], np.int64)
     rows = np.flatnonzero(np.isin(targets, cold))

@@ -316,11 +316,8 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     q, item_embeddings = embed_split(model, data, features, split)
     results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
     baselines = trained_baselines(cfg, data, split) if cfg.eval.baselines else {}
-    cold = None
-    if data.cold_items is not None:
-        texts = features.item_cache.lookup(data.catalog.texts) if features.item_cache is not None else None
-        cold = cold_items_section(data, data.cold_items, cfg.eval.ks, cfg.eval.exclude_seen, q, item_embeddings,
-                                  texts)
+    cold = cold_items_section(cfg, data, q, item_embeddings, features.item_cache) if data.cold_items is not None \
+        else None
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:

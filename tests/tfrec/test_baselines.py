@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tfrec import baselines
-from tfrec.data import dataset
+from tfrec.data import dataset, pipeline
 from tests.tfrec.data.test_history_items import history_cfg
 
 
@@ -33,7 +33,10 @@ def test_cold_section_counts_cold_targets(tmp_path):
     cold = warm.cold_items
     rng = np.random.default_rng(0)
     q, items = rng.normal(size=(len(warm.test), 2)), rng.normal(size=(4, 2))
-    section = baselines.cold_items_section(warm, cold, [1, 4], False, q, items, rng.normal(size=(4, 3)))
+    cfg = history_cfg(tmp_path, n_users=4, per_user=4, depth=3)
+    cfg.eval.ks, cfg.eval.exclude_seen = [1, 4], False
+    cache = pipeline.TextCache(data.catalog.texts, lambda texts: rng.normal(size=(len(texts), 3)))
+    section = baselines.cold_items_section(cfg, warm, q, items, cache)
     # Each of the 4 users' test item is a different one of the 4 items, so one test row has the cold target.
     assert section["items"] == 1 and section["targets"] == 1
     assert set(section["baselines"]) == {"popularity", "content"} and "recall@4" in section["model"]
