@@ -204,6 +204,18 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     for i in sorted(known, key=lambda i: (stamps[i], i)):
         by_user[users[i]].append(i)
 
+    history = None
+    if ic.query_history_items:  # the user's previous items, as catalog rows (and as text when there is no query)
+        depth = ic.query_history_items
+        history = np.full([n, depth], -1, np.int64)
+        history_text = [""] * n
+        for seq in by_user.values():
+            rows = [catalog.position[items[i]] for i in seq]
+            for pos, i in enumerate(seq):
+                past = rows[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
+                history[i, :len(past)] = past
+                if not ic.query_column:
+                    history_text[i] = HISTORY_SEPARATOR.join(catalog.history_texts[j] for j in past)
     if ic.query_column:
         queries = as_text(table, ic.query_column)
         empty = [i for i in known if not queries[i]]
@@ -212,20 +224,12 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
                               "(set data.skip_empty_queries: true to skip and count such rows)")
         skipped["empty_queries"] += len(empty)
     else:
-        queries = [""] * n
-        depth = ic.query_history_items
-        history = np.full([n, depth], -1, np.int64)
-        for seq in by_user.values():
-            rows = [catalog.position[items[i]] for i in seq]
-            for pos, i in enumerate(seq):
-                past = rows[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
-                history[i, :len(past)] = past
-                queries[i] = HISTORY_SEPARATOR.join(catalog.history_texts[j] for j in past)
+        queries = history_text
         skipped["no_history"] += sum(1 for seq in by_user.values() if seq)  # each user's first interaction
 
     usable = {i for i in known if queries[i]}
     split = _split(cfg, by_user, usable, stamps, part_of)
-    full = Examples(queries, items, users, labels, stamps, None if ic.query_column else history)
+    full = Examples(queries, items, users, labels, stamps, history)
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:

@@ -39,3 +39,13 @@ def test_cold_items_leave_training_validation_and_their_histories(tmp_path):
     assert len(warm.train) == sum(i != cold_id for i in data.train.item_id)
     cold_again = dataset.hold_out_cold_items(data, 0.25, seed=0).cold_items
     np.testing.assert_array_equal(cold, cold_again)  # seeded
+
+
+def test_query_text_and_history_together(tmp_path):
+    cfg = history_cfg(tmp_path)
+    cfg.data.interactions.query_column = "query"
+    data = dataset.load(cfg.data)
+    # With a query column every interaction is usable (the first one with an empty history).
+    assert data.test.query_text == ["query 0 3"] and len(data.train) == 2
+    np.testing.assert_array_equal(data.test.history, [[2, 1]])
+    np.testing.assert_array_equal(data.train.history, [[-1, -1], [0, -1]])
