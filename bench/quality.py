@@ -1,6 +1,9 @@
 """Quality experiments on the demo's protocol: history-as-items models against an honest id_sequence baseline.
 
-    python bench/quality.py [--history 50] [--encoder transformer] [--negatives full] [--epochs 20] ...
+    python bench/quality.py [--history 20] [--encoder attention] [--negatives full] [--epochs 10] ...
+    python bench/quality.py --throughput   # training examples/s per negatives mode, ratios to in_batch
+
+Defaults are the movielens preset's values (seen items excluded from the ranking, AdamW with warm-up).
 
 Data and split come from the movielens preset through ``tfrec.data.dataset`` (leave-last,
 full catalog, 943 test users) and metrics from ``tfrec.evaluate``, so the figures are on
@@ -45,7 +48,8 @@ def item_text_cache(cfg, catalog, path: str) -> pipeline.TextCache:
     return cache, encoder
 
 
-def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
+def build(args, data, with_text: bool, cache, encoder, seed: int):
+    """The model (or the id_sequence baseline without text) and its shuffled training batches."""
     tf.keras.utils.set_random_seed(seed)
     catalog = data.catalog
     length = args.history
@@ -84,6 +88,13 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
         return f
 
     train = pipeline.make_dataset(feats("train"), args.batch, shuffle=True, seed=seed, drop_remainder=True)
+    return model, train
+
+
+def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
+    model, train = build(args, data, with_text, cache, encoder, seed)
+    query_tower, item_tower, length = model.query_tower, model.item_tower, args.history
+    all_rows = np.arange(len(data.catalog))
     embed_q = tf.function(lambda h: query_tower({"history_item_ids": h}))
     embed_items = tf.function(lambda: item_tower.embed_rows(tf.constant(all_rows)))
 
@@ -115,31 +126,65 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
     return out
 
 
+def throughput(args, data, cache, encoder) -> None:
+    """Training examples/s of the model under each negatives mode, interleaved rounds, same batches.
+
+    Prints one line per mode and ``ratio <mode>/in_batch`` (median over rounds of the per-round ratio).
+    """
+    modes = ["in_batch", "sampled", "mixed", "full"]
+    models, iterators = {}, {}
+    for mode in modes:
+        args.negatives = mode
+        model, train = build(args, data, True, cache, encoder, args.seed)
+        models[mode], iterators[mode] = model, iter(train.repeat())
+        step = tf.function(model.train_step)
+        for _ in range(3):  # tracing and warm-up, not timed
+            step(next(iterators[mode]))
+        models[mode] = step
+    rates = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            batches = [next(iterators[mode]) for _ in range(args.steps)]
+            started = time.perf_counter()
+            for b in batches:
+                out = models[mode](b)
+            float(out["loss"])  # wait for the last step
+            rates[mode].append(args.batch * args.steps / (time.perf_counter() - started))
+    for mode in modes:
+        ratio = np.median(np.array(rates[mode]) / np.array(rates["in_batch"]))
+        print(f"negatives {mode:<9} {np.median(rates[mode]):8.0f} examples/s   ratio {mode}/in_batch: {ratio:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--history", type=int, default=50)
-    p.add_argument("--encoder", default="transformer")
+    p.add_argument("--history", type=int, default=20)
+    p.add_argument("--encoder", default="attention")
     p.add_argument("--negatives", default="full")
     p.add_argument("--num-sampled", type=int, default=256)
     p.add_argument("--sampling", default="uniform")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--id-dim", type=int, default=64)
     p.add_argument("--hidden", type=int, nargs="*", default=[256])
-    p.add_argument("--query-hidden", type=int, nargs="*", default=[])
+    p.add_argument("--query-hidden", type=int, nargs="*", default=[256])
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--exclude-seen", action="store_true")
-    p.add_argument("--adamw", action="store_true")
+    p.add_argument("--include-seen", dest="exclude_seen", action="store_false")
+    p.add_argument("--adam", dest="adamw", action="store_false", help="constant-rate Adam instead of the trainer's AdamW")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["model", "id_sequence"], default=None)
+    p.add_argument("--throughput", action="store_true", help="examples/s per negatives mode instead of quality")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
     cfg = config_lib.build("movielens", sets=[f"data.interactions.query_history_items={args.history}"])
     data = dataset.load(cfg.data)
     cache, encoder = item_text_cache(cfg, data.catalog, "/tmp/quality_item_text.npy")
+    if args.throughput:
+        return throughput(args, data, cache, encoder)
     results = {"popularity": evaluate.popularity_baseline(data, "test", [10, 100], args.exclude_seen)}
     started = time.time()
     for name, with_text in (("model", True), ("id_sequence", False)):
