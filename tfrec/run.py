@@ -131,7 +131,8 @@ def check_job_dir(job: Path, cfg: Config) -> None:
 def training_flat(cfg: Config) -> dict:
     """The config keys that change what a checkpoint means (export/eval settings may change)."""
     flat = training.flatten(config_lib.to_dict(cfg))
-    return {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "model", "retrieval", "ranking")}
+    return {k: v for k, v in flat.items()
+            if k.split(".")[0] in ("data", "model", "retrieval", "ranking") or k == "eval.cold_items_fraction"}
 
 
 # ------------------------------------------------------------------ stages
