@@ -24,9 +24,8 @@ only. The towers accept either form; exported SavedModels take raw strings.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 import numpy as np
+import tensorflow as tf
 
 from tfrec.encoders.ids import IdEmbedding
 from tfrec.encoders.text import BertTextEncoder
@@ -118,7 +117,9 @@ class QueryTower(tf.keras.layers.Layer):
         self.encoder, self.history_encoder, self.history_length = encoder, history_encoder, history_length
         self.hidden_units, self.embedding_dim, self.dropout = list(hidden_units), embedding_dim, dropout
         self.head = _mlp(self.hidden_units, embedding_dim, dropout, "query_head")
-        self._item_tower_ref: list = []  # not tracked here: the model owns the item tower's weights
+        # The item tower embeds history items; a one-element list so that it is set after construction (the
+        # model owns it; Keras de-duplicates its weights when they are reached through both towers).
+        self._item_tower_ref: list = []
 
     def attach_item_tower(self, item_tower: "ItemTower") -> None:
         """The tower that embeds history items (its catalog table must be set)."""
