@@ -46,7 +46,7 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
     t = cfg.train
     tf.keras.utils.set_random_seed(t.seed)
     probability = data.item_probability()
-    model = build_model(cfg, data.catalog, probability, ids_only=True)
+    model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
     model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
     features = pipeline.training_features(data.train, data.catalog, probability, query_text=False)
     features = {k: v for k, v in features.items() if k in ID_FEATURES}

@@ -116,7 +116,7 @@ class TwoTowerModel(tfrs.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> TwoTowerModel:
+def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, trained_items=None) -> TwoTowerModel:
     """Builds towers and tasks from a :class:`tfrec.config.Config` and the catalog.
 
     With ``data.interactions.query_history_items`` the query tower reads the
@@ -130,6 +130,8 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
       catalog: :class:`tfrec.data.dataset.Catalog` (id and categorical vocabularies).
       item_probability: float32 [num_items] training frequencies (sampled/mixed negatives need them).
       ids_only: no text and no categorical features anywhere (the ``id_sequence`` baseline).
+      trained_items: bool [num_items], items with training interactions; the others are never negatives
+        (sampled, mixed, full): like a new item, nothing about them is known at training time.
     """
     from tfrec.encoders.history import make_history_encoder
     from tfrec.encoders.text import BertTextEncoder
@@ -169,7 +171,7 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False) -> 
     if retrieval.negatives != "in_batch":
         if item_probability is None:
             raise ValueError(f"retrieval.negatives={retrieval.negatives} needs the catalog's item probabilities")
-        retrieval.set_catalog_probability(item_probability)
+        retrieval.set_catalog_probability(item_probability, trained_items)
     rk = cfg.ranking
     ranking_head = ranking = None
     if rk.weight > 0 and not ids_only:

@@ -158,7 +158,7 @@ def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strate
     runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
     try:
         with strategy.scope():
-            return build_two_tower(cfg, data.catalog, data.item_probability())
+            return build_two_tower(cfg, data.catalog, data.item_probability(), trained_items=data.item_counts() > 0)
     finally:
         runtime.set_precision("none")
 

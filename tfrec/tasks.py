@@ -11,7 +11,10 @@ positives are the batch's items:
 * ``full``: every catalog item, an exact softmax (no correction needed).
 
 In every mode a candidate that is the query's own positive item, other than
-the positive's own column, is masked (an accidental hit).
+the positive's own column, is masked (an accidental hit). Catalog items marked
+as not candidates (:meth:`RetrievalTask.set_catalog_probability`, e.g. items
+with no training interaction: at training time a new item does not exist yet)
+are never drawn and never scored as full-softmax negatives.
 """
 
 from __future__ import annotations
@@ -92,24 +95,34 @@ class RetrievalTask(tf.keras.layers.Layer):
             temperature=temperature, num_hard_negatives=num_hard_negatives,
             remove_accidental_hits=remove_accidental_hits)
 
-    def set_catalog_probability(self, probability: np.ndarray) -> None:
-        """float32 [num_items]: each catalog item's share of training interactions (p above)."""
+    def set_catalog_probability(self, probability: np.ndarray, candidates: np.ndarray | None = None) -> None:
+        """Each catalog item's share of training interactions (p above) and which items may be negatives.
+
+        Args:
+          probability: float32 [num_items].
+          candidates: bool [num_items], False for items that are never negatives (default: all are).
+        """
         p = np.asarray(probability, np.float32)
+        c = np.ones(len(p), np.float32) if candidates is None else np.asarray(candidates, np.float32)
         if self.catalog_probability is None:
             self.catalog_probability = tf.Variable(p, trainable=False, name="catalog_probability")
+            self.catalog_candidates = tf.Variable(c, trainable=False, name="catalog_candidates")
         else:
             self.catalog_probability.assign(p)
+            self.catalog_candidates.assign(c)
 
     def _sampling_probability(self) -> tf.Tensor:
-        """float32 [num_items]: q, the distribution negatives are drawn from."""
-        p = self.catalog_probability
-        return p if self.sampling == "popularity" else tf.ones_like(p) / tf.cast(tf.size(p), tf.float32)
+        """float32 [num_items]: q, the distribution negatives are drawn from (zero outside the candidates)."""
+        q = self.catalog_probability if self.sampling == "popularity" else tf.ones_like(self.catalog_probability)
+        q = q * self.catalog_candidates
+        return q / tf.reduce_sum(q)
 
     def sample(self) -> tf.Tensor:
         """int64 [num_sampled] catalog rows drawn (with replacement) from q; empty for in_batch/full."""
         if self.negatives not in ("sampled", "mixed"):
             return tf.zeros([0], tf.int64)
-        logits = tf.math.log(self._sampling_probability())[None]
+        q = self._sampling_probability()
+        logits = tf.where(q > 0, tf.math.log(tf.maximum(q, 1e-30)), tf.fill(tf.shape(q), -1e9))[None]
         return tf.random.categorical(logits, self.num_sampled, dtype=tf.int64)[0]
 
     def call(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor, item_ids: tf.Tensor,
@@ -153,6 +166,8 @@ class RetrievalTask(tf.keras.layers.Layer):
             # Each catalog item is one column, so the positive's column is its row and nothing else can be a hit.
             logits = tf.matmul(queries, extra, transpose_b=True) / self.temperature
             labels = tf.one_hot(positive_ids, tf.shape(extra)[0])
+            negative = tf.logical_and(self.catalog_candidates[None] < 0.5, labels < 0.5)
+            logits = tf.where(negative, tf.fill(tf.shape(logits), -1e9), logits)
         else:
             extra_ids = tf.cast(extra_ids, tf.int64)
             num_s = tf.cast(self.num_sampled, tf.float32)
@@ -162,7 +177,8 @@ class RetrievalTask(tf.keras.layers.Layer):
                 scores = tf.concat([tf.reduce_sum(queries * positives, -1, keepdims=True),
                                     tf.matmul(queries, extra, transpose_b=True)], 1) / self.temperature
                 candidate_ids = tf.concat([positive_ids[:, None], tf.tile(extra_ids[None], [batch, 1])], 1)
-                log_count = tf.math.log(num_s * tf.gather(q_of, candidate_ids))  # [batch, 1 + S]
+                # [batch, 1 + S]; a validation positive outside the candidates has q = 0
+                log_count = tf.math.log(tf.maximum(num_s * tf.gather(q_of, candidate_ids), 1e-30))
                 own = tf.one_hot(tf.zeros([batch], tf.int32), 1 + tf.shape(extra)[0])
             else:  # mixed: columns 0..B-1 the batch's positives (the diagonal is each query's), then the S drawn
                 ids = tf.concat([positive_ids, extra_ids], 0)

@@ -119,3 +119,22 @@ def test_negatives_settings_round_trip():
     t = RetrievalTask(0.1, negatives="mixed", num_sampled=7, sampling="popularity")
     clone = RetrievalTask.from_config(t.get_config())
     assert (clone.negatives, clone.num_sampled, clone.sampling) == ("mixed", 7, "popularity")
+
+
+def test_items_that_are_not_candidates_are_never_negatives():
+    # Item 2 is no candidate (no training interaction). Full softmax for query [1, 0], positive 0:
+    # logits [1, 0, masked] -> log(1 + e^-1) = 0.313262 (with item 2 it would be 0.407606).
+    t = task("full")
+    t.set_catalog_probability(POPULARITY, np.array([True, True, False]))
+    positives, ids = rows([0])
+    assert float(t(tf.constant([[1.0, 0.0]]), positives, ids, extra_embeddings=CATALOG)) == pytest.approx(
+        0.313262, abs=1e-5)
+    # A positive outside the candidates (a validation row) keeps its own column.
+    positives, ids = rows([2])
+    loss = t(tf.constant([[-1.0, 0.0]]), positives, ids, extra_embeddings=CATALOG)
+    assert float(loss) == pytest.approx(math.log(1 + math.exp(-1) + math.exp(-2)), abs=1e-5)
+    # Draws never pick it, uniform or by popularity.
+    for sampling in ("uniform", "popularity"):
+        s = task("sampled", num_sampled=500, sampling=sampling)
+        s.set_catalog_probability(POPULARITY, np.array([True, True, False]))
+        assert 2 not in set(s.sample().numpy())
