@@ -19,8 +19,7 @@ def test_content_queries_by_hand(tmp_path):
 
 
 def test_id_sequence_trains_and_reports_the_model_metrics(tmp_path):
-    cfg = history_cfg(tmp_path, n_users=6, per_user=6, depth=3)
-    cfg.train.epochs, cfg.train.batch_size = 2, 4
+    cfg = history_cfg(tmp_path, n_users=6, per_user=6, depth=3, **{"train.epochs": 2, "train.batch_size": 4})
     data = dataset.load(cfg.data)
     result = baselines.id_sequence_baseline(cfg, data, "test", [1, 4])
     assert set(result) == {"recall@1", "recall@4", "ndcg@1", "ndcg@4", "mrr"}
@@ -33,8 +32,7 @@ def test_cold_section_counts_cold_targets(tmp_path):
     cold = warm.cold_items
     rng = np.random.default_rng(0)
     q, items = rng.normal(size=(len(warm.test), 2)), rng.normal(size=(4, 2))
-    cfg = history_cfg(tmp_path, n_users=4, per_user=4, depth=3)
-    cfg.eval.ks, cfg.eval.exclude_seen = [1, 4], False
+    cfg = history_cfg(tmp_path, n_users=4, per_user=4, depth=3, **{"eval.ks": [1, 4], "eval.exclude_seen": False})
     cache = pipeline.TextCache(data.catalog.texts, lambda texts: rng.normal(size=(len(texts), 3)))
     section = baselines.cold_items_section(cfg, warm, q, items, cache)
     # Each of the 4 users' test item is a different one of the 4 items, so one test row has the cold target.

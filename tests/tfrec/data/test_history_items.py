@@ -2,16 +2,15 @@
 
 import numpy as np
 
+from tfrec import config
 from tfrec.data import dataset
 from tests.tfrec.data.test_dataset import make_cfg, rows
 
 
-def history_cfg(tmp_path, n_users=1, per_user=4, depth=2):
-    cfg = make_cfg(tmp_path, rows(n_users=n_users, per_user=per_user))
-    cfg.data.interactions.query_column = None
-    cfg.data.interactions.query_history_items = depth
-    cfg.data.interactions.query_history_columns = ["title"]
-    return cfg
+def history_cfg(tmp_path, n_users=1, per_user=4, depth=2, **changes):
+    return config.updated(make_cfg(tmp_path, rows(n_users=n_users, per_user=per_user)), {
+        "data.interactions.query_column": None, "data.interactions.query_history_items": depth,
+        "data.interactions.query_history_columns": ["title"], **changes})
 
 
 def test_history_rows_most_recent_first_and_padded(tmp_path):
@@ -42,8 +41,7 @@ def test_cold_items_leave_training_validation_and_their_histories(tmp_path):
 
 
 def test_query_text_and_history_together(tmp_path):
-    cfg = history_cfg(tmp_path)
-    cfg.data.interactions.query_column = "query"
+    cfg = history_cfg(tmp_path, **{"data.interactions.query_column": "query"})
     data = dataset.load(cfg.data)
     # With a query column every interaction is usable (the first one with an empty history).
     assert data.test.query_text == ["query 0 3"] and len(data.train) == 2
