@@ -66,6 +66,13 @@ class TwoTowerModel(tfrs.Model):
             loss += self.ranking_weight * self.ranking(features["label"], scores)
         return loss
 
+    def set_catalog(self, catalog_features: dict) -> None:
+        """Gives the item tower the whole catalog's inputs when items are embedded by row (history items,
+        sampled or full negatives); see :meth:`tfrec.towers.ItemTower.set_catalog`."""
+        if self.query_tower.history_encoder is not None or self.retrieval.negatives != "in_batch":
+            with self.distribute_strategy.scope():
+                self.item_tower.set_catalog(catalog_features)
+
     def _encoder_variable_ids(self) -> set[int]:
         encoders = {id(e): e for e in (self.query_tower.encoder, self.item_tower.text_encoder) if e is not None}
         return {id(v) for e in encoders.values() for v in e.trainable_variables}

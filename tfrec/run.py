@@ -92,7 +92,6 @@ class Evaluation:
       ranking: the ranking head's report, or None when the model has no head.
       query_embeddings: float32 [num_test_queries, d].
       item_embeddings: float32 [num_items, d].
-      cold_items: with ``eval.cold_items_fraction``, :func:`tfrec.baselines.cold_items_section`.
     """
 
     model: dict
@@ -131,20 +130,15 @@ def check_job_dir(job: Path, cfg: Config) -> None:
 def training_flat(cfg: Config) -> dict:
     """The config keys that change what a checkpoint means (export/eval settings may change)."""
     flat = training.flatten(config_lib.to_dict(cfg))
-    return {k: v for k, v in flat.items()
-            if k.split(".")[0] in ("data", "model", "retrieval", "ranking") or k == "eval.cold_items_fraction"}
+    keep = ("data", "model", "retrieval", "ranking", "eval.cold_items_fraction")  # the cold hold-out changes the data
+    return {k: v for k, v in flat.items() if k.split(".")[0] in keep or k in keep}
 
 
 # ------------------------------------------------------------------ stages
 def load_data(cfg: Config, base_dir: str | Path) -> RetrievalData:
-    """Reads, checks and splits the interactions and the catalog (``cfg.data``).
-
-    With ``eval.cold_items_fraction`` that share of the items is made cold
-    (:func:`tfrec.data.dataset.hold_out_cold_items`; ``data.cold_items`` holds their rows).
-    """
+    """Reads, checks and splits the interactions and the catalog (``cfg.data``); holds out cold items."""
     data = dataset.load(cfg.data, base_dir=str(base_dir))
-    if cfg.eval.cold_items_fraction:
-        data = dataset.hold_out_cold_items(data, cfg.eval.cold_items_fraction, cfg.train.seed)
+    data = dataset.hold_out_cold_items(data, cfg.eval.cold_items_fraction, cfg.train.seed)
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
     return data
 
@@ -181,9 +175,7 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
-    if model.query_tower.history_encoder is not None or model.retrieval.negatives != "in_batch":
-        with model.distribute_strategy.scope():  # items embedded by row: history items, catalog negatives
-            model.item_tower.set_catalog(all_items)
+    model.set_catalog(all_items)  # when items are embedded by row: history items, catalog negatives
     return Features(item_probability, query_cache, item_cache, all_items, steps)
 
 
@@ -236,11 +228,7 @@ def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, fea
 def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, split: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``split``'s queries and the whole catalog through the towers: float32 [n, d] and [num_items, d]."""
-    examples = getattr(data, split)
-    queries = pipeline.query_features(examples.query_text, features.query_cache) \
-        if model.query_tower.encoder is not None else {}
-    if model.query_tower.history_encoder is not None:
-        queries.update(pipeline.history_features(examples))
+    queries = pipeline.query_inputs(getattr(data, split), features.query_cache, model.query_tower)
     return (evaluate.embed(model.query_tower, queries, progress=f"embedding {split} queries"),
             evaluate.embed(model.item_tower, features.all_items, progress="embedding the catalog"))
 
@@ -317,8 +305,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     q, item_embeddings = embed_split(model, data, features, split)
     results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
     baselines = trained_baselines(cfg, data, split) if cfg.eval.baselines else {}
-    cold = cold_items_section(cfg, data, q, item_embeddings, features.item_cache) if data.cold_items is not None \
-        else None
+    cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:

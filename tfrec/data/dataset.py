@@ -286,7 +286,7 @@ def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], sta
             "test": order[n - n_test:]}
 
 
-def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> RetrievalData:
+def hold_out_cold_items(data: RetrievalData, fraction: float | None, seed: int) -> RetrievalData:
     """Makes ``fraction`` of the catalog cold: no training or validation interaction mentions them.
 
     Rows whose target is cold leave the training and validation splits, and cold
@@ -296,8 +296,11 @@ def hold_out_cold_items(data: RetrievalData, fraction: float, seed: int) -> Retr
     a test history is a real user's recent item (the model reads its text).
 
     Returns:
-      the new data; its ``cold_items``: int64 [num_cold] sorted catalog rows of the cold items.
+      the new data; its ``cold_items``: int64 [num_cold] sorted catalog rows of the cold items
+      (``data`` itself when ``fraction`` is None or 0).
     """
+    if not fraction:
+        return data
     n = len(data.catalog)
     rng = np.random.default_rng(seed)
     cold = np.sort(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)).astype(np.int64)

@@ -60,6 +60,13 @@ def history_features(examples: Examples) -> dict:
     return {} if examples.history is None else {"history_item_ids": examples.history}
 
 
+def query_inputs(examples: Examples, query_cache: TextCache | None, query_tower) -> dict:
+    """What ``query_tower`` reads for ``examples``: the query text (or its cached encoding) and/or the history."""
+    feats = {} if query_tower.encoder is None else query_features(examples.query_text, query_cache)
+    feats.update({} if query_tower.history_encoder is None else history_features(examples))
+    return feats
+
+
 def training_features(examples: Examples, catalog: Catalog, item_probability: np.ndarray,
                       query_cache: TextCache | None = None, item_cache: TextCache | None = None,
                       query_text: bool = True) -> dict:
