@@ -1,7 +1,8 @@
 """Which baselines a run compares its model with, and with what budget; each timed and kept in the job dir.
 
-``eval.baselines`` names them (``BASELINES``): ``popularity`` (no training)
-and ``id_two_tower`` (user id -> item id). A learned baseline is given the
+``eval.baselines`` names them (``BASELINES``): ``popularity`` (no training),
+``id_sequence`` (an ID-only model over the same history window,
+:mod:`tfrec.baselines`) and ``id_two_tower`` (user id -> item id). A learned baseline is given the
 model's own batch size, epoch budget and early stopping on the same seeded
 validation sample (:class:`BaselineBudget`), never more, so no baseline can
 cost more than the model's training. A new baseline is one entry in
@@ -117,10 +118,18 @@ class Baseline:
     run: Callable[..., dict]  # (cfg, data, split, budget) -> metrics
     needs_users: bool = False
     needs_in_memory: bool = False
+    needs_history: bool = False  # queries built from each user's recent items (history_item_ids)
 
 
 def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
     return evaluate.popularity_baseline(data, split, budget.ks, budget.exclude_seen)
+
+
+def _id_sequence(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    # The model's own config carries the budget (batch size, epochs, early stopping, negatives) to this baseline.
+    from tfrec.baselines import id_sequence_baseline
+
+    return id_sequence_baseline(cfg, data, split, budget.ks, budget.exclude_seen)
 
 
 def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -132,6 +141,7 @@ def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) 
 # ``eval.baselines`` names these; a new baseline is one entry here.
 BASELINES: dict[str, Baseline] = {
     "popularity": Baseline(_popularity),
+    "id_sequence": Baseline(_id_sequence, needs_in_memory=True, needs_history=True),
     "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
 }
 
@@ -140,6 +150,8 @@ def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str
     """Why ``baseline`` cannot run on ``data`` (one phrase for the log), or None when it can."""
     if baseline.needs_users and not has_users:
         return "it needs data.interactions.user_id_column"
+    if baseline.needs_history and data.train.history is None:
+        return "it needs history-built queries (data.interactions.query_history_items)"
     if baseline.needs_in_memory and data.stream is not None:
         return "it trains on the training interactions in memory; these were streamed"
     return None

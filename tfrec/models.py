@@ -40,8 +40,18 @@ class TwoTowerModel(tfrs.Model):
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def compute_loss(self, features: dict, training: bool = False) -> tf.Tensor:
-        query_embeddings = self.query_tower(features, training=training)
-        item_embeddings = self.item_tower(features, training=training)
+        negatives = self.retrieval.negatives
+        extra = extra_ids = None
+        if negatives == "full":  # the whole catalog is embedded once: candidates, positives and history items
+            extra = self.item_tower.embed_rows(tf.range(len(self.item_tower.item_ids), dtype=tf.int64), training)
+            item_embeddings = tf.gather(extra, features["item_position"])
+            query_embeddings = self.query_tower(features, training=training, catalog_embeddings=extra)
+        else:
+            query_embeddings = self.query_tower(features, training=training)
+            item_embeddings = self.item_tower(features, training=training)
+            if negatives in ("sampled", "mixed"):
+                extra_ids = self.retrieval.sample()
+                extra = self.item_tower.embed_rows(extra_ids, training)
         loss = tf.constant(0.0)
         # Python-level checks: a task with weight 0 is left out of the graph.
         if self.retrieval_weight > 0:
@@ -49,11 +59,19 @@ class TwoTowerModel(tfrs.Model):
             # them are compared much faster than the string ids.
             ids = features["item_position"] if "item_position" in features else features["item_id"]
             loss += self.retrieval_weight * self.retrieval(
-                query_embeddings, item_embeddings, ids, features.get("item_probability"))
+                query_embeddings, item_embeddings, ids, features.get("item_probability"),
+                extra_embeddings=extra, extra_ids=extra_ids)
         if self.ranking is not None and self.ranking_weight > 0:
             scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
             loss += self.ranking_weight * self.ranking(features["label"], scores)
         return loss
+
+    def set_catalog(self, catalog_features: dict) -> None:
+        """Gives the item tower the whole catalog's inputs when items are embedded by row (history items,
+        sampled or full negatives); see :meth:`tfrec.towers.ItemTower.set_catalog`."""
+        if self.query_tower.history_encoder is not None or self.retrieval.negatives != "in_batch":
+            with self.distribute_strategy.scope():
+                self.item_tower.set_catalog(catalog_features)
 
     def _encoder_variable_ids(self) -> set[int]:
         encoders = {id(e): e for e in (self.query_tower.encoder, self.item_tower.text_encoder) if e is not None}
@@ -105,37 +123,65 @@ class TwoTowerModel(tfrs.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-def build_model(cfg, catalog) -> TwoTowerModel:
+def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, trained_items=None) -> TwoTowerModel:
     """Builds towers and tasks from a :class:`tfrec.config.Config` and the catalog.
+
+    With ``data.interactions.query_history_items`` the query tower reads the
+    user's history as items (``model.history_encoder``) and has no text path
+    unless the data also has a ``query_column``. The item tower's catalog table
+    (:meth:`ItemTower.set_catalog`) is left to the caller, who may hold cached
+    text encodings.
 
     Args:
       cfg: the resolved config.
       catalog: :class:`tfrec.data.dataset.Catalog` (id and categorical vocabularies).
+      item_probability: float32 [num_items] training frequencies (sampled/mixed negatives need them).
+      ids_only: no text and no categorical features anywhere (the ``id_sequence`` baseline).
+      trained_items: bool [num_items], items with training interactions; the others are never negatives
+        (sampled, mixed, full): like a new item, nothing about them is known at training time.
     """
+    from tfrec.encoders.history import make_history_encoder
     from tfrec.encoders.text import BertTextEncoder
 
     m = cfg.model
     q = m.query_encoder
-    query_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers, seed=cfg.train.seed,
-                                    lora_rank=q.lora_rank, name="query_encoder")
-    if m.item_text_encoder == "shared":
-        item_encoder = query_encoder
-    elif m.item_text_encoder == "separate":
-        item_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
-                                       seed=cfg.train.seed + 1, lora_rank=q.lora_rank, name="item_encoder")
-    else:
-        item_encoder = None
-    vocabularies = {c: sorted(set(v)) for c, v in catalog.categorical.items()}
-    query_tower = QueryTower(query_encoder, m.hidden_units, m.embedding_dim, m.dropout, name="query_tower")
-    item_tower = ItemTower(catalog.item_ids, m.item_id_embedding_dim, item_encoder, vocabularies,
+    ic = cfg.data.interactions
+    history_length = ic.query_history_items or 0
+    encoder_name = m.history_encoder
+    if ids_only and encoder_name == "text":  # an ID-only model cannot read titles: the plain mean of the items
+        encoder_name = "mean"
+    history_encoder = make_history_encoder(encoder_name, history_length, m.embedding_dim, m.dropout) \
+        if history_length and encoder_name != "text" else None
+    wants_query_text = ic.query_column is not None or history_encoder is None
+    query_encoder = item_encoder = None
+    if not ids_only:
+        if wants_query_text or m.item_text_encoder in ("shared", "separate"):
+            query_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
+                                            seed=cfg.train.seed, lora_rank=q.lora_rank, name="query_encoder")
+        if m.item_text_encoder == "shared":
+            item_encoder = query_encoder
+        elif m.item_text_encoder == "separate":
+            item_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
+                                           seed=cfg.train.seed + 1, lora_rank=q.lora_rank, name="item_encoder")
+    vocabularies = {} if ids_only else {c: sorted(set(v)) for c, v in catalog.categorical.items()}
+    query_tower = QueryTower(query_encoder if wants_query_text else None, m.hidden_units, m.embedding_dim,
+                             m.dropout, history_encoder, history_length, name="query_tower")
+    id_dim = m.item_id_embedding_dim or (m.embedding_dim if ids_only else 0)
+    item_tower = ItemTower(catalog.item_ids, id_dim, item_encoder, vocabularies,
                            m.categorical_embedding_dim, m.hidden_units, m.embedding_dim, m.dropout, name="item_tower")
+    query_tower.attach_item_tower(item_tower)
     r = cfg.retrieval
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,
                               batch_metric_ks=(10,), cross_replica_negatives=r.cross_replica_negatives,
+                              negatives=r.negatives, num_sampled=r.num_sampled, sampling=r.sampling,
                               name="retrieval")
+    if retrieval.negatives != "in_batch":
+        if item_probability is None:
+            raise ValueError(f"retrieval.negatives={retrieval.negatives} needs the catalog's item probabilities")
+        retrieval.set_catalog_probability(item_probability, trained_items)
     rk = cfg.ranking
     ranking_head = ranking = None
-    if rk.weight > 0:
+    if rk.weight > 0 and not ids_only:
         from tfrec.ranking import RankingHead, RankingTask
 
         ranking_head = RankingHead(
@@ -144,4 +190,5 @@ def build_model(cfg, catalog) -> TwoTowerModel:
             "retrieval_score" in rk.extra_features, name="ranking_head")
         ranking_head.build_variables(m.embedding_dim)
         ranking = RankingTask(rk.objective, rk.positive_threshold, name="ranking")
-    return TwoTowerModel(query_tower, item_tower, retrieval, r.weight, ranking_head, ranking, rk.weight)
+    return TwoTowerModel(query_tower, item_tower, retrieval, r.weight, ranking_head, ranking,
+                         rk.weight if ranking is not None else 0.0)

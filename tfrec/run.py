@@ -31,10 +31,11 @@ import tensorflow as tf
 
 from tfrec import config as config_lib
 from tfrec import baseline_runs, evaluate, job_cache, runtime, timings, training, vertex
+from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
-from tfrec.errors import UserError
+from tfrec import job_dir as job_dir_lib
 from tfrec.models import TwoTowerModel
 
 log = logging.getLogger("tfrec")
@@ -98,43 +99,14 @@ class Evaluation:
     ranking: dict | None
     query_embeddings: np.ndarray
     item_embeddings: np.ndarray
-
-
-# ----------------------------------------------------------------- job dir
-def prepare_job_dir(cfg: Config, job: Path, write_params: bool = True) -> None:
-    """Creates ``job``, refuses one holding a different run, and writes ``params.yaml``."""
-    try:
-        job.mkdir(parents=True, exist_ok=True)
-        check_job_dir(job, cfg)
-        if write_params:
-            (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
-    except OSError as e:
-        raise UserError(f"{job}: cannot write the job dir ({e.strerror or e}); pick another --job-dir") from None
-
-
-def check_job_dir(job: Path, cfg: Config) -> None:
-    """Refuses to resume a job dir written by a different training config."""
-    previous = job / "params.yaml"
-    if not previous.is_file() or not (job / "checkpoints").exists():
-        return
-    old = training_flat(config_lib.from_dict(config_lib.read_yaml(previous)))
-    new = training_flat(cfg)
-    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if differing:
-        raise UserError(f"{job}: holds a run with a different config ({', '.join(differing[:8])}); "
-                        "use another --job-dir or delete it")
-
-
-def training_flat(cfg: Config) -> dict:
-    """The config keys that change what a checkpoint means (export/eval settings may change)."""
-    flat = training.flatten(config_lib.to_dict(cfg))
-    return {k: v for k, v in flat.items() if k.split(".")[0] in ("data", "model", "retrieval", "ranking")}
+    cold_items: dict | None = None  # eval.cold_items_fraction: the cold targets' section
 
 
 # ------------------------------------------------------------------ stages
 def load_data(cfg: Config, base_dir: str | Path) -> RetrievalData:
-    """Reads, checks and splits the interactions and the catalog (``cfg.data``)."""
+    """Reads, checks and splits the interactions and the catalog (``cfg.data``); holds out cold items."""
     data = dataset.load(cfg.data, base_dir=str(base_dir))
+    data = dataset.hold_out_cold_items(data, cfg.eval.cold_items_fraction, cfg.train.seed)
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.counts.items()))
     return data
 
@@ -148,7 +120,7 @@ def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strate
     runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
     try:
         with strategy.scope():
-            return build_two_tower(cfg, data.catalog)
+            return build_two_tower(cfg, data.catalog, data.item_probability(), trained_items=data.item_counts() > 0)
     finally:
         runtime.set_precision("none")
 
@@ -159,7 +131,7 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
     cache = cfg.train.cache_frozen_encoders  # a run's encodings are kept in the job dir (tfrec.job_cache)
     query_cache = item_cache = None
-    if cache and query_encoder.frozen:
+    if cache and query_encoder is not None and query_encoder.frozen:
         train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
         texts = train_texts + data.validation.query_text + data.test.query_text
         query_cache = pipeline.TextCache(texts, job_cache.encode("query", query_encoder), progress="encoding queries")
@@ -172,6 +144,7 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     all_items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
+    model.set_catalog(all_items)  # when items are embedded by row: history items, catalog negatives
     return Features(item_probability, query_cache, item_cache, all_items, steps)
 
 
@@ -194,7 +167,8 @@ def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, featu
 
     if data.stream is None:  # in memory; under multi_worker Keras shards the batches across workers
         ds = pipeline.make_dataset(pipeline.training_features(data.train, data.catalog, features.item_probability,
-                                                              features.query_cache, features.item_cache),
+                                                              features.query_cache, features.item_cache,
+                                                              model.query_tower.encoder is not None),
                                    batch, shuffle=True, seed=cfg.train.seed,
                                    drop_remainder=len(data.train) >= 2 * batch
                                    or runtime.kind(strategy) in ("tpu", "multi_worker"), repeat=True)
@@ -223,7 +197,7 @@ def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, fea
 def embed_split(model: TwoTowerModel, data: RetrievalData, features: Features, split: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``split``'s queries and the whole catalog through the towers: float32 [n, d] and [num_items, d]."""
-    queries = pipeline.query_features(getattr(data, split).query_text, features.query_cache)
+    queries = pipeline.query_inputs(getattr(data, split), features.query_cache, model.query_tower)
     return (evaluate.embed(model.query_tower, queries, progress=f"embedding {split} queries"),
             evaluate.embed(model.item_tower, features.all_items, progress="embedding the catalog"))
 
@@ -253,7 +227,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         head_opt = training.compile_model(model, cfg, steps * cfg.train.epochs)
         sample = next(iter(pipeline.make_dataset(pipeline.training_features(
             data.validation.take(range(2)), data.catalog, features.item_probability, features.query_cache,
-            features.item_cache), 2)))
+            features.item_cache, model.query_tower.encoder is not None), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
     state_objects = {"model": model, "optimizer": head_opt}
@@ -303,6 +277,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
         q, item_embeddings = embed_split(model, data, features, split)
         results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
     baselines = baseline_runs.run_baselines(cfg, data, split, timings.current(), job_cache.current())
+    cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:
@@ -310,7 +285,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
         with timings.stage("evaluate"):
             ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
-    return Evaluation(results, baselines, ranking, q, item_embeddings)
+    return Evaluation(results, baselines, ranking, q, item_embeddings, cold)
 
 
 def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
@@ -333,6 +308,8 @@ def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evalua
         "config_hash": config_lib.config_hash(cfg)}
     if evaluation.ranking is not None:
         report["ranking"] = evaluation.ranking
+    if evaluation.cold_items is not None:
+        report["cold_items"] = evaluation.cold_items
     tb = str(tensorboard_dir or job / "tensorboard")
     training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
                            {f"test_{k}": v for k, v in evaluation.model.items()})
@@ -367,7 +344,7 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         # set-up: job dir, seed, strategy
         started = time.time()
         job, out = Path(job_dir), vertex.output_folders(job_dir, outputs)  # where checkpoints, logs, export go
-        prepare_job_dir(config, job, write_params=scratch is None)
+        job_dir_lib.prepare(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
         times, _ = timings.begin(), job_cache.use(job, enabled=scratch is None)  # timings.json; JOB_DIR/cache

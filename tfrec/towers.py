@@ -4,6 +4,11 @@ Feature names (all tensors have a leading batch dimension):
 
 * ``query_text``: string [batch], or ``query_text_encoding``: float32
   [batch, hidden] when the frozen encoder's output was cached.
+* ``history_item_ids``: the user's recent items, most recent first, padded:
+  int64 [batch, length] catalog rows (-1 = padding) or string [batch, length]
+  item ids ("" or an unknown id = padding). Each is embedded by the item tower
+  itself (from its catalog table, :meth:`ItemTower.set_catalog`), then pooled by
+  a history encoder (:mod:`tfrec.encoders.history`).
 * ``item_id``: string [batch]; ``item_text``: string [batch] or
   ``item_text_encoding``: float32 [batch, hidden]; ``item_<column>``: string
   [batch] per categorical column.
@@ -19,6 +24,7 @@ only. The towers accept either form; exported SavedModels take raw strings.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfrec.encoders.ids import IdEmbedding
@@ -88,36 +94,103 @@ def host_features(query_tower: "QueryTower", item_tower: "ItemTower", features: 
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """Query text -> float32 [batch, embedding_dim], unit length.
+    """Query text and/or history items -> float32 [batch, embedding_dim], unit length.
+
+    The text path (BERT) and the history path (item tower embeddings of the
+    history items, pooled by ``history_encoder``) are concatenated before the
+    head; a path whose feature a request leaves out contributes zeros, so text
+    only, history only and both all work with one set of weights.
 
     Args:
-      encoder: the BERT text encoder (may be shared with the item tower).
+      encoder: the BERT text encoder (may be shared with the item tower), or None (no text path).
       hidden_units: widths of the projection MLP's hidden layers.
       embedding_dim: output width.
       dropout: dropout after each hidden layer.
+      history_encoder: a :mod:`tfrec.encoders.history` layer, or None (no history path).
+      history_length: the padded history length (``data.interactions.query_history_items``).
     """
 
-    def __init__(self, encoder: BertTextEncoder, hidden_units: list[int], embedding_dim: int, dropout: float = 0.0,
+    def __init__(self, encoder: BertTextEncoder | None, hidden_units: list[int], embedding_dim: int,
+                 dropout: float = 0.0, history_encoder: tf.keras.layers.Layer | None = None, history_length: int = 0,
                  **kwargs):
         super().__init__(**kwargs)
-        self.encoder = encoder
+        self.encoder, self.history_encoder, self.history_length = encoder, history_encoder, history_length
         self.hidden_units, self.embedding_dim, self.dropout = list(hidden_units), embedding_dim, dropout
         self.head = _mlp(self.hidden_units, embedding_dim, dropout, "query_head")
+        # The item tower embeds history items; a one-element list so that it is set after construction (the
+        # model owns it; Keras de-duplicates its weights when they are reached through both towers).
+        self._item_tower_ref: list = []
 
-    def call(self, features: dict, training: bool = False) -> tf.Tensor:
-        return _l2(self.head(_encode(self.encoder, features, "query_text", training), training=training))
+    def attach_item_tower(self, item_tower: "ItemTower") -> None:
+        """The tower that embeds history items (its catalog table must be set)."""
+        self._item_tower_ref[:] = [item_tower]
+
+    def history_vector(self, history: tf.Tensor, training: bool = False,
+                       catalog_embeddings: tf.Tensor | None = None) -> tf.Tensor:
+        """``history_item_ids`` [batch, length] (int rows or string ids) -> float32 [batch, dim].
+
+        ``catalog_embeddings`` float32 [num_items, dim], when the caller already has the item
+        tower's output for every row (full-catalog negatives), is gathered instead of re-embedding.
+        """
+        item_tower = self._item_tower_ref[0]
+        rows = item_tower.rows_of(history)
+        mask = rows >= 0
+        if catalog_embeddings is not None:
+            items = tf.gather(catalog_embeddings, tf.maximum(rows, 0))
+        else:
+            items = item_tower.embed_rows(rows, training=training)  # [batch, length, dim]; padding is masked
+        return self.history_encoder(items, mask, training=training)
+
+    def call(self, features: dict, training: bool = False, catalog_embeddings: tf.Tensor | None = None
+             ) -> tf.Tensor:
+        parts = []
+        batch = None
+        if self.encoder is not None:
+            if any(k in features for k in ("query_text", "query_text_encoding", "query_input_ids")):
+                text = tf.cast(_encode(self.encoder, features, "query_text", training), tf.float32)
+                if self.history_encoder is not None and "query_text" in features:  # "" = no text, not a text
+                    text *= tf.cast(tf.reshape(features["query_text"], [-1]) != "", tf.float32)[:, None]
+                batch = tf.shape(text)[0]
+            else:
+                text = None
+            parts.append(text)
+        if self.history_encoder is not None:
+            history = features.get("history_item_ids")
+            hist = None if history is None else tf.cast(
+                self.history_vector(history, training, catalog_embeddings), tf.float32)
+            if hist is not None:
+                batch = tf.shape(hist)[0]
+            parts.append(hist)
+        if batch is None:
+            raise ValueError("the query tower needs query_text or history_item_ids")
+        widths = self._part_widths()
+        parts = [p if p is not None else tf.zeros([batch, w]) for p, w in zip(parts, widths)]
+        return _l2(self.head(tf.concat(parts, -1), training=training))
+
+    def _part_widths(self) -> list[int]:
+        widths = []
+        if self.encoder is not None:
+            widths.append(self.encoder.hidden_size)
+        if self.history_encoder is not None:
+            widths.append(self._item_tower_ref[0].embedding_dim)
+        return widths
 
     def project(self, encodings: tf.Tensor) -> tf.Tensor:
-        """float32 [batch, hidden] encoder outputs -> [batch, embedding_dim]."""
+        """float32 [batch, hidden] text encoder outputs -> [batch, embedding_dim] (text-only towers)."""
         return _l2(self.head(encodings))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "encoder": tf.keras.layers.serialize(self.encoder),
-                "hidden_units": self.hidden_units, "embedding_dim": self.embedding_dim, "dropout": self.dropout}
+        encoder = tf.keras.layers.serialize(self.encoder) if self.encoder is not None else None
+        history = tf.keras.layers.serialize(self.history_encoder) if self.history_encoder is not None else None
+        return {**super().get_config(), "encoder": encoder, "hidden_units": self.hidden_units,
+                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "history_encoder": history,
+                "history_length": self.history_length}
 
     @classmethod
     def from_config(cls, config: dict) -> "QueryTower":
-        config = dict(config, encoder=tf.keras.layers.deserialize(config["encoder"]))
+        config = dict(config)
+        for key in ("encoder", "history_encoder"):
+            config[key] = tf.keras.layers.deserialize(config[key]) if config.get(key) else None
         return cls(**config)
 
 
@@ -146,6 +219,8 @@ class ItemTower(tf.keras.layers.Layer):
         self.categorical = {col: IdEmbedding(vocab, categorical_embedding_dim, name=f"item_{col}")
                             for col, vocab in self.categorical_vocabularies.items()}
         self.head = _mlp(self.hidden_units, embedding_dim, dropout, "item_head")
+        self.row_lookup = tf.keras.layers.StringLookup(vocabulary=self.item_ids, num_oov_indices=1, mask_token=None)
+        self.catalog_table: dict = {}
 
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         parts = []
@@ -157,6 +232,49 @@ class ItemTower(tf.keras.layers.Layer):
             parts.append(_embed_ids(layer, features[f"item_{col}"]))
         fused = tf.concat([tf.cast(p, tf.float32) for p in parts], axis=-1)
         return _l2(self.head(fused, training=training))
+
+    def set_catalog(self, catalog_features: dict) -> None:
+        """Keeps the whole catalog's inputs in the tower so items can be embedded by row (history, negatives).
+
+        Args:
+          catalog_features: item-tower inputs of every catalog row in order (e.g.
+            :func:`tfrec.data.pipeline.item_features` over all rows): ``item_text_encoding``
+            float32 [num_items, hidden] (or ``item_text`` string [num_items]) and ``item_<column>`` strings.
+        """
+        table = {}
+        n = len(self.item_ids)
+        for key, values in catalog_features.items():
+            if key == "item_id":
+                continue
+            values = np.asarray(values)
+            if values.dtype == object:
+                values = values.astype(str)
+            if key.startswith("item_") and key[len("item_"):] in self.categorical:
+                values = self.categorical[key[len("item_"):]].lookup(tf.constant(values)).numpy()
+            table[key] = tf.Variable(values, trainable=False, name=f"catalog_{key}")
+            if len(values) != n:
+                raise ValueError(f"catalog feature {key} has {len(values)} rows, the tower has {n} items")
+        self.catalog_table = table
+
+    def rows_of(self, ids: tf.Tensor) -> tf.Tensor:
+        """Item ids (strings; "" or unknown -> -1) or int rows (kept) -> int64 catalog rows, same shape."""
+        if ids.dtype.is_integer:
+            return tf.cast(ids, tf.int64)
+        # StringLookup index 0 is the OOV bucket, index i + 1 is catalog row i.
+        return self.row_lookup(ids) - 1
+
+    def embed_rows(self, rows: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """int64 catalog rows, any shape [...] (-1 allowed, gives an arbitrary vector) -> float32 [..., dim].
+
+        Each distinct row is embedded once per call (a batch of histories repeats items a lot).
+        """
+        flat = tf.maximum(tf.reshape(rows, [-1]), 0)
+        unique, index = tf.unique(flat)
+        feats = {"item_id": unique + 1}  # lookup index of row r is r + 1
+        for key, table in self.catalog_table.items():
+            feats[key] = tf.gather(table, unique)
+        out = tf.gather(self(feats, training=training), index)
+        return tf.reshape(out, tf.concat([tf.shape(rows), [self.embedding_dim]], 0))
 
     def get_config(self) -> dict:
         encoder = tf.keras.layers.serialize(self.text_encoder) if self.text_encoder is not None else None

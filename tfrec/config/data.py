@@ -69,8 +69,14 @@ class DataConfig:
         check(bool(d.items.path), "data.items.path", "is required")
         has_q = d.interactions.query_column is not None
         has_h = d.interactions.query_history_items is not None
-        check(has_q != has_h, "data.interactions.query_column",
-              "set exactly one of query_column and query_history_items")
+        check(has_q or has_h, "data.interactions.query_column",
+              "set query_column (query text), query_history_items (the user's previous items), or both")
+        if has_q and has_h:
+            check(cfg.model.history_encoder != "text", "model.history_encoder",
+                  "'text' builds the query text from the history; with data.interactions.query_column set, pick "
+                  "mean, attention, gru or transformer")
+            check(not d.interactions.streaming, "data.interactions.query_history_items",
+                  "needs every interaction in memory; not available with data.interactions.streaming")
         if has_h:
             check(d.interactions.query_history_items >= 1, "data.interactions.query_history_items", "must be >= 1")
             check(d.interactions.user_id_column is not None, "data.interactions.user_id_column",

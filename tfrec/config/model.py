@@ -28,6 +28,9 @@ class ModelConfig:
     item_text_encoder: Literal["shared", "separate", "none"] = "shared"
     item_id_embedding_dim: int = 32
     categorical_embedding_dim: int = 8
+    # History-built queries (data.interactions.query_history_items): how the history items, each embedded by
+    # the item tower, are pooled; text = the titles joined into one query string for the BERT query tower.
+    history_encoder: Literal["mean", "attention", "gru", "transformer", "text"] = "attention"
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
@@ -57,6 +60,9 @@ class RetrievalConfig:
     remove_accidental_hits: bool = True
     num_hard_negatives: Optional[int] = None
     cross_replica_negatives: bool = False
+    negatives: Literal["in_batch", "sampled", "mixed", "full"] = "in_batch"  # tfrec.tasks
+    num_sampled: int = 256  # sampled / mixed: catalog draws per step
+    sampling: Literal["uniform", "popularity"] = "uniform"  # sampled / mixed
 
     def validate(self, cfg) -> None:
         """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
@@ -67,6 +73,14 @@ class RetrievalConfig:
             check(r.num_hard_negatives >= 1, "retrieval.num_hard_negatives", "must be >= 1 or null")
         check(r.weight > 0 or cfg.ranking.weight > 0, "retrieval.weight",
               "retrieval.weight and ranking.weight are both 0")
+        check(r.num_sampled >= 1, "retrieval.num_sampled", f"must be >= 1, got {r.num_sampled}")
+        if r.negatives != "in_batch":
+            check(not r.cross_replica_negatives, "retrieval.cross_replica_negatives",
+                  f"gathers in-batch negatives only; set it to false with retrieval.negatives={r.negatives}")
+            check(r.num_hard_negatives is None, "retrieval.num_hard_negatives",
+                  f"applies to in-batch negatives only; set it to null with retrieval.negatives={r.negatives}")
+            check(not cfg.data.interactions.streaming, "retrieval.negatives",
+                  f"{r.negatives} needs the catalog's training frequencies in memory; use in_batch with streaming")
 
 
 @dataclass(frozen=True)

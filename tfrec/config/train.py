@@ -56,19 +56,29 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
-    # Baselines by name (tfrec.baseline_runs.BASELINES: popularity, id_two_tower), each trained with the model's
-    # batch size, epochs and early stopping, never more; true = all of them, false or [] = none.
-    baselines: Union[bool, list[str]] = field(default_factory=lambda: ["popularity", "id_two_tower"])
+    # Baselines by name (tfrec.baseline_runs.BASELINES: popularity, id_sequence, id_two_tower), each trained with
+    # the model's batch size, epochs and early stopping, never more; one a data set cannot run (id_sequence without
+    # history-built queries, id_two_tower without user ids) is skipped with a log line. true = all, false = none.
+    baselines: Union[bool, list[str]] = field(default_factory=lambda: ["popularity", "id_sequence", "id_two_tower"])
     # Validation while training (and the baselines' early stopping) on a seeded sample of at most this many
     # queries, the same in every epoch and across restarts; null = every validation query.
     validation_max_queries: Optional[int] = 10000
     exclude_seen: bool = False
+    # A seeded share of the items made cold (no training or validation interaction), measured in eval.json's
+    # cold_items section; null = off.
+    cold_items_fraction: Optional[float] = None
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
         check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "needs positive cutoffs")
         if self.validation_max_queries is not None:
             check(self.validation_max_queries >= 1, "eval.validation_max_queries", "must be >= 1 or null")
+        if self.cold_items_fraction is not None:
+            check(0.0 < self.cold_items_fraction < 0.5, "eval.cold_items_fraction",
+                  f"must be in (0, 0.5) or null, got {self.cold_items_fraction}")
+            check(cfg.data.split.method != "files" and not cfg.data.interactions.streaming,
+                  "eval.cold_items_fraction",
+                  "holds items out of one interactions file; not available with data.split.method=files")
 
 
 @dataclass(frozen=True)

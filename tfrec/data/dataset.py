@@ -72,6 +72,9 @@ class Examples:
     user_id: list[str]
     label: np.ndarray  # float32 [n]; ones when there is no label column
     timestamp: np.ndarray  # float64 [n]; file order when there is no timestamp column
+    # int64 [n, query_history_items]: the user's previous items as catalog rows, most recent first, -1 padded;
+    # None when queries are not built from history.
+    history: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -79,7 +82,8 @@ class Examples:
     def take(self, idx) -> "Examples":
         idx = list(idx)
         return Examples([self.query_text[i] for i in idx], [self.item_id[i] for i in idx],
-                        [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx])
+                        [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx],
+                        None if self.history is None else self.history[idx])
 
 
 @dataclass
@@ -91,6 +95,7 @@ class RetrievalData:
     counts: dict[str, int]
     skipped: dict[str, int]
     stream: StreamInfo | None = None  # data.interactions.streaming: the training shards (train is then empty)
+    cold_items: np.ndarray | None = None  # int64 catalog rows held out of training (hold_out_cold_items)
 
     @property
     def num_train(self) -> int:
@@ -199,6 +204,18 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     for i in sorted(known, key=lambda i: (stamps[i], i)):
         by_user[users[i]].append(i)
 
+    history = None
+    if ic.query_history_items:  # the user's previous items, as catalog rows (and as text when there is no query)
+        depth = ic.query_history_items
+        history = np.full([n, depth], -1, np.int64)
+        history_text = [""] * n
+        for seq in by_user.values():
+            rows = [catalog.position[items[i]] for i in seq]
+            for pos, i in enumerate(seq):
+                past = rows[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
+                history[i, :len(past)] = past
+                if not ic.query_column:
+                    history_text[i] = HISTORY_SEPARATOR.join(catalog.history_texts[j] for j in past)
     if ic.query_column:
         queries = as_text(table, ic.query_column)
         empty = [i for i in known if not queries[i]]
@@ -207,17 +224,12 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
                               "(set data.skip_empty_queries: true to skip and count such rows)")
         skipped["empty_queries"] += len(empty)
     else:
-        queries = [""] * n
-        depth = ic.query_history_items
-        for seq in by_user.values():
-            for pos, i in enumerate(seq):
-                past = seq[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
-                queries[i] = HISTORY_SEPARATOR.join(catalog.history_texts[catalog.position[items[j]]] for j in past)
+        queries = history_text
         skipped["no_history"] += sum(1 for seq in by_user.values() if seq)  # each user's first interaction
 
     usable = {i for i in known if queries[i]}
     split = _split(cfg, by_user, usable, stamps, part_of)
-    full = Examples(queries, items, users, labels, stamps)
+    full = Examples(queries, items, users, labels, stamps, history)
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
@@ -272,3 +284,40 @@ def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], sta
                 "train": sorted(order[n_test + n_val:])}
     return {"train": order[:n - n_test - n_val], "validation": order[n - n_test - n_val:n - n_test],
             "test": order[n - n_test:]}
+
+
+def hold_out_cold_items(data: RetrievalData, fraction: float | None, seed: int) -> RetrievalData:
+    """Makes ``fraction`` of the catalog cold: no training or validation interaction mentions them.
+
+    Rows whose target is cold leave the training and validation splits, and cold
+    items leave those rows' histories (the rest shift up, padding stays at the
+    tail), so nothing trains their id embeddings. Test rows are kept whole: a
+    cold target is what the ``cold_items`` section measures, and a cold item in
+    a test history is a real user's recent item (the model reads its text).
+
+    Returns:
+      the new data; its ``cold_items``: int64 [num_cold] sorted catalog rows of the cold items
+      (``data`` itself when ``fraction`` is None or 0).
+    """
+    if not fraction:
+        return data
+    n = len(data.catalog)
+    rng = np.random.default_rng(seed)
+    cold = np.sort(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False)).astype(np.int64)
+    is_cold = np.zeros(n, bool)
+    is_cold[cold] = True
+
+    def warm(examples: Examples) -> Examples:
+        targets = np.array([data.catalog.position[i] for i in examples.item_id], np.int64)
+        kept = examples.take(np.flatnonzero(~is_cold[targets]))
+        if kept.history is not None:
+            history = np.full_like(kept.history, -1)
+            for r, row in enumerate(kept.history):
+                row = row[(row >= 0) & ~is_cold[np.maximum(row, 0)]]
+                history[r, :len(row)] = row
+            kept.history = history
+        return kept
+
+    train, validation = warm(data.train), warm(data.validation)
+    counts = dict(data.counts, train=len(train), validation=len(validation), cold_items=len(cold))
+    return RetrievalData(data.catalog, train, validation, data.test, counts, data.skipped, data.stream, cold)

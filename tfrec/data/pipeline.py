@@ -55,11 +55,28 @@ def query_features(texts: list[str], query_cache: TextCache | None = None) -> di
     return {"query_text": np.array(texts, dtype=object)}
 
 
+def history_features(examples: Examples) -> dict:
+    """``history_item_ids``: int64 [n, length] catalog rows, most recent first, -1 padded (none if no history)."""
+    return {} if examples.history is None else {"history_item_ids": examples.history}
+
+
+def query_inputs(examples: Examples, query_cache: TextCache | None, query_tower) -> dict:
+    """What ``query_tower`` reads for ``examples``: the query text (or its cached encoding) and/or the history."""
+    feats = {} if query_tower.encoder is None else query_features(examples.query_text, query_cache)
+    feats.update({} if query_tower.history_encoder is None else history_features(examples))
+    return feats
+
+
 def training_features(examples: Examples, catalog: Catalog, item_probability: np.ndarray,
-                      query_cache: TextCache | None = None, item_cache: TextCache | None = None) -> dict:
-    """Everything one training example carries (arrays with a leading [n])."""
+                      query_cache: TextCache | None = None, item_cache: TextCache | None = None,
+                      query_text: bool = True) -> dict:
+    """Everything one training example carries (arrays with a leading [n]).
+
+    ``query_text=False`` leaves the query text out (a query tower that reads only the history).
+    """
     positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
-    feats = query_features(examples.query_text, query_cache)
+    feats = query_features(examples.query_text, query_cache) if query_text else {}
+    feats.update(history_features(examples))
     feats.update(item_features(catalog, positions, item_cache))
     feats["item_position"] = positions  # int64 [n]: the catalog row, compared for accidental hits
     feats["item_probability"] = item_probability[positions]

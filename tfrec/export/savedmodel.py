@@ -9,10 +9,15 @@ and renamed into place when complete (:func:`tfrec.export.layout.publish_version
 
 Signatures of every SavedModel (tokenisation is inside the graph):
 
-* ``serving_default`` = ``retrieve``: ``query_text`` string [batch], optional
+* ``serving_default`` = ``retrieve``: the query inputs, optional
   ``exclude_item_ids`` string [batch, e] ("" padded; default: none) ->
   ``item_ids`` string [batch, k], ``scores`` float32 [batch, k].
-* ``embed_query``: ``query_text`` -> ``embedding`` float32 [batch, d].
+  The query inputs are what the query tower reads: ``query_text`` string
+  [batch] and/or ``history_item_ids`` string [batch, h] (the user's recent
+  item ids, most recent first, "" padded). A model with both takes either or
+  both (an omitted input defaults to empty; "" text or an all-"" history row
+  contributes nothing).
+* ``embed_query``: the query inputs -> ``embedding`` float32 [batch, d].
 * ``embed_item``: ``item_id``, ``item_text`` (and ``item_<column>`` per
   categorical column), string [batch] -> ``embedding`` float32 [batch, d].
 
@@ -46,6 +51,8 @@ from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
 
 log = logging.getLogger("tfrec")
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
+_NO_TEXT = tf.constant([""])  # [1]: broadcast to [batch]
+_NO_HISTORY = tf.constant([[""]])  # [1, 1]: broadcast to [batch, 1]
 
 
 class RetrievalModule(tf.Module):
@@ -70,28 +77,66 @@ class RetrievalModule(tf.Module):
         for col in self.categorical_columns:
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
+        self.retrieve = self._query_function(self._retrieve, True)
+        self.embed_query = self._query_function(self._embed_query, False)
         self.ranking_head, self.catalog = ranking_head, catalog
-        if ranking_head is not None:
+        if ranking_head is not None and query_tower.history_encoder is not None:
+            log.info("export: no rank / retrieve_and_rank signatures yet for a query tower that reads history items")
+            self.ranking_head = None
+        elif ranking_head is not None:
             query_spec = tf.TensorSpec([None], tf.string, name="query_text")
             self.rank = tf.function(self._rank, input_signature=[
                 query_spec, tf.TensorSpec([None, None], tf.string, name="item_ids")])
             self.retrieve_and_rank = tf.function(self._retrieve_and_rank, input_signature=[
                 query_spec, tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text"),
-                                  tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
-    def retrieve(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
-        query = self.query_tower({"query_text": query_text}, training=False)
-        batch = tf.shape(query_text)[0]
+    def _query_inputs(self) -> list[tf.TensorSpec]:
+        specs = []
+        if self.query_tower.encoder is not None:
+            specs.append(tf.TensorSpec([None], tf.string, name="query_text"))
+        if self.query_tower.history_encoder is not None:
+            specs.append(tf.TensorSpec([None, None], tf.string, name="history_item_ids"))
+        return specs
+
+    def _query_function(self, body, with_exclusions: bool):
+        """A tf.function over the query inputs (and ``exclude_item_ids``) calling ``body(features[, exclude])``.
+
+        Python defaults become the SignatureDef's defaults, so TF Serving may omit those inputs.
+        """
+        specs = self._query_inputs()
+        names = [spec.name for spec in specs]
+        if with_exclusions:
+            specs.append(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"))
+        if names == ["query_text", "history_item_ids"]:
+            def both(query_text=_NO_TEXT, history_item_ids=_NO_HISTORY, exclude_item_ids=_NO_EXCLUSIONS):
+                batch = tf.maximum(tf.shape(query_text)[0], tf.shape(history_item_ids)[0])
+                history = tf.broadcast_to(history_item_ids, tf.stack([batch, tf.shape(history_item_ids)[1]]))
+                features = {"query_text": tf.broadcast_to(query_text, [batch]), "history_item_ids": history}
+                return body(features, exclude_item_ids) if with_exclusions else body(features)
+            fn = both if with_exclusions else (lambda query_text=_NO_TEXT, history_item_ids=_NO_HISTORY: both(
+                query_text, history_item_ids))
+        elif with_exclusions:
+            def fn(query, exclude_item_ids=_NO_EXCLUSIONS):
+                return body({names[0]: query}, exclude_item_ids)
+        else:
+            def fn(query):
+                return body({names[0]: query})
+        return tf.function(fn, input_signature=specs)
+
+    def _query(self, features: dict) -> tf.Tensor:
+        return self.query_tower(features, training=False)
+
+    def _retrieve(self, features, exclude_item_ids=_NO_EXCLUSIONS):
+        query = self._query(features)
+        batch = tf.shape(query)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
         # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
         # mixed up methods of the three index classes when all are exported in one process.
         scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
         return {"item_ids": item_ids, "scores": scores}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query_text")])
-    def embed_query(self, query_text):
-        return {"embedding": self.query_tower({"query_text": query_text}, training=False)}
+    def _embed_query(self, features):
+        return {"embedding": self._query(features)}
 
     def _embed_item(self, features):
         return {"embedding": self.item_tower(features, training=False)}
@@ -202,7 +247,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
             info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
             if idx.kind != "brute_force":
                 if query_embeddings is None:
-                    queries = {"query_text": np.array(data.test.query_text, dtype=object)}
+                    queries = test_queries(model, data)
                     query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
                 info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
                                               cfg.export.min_recall)
@@ -244,6 +289,18 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     return published
 
 
+def test_queries(model, data) -> dict:
+    """The query tower's inputs for the test split: ``query_text`` and/or ``history_item_ids`` arrays."""
+    from tfrec.data import pipeline
+
+    queries = {}
+    if model.query_tower.encoder is not None:
+        queries["query_text"] = np.array(data.test.query_text, dtype=object)
+    if model.query_tower.history_encoder is not None:
+        queries.update(pipeline.history_features(data.test))
+    return queries
+
+
 def load_trained(job_dir: str | Path):
     """Rebuilds a finished run's model from ``params.yaml`` and its best weights.
 
@@ -260,9 +317,18 @@ def load_trained(job_dir: str | Path):
     if not best.is_file():
         raise UserError(f"{job}: no trained weights at {best}")
     data = dataset.load(cfg.data, base_dir=str(job))
-    model = build_model(cfg, data.catalog)
+    model = build_model(cfg, data.catalog, data.item_probability())
+    if model.query_tower.history_encoder is not None or model.retrieval.negatives != "in_batch":
+        # The catalog table's values come back with the weights; only its shapes are needed here.
+        table = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
+        encoder = model.item_tower.text_encoder
+        if encoder is not None and encoder.frozen and cfg.train.cache_frozen_encoders:
+            del table["item_text"]
+            table["item_text_encoding"] = np.zeros([len(data.catalog), encoder.hidden_size], np.float32)
+        model.item_tower.set_catalog(table)
     sample = next(iter(pipeline.make_dataset(
-        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability()), 2)))
+        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability(),
+                                   query_text=model.query_tower.encoder is not None), 2)))
     model.query_tower(sample), model.item_tower(sample)
     model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
     return cfg, model, data

@@ -1,0 +1,41 @@
+"""The id_sequence, content and cold-item baselines."""
+
+import numpy as np
+import pytest
+
+from tfrec import baselines
+from tfrec.data import dataset, pipeline
+from tests.tfrec.data.test_history_items import history_cfg
+
+
+def test_content_queries_by_hand(tmp_path):
+    # Item text encodings (rows 0..3): [1,0], [0,2], [3,0], [0,0]-> normalised [1,0], [0,1], [1,0], [0,0].
+    # u0's test history is [i3, i2] -> rows [2, 1] -> mean of [1,0] and [0,1] = [0.5, 0.5].
+    data = dataset.load(history_cfg(tmp_path).data)
+    encodings = np.array([[1, 0], [0, 2], [3, 0], [0, 0]], np.float32)
+    q, items = baselines.content_embeddings(data, "test", encodings)
+    np.testing.assert_allclose(q, [[0.5, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(items[:3], [[1, 0], [0, 1], [1, 0]], atol=1e-6)
+
+
+def test_id_sequence_trains_and_reports_the_model_metrics(tmp_path):
+    cfg = history_cfg(tmp_path, n_users=6, per_user=6, depth=3, **{"train.epochs": 2, "train.batch_size": 4})
+    data = dataset.load(cfg.data)
+    result = baselines.id_sequence_baseline(cfg, data, "test", [1, 4])
+    assert set(result) == {"recall@1", "recall@4", "ndcg@1", "ndcg@4", "mrr"}
+    assert result["recall@4"] == pytest.approx(1.0)  # only 4 items in the catalog
+
+
+def test_cold_section_counts_cold_targets(tmp_path):
+    data = dataset.load(history_cfg(tmp_path, n_users=4, per_user=4, depth=3).data)
+    warm = dataset.hold_out_cold_items(data, 0.25, seed=0)
+    cold = warm.cold_items
+    rng = np.random.default_rng(0)
+    q, items = rng.normal(size=(len(warm.test), 2)), rng.normal(size=(4, 2))
+    cfg = history_cfg(tmp_path, n_users=4, per_user=4, depth=3, **{"eval.ks": [1, 4], "eval.exclude_seen": False})
+    cache = pipeline.TextCache(data.catalog.texts, lambda texts: rng.normal(size=(len(texts), 3)))
+    section = baselines.cold_items_section(cfg, warm, q, items, cache)
+    # Each of the 4 users' test item is a different one of the 4 items, so one test row has the cold target.
+    assert section["items"] == 1 and section["targets"] == 1
+    assert set(section["baselines"]) == {"popularity", "content"} and "recall@4" in section["model"]
+    assert section["baselines"]["popularity"]["recall@1"] == 0.0  # a cold item has no training count

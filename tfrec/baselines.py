@@ -1,0 +1,159 @@
+"""Learned baselines, trained as carefully as the model on the same split.
+
+``id_sequence``: an ID-only model over the same history window, as a user would
+build it in an afternoon: the query is the user's last
+``data.interactions.query_history_items`` items (id embeddings only, no text,
+no categorical features) pooled by the same ``model.history_encoder``; items are
+id embeddings. It trains with the model's negatives, temperature, optimiser,
+epochs and early stopping (best validation ``train.early_stopping_metric``,
+``train.early_stopping_patience``), so the gap to the model is what item text,
+categorical features and the shared item tower add.
+
+``popularity`` is in :mod:`tfrec.evaluate` (no training).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec import evaluate
+from tfrec.data import pipeline
+from tfrec.data.dataset import RetrievalData
+
+log = logging.getLogger("tfrec")
+ID_FEATURES = ("history_item_ids", "item_id", "item_position", "item_probability")
+
+
+def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Trains the ``id_sequence`` model; returns (queries of ``split`` [n, dim], catalog [num_items, dim]).
+
+    Args:
+      cfg: the resolved config (the model's history window, encoder, negatives and training settings).
+      data: the split data; its examples must carry ``history`` (history-built queries).
+      split: "validation" or "test", the queries to embed with the best epoch's weights.
+    """
+    from tfrec import training
+    from tfrec.models import build_model
+
+    if data.train.history is None:
+        raise ValueError("the id_sequence baseline needs history-built queries (data.interactions."
+                         "query_history_items)")
+    t = cfg.train
+    tf.keras.utils.set_random_seed(t.seed)
+    probability = data.item_probability()
+    model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
+    model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+    features = pipeline.training_features(data.train, data.catalog, probability, query_text=False)
+    features = {k: v for k, v in features.items() if k in ID_FEATURES}
+    batch = t.batch_size
+    steps = math.ceil(len(data.train) / batch)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    training.compile_model(model, cfg, steps * t.epochs)
+    train = pipeline.make_dataset(features, batch, shuffle=True, seed=t.seed,
+                                  drop_remainder=len(data.train) >= 2 * batch, repeat=True)
+    rows = tf.range(len(data.catalog), dtype=tf.int64)
+    embed_items = tf.function(lambda: model.item_tower.embed_rows(rows))
+    embed_queries = tf.function(lambda h: model.query_tower({"history_item_ids": h}))
+
+    def embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+        history = getattr(data, name).history
+        queries = np.concatenate([embed_queries(tf.constant(history[i:i + 1024])).numpy()
+                                  for i in range(0, len(history), 1024)])
+        return queries, embed_items().numpy()
+
+    metric, k = t.early_stopping_metric, int(t.early_stopping_metric.split("@")[1])
+    keeper = _KeepBest(lambda: evaluate.evaluate_embeddings(*embeddings("validation"), data, "validation", [k],
+                                                            cfg.eval.exclude_seen)[metric],
+                       metric, t.early_stopping_patience, t.epochs)
+    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper], verbose=0)
+    best = keeper.best_weights
+    model.set_weights(best)
+    return embeddings(split)
+
+
+def id_sequence_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
+    """Metrics of the trained ``id_sequence`` model on ``split`` (same metrics as the model's)."""
+    q, items = id_sequence_embeddings(cfg, data, split)
+    return evaluate.evaluate_embeddings(q, items, data, split, ks, exclude_seen)
+
+
+class _KeepBest(tf.keras.callbacks.Callback):
+    """Validation after each epoch; keeps the best weights; stops after ``patience`` epochs without a gain."""
+
+    def __init__(self, validate, metric: str, patience: int, epochs: int):
+        super().__init__()
+        self.validate, self.metric, self.patience, self.epochs = validate, metric, patience, epochs
+        self.best_value, self.best_weights, self.waited, self.started = -1.0, None, 0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.validate()
+        log.info("id_sequence: epoch %d/%d val_%s=%.4f (%.0fs)", epoch + 1, self.epochs, self.metric, value,
+                 time.time() - self.started)
+        if value > self.best_value:
+            self.best_value, self.best_weights, self.waited = value, self.model.get_weights(), 0
+        else:
+            self.waited += 1
+            if self.patience and self.waited >= self.patience:
+                self.model.stop_training = True
+
+
+def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``content`` baseline: no training, the text encoder as it comes.
+
+    A query is the mean of its history items' text embeddings; an item is its
+    own text embedding (both unit length), so it ranks items by how much their
+    text resembles what the user just had.
+
+    Args:
+      data: the split data (examples with ``history``).
+      split: whose queries to embed.
+      item_text_encodings: float32 [num_items, hidden], the frozen encoder's output per catalog row.
+    Returns:
+      (queries [n, hidden], items [num_items, hidden]).
+    """
+    items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
+    history = getattr(data, split).history
+    mask = (history >= 0)[..., None]
+    queries = (items[np.maximum(history, 0)] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    return queries.astype(np.float32), items.astype(np.float32)
+
+
+def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, model_items: np.ndarray,
+                       item_cache: pipeline.TextCache | None) -> dict:
+    """``eval.json``'s ``cold_items``: the test rows whose target is a cold item, ranked in the full catalog.
+
+    Args:
+      cfg: the resolved config (``eval.ks``, ``eval.exclude_seen``).
+      data: the data after :func:`tfrec.data.dataset.hold_out_cold_items` (``data.cold_items`` set).
+      model_queries: float32 [num_test, dim] the model's test queries; model_items: [num_items, dim].
+      item_cache: the frozen item text encoder's outputs, for the ``content`` baseline (None: left out).
+    Returns:
+      {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content"}}.
+    """
+    import dataclasses
+
+    cold, ks, exclude_seen = data.cold_items, cfg.eval.ks, cfg.eval.exclude_seen
+    item_text_encodings = item_cache.lookup(data.catalog.texts) if item_cache is not None else None
+
+    targets = np.array([data.catalog.position[i] for i in data.test.item_id], np.int64)
+    rows = np.flatnonzero(np.isin(targets, cold))
+    section = {"items": int(len(cold)), "targets": int(len(rows))}
+    if len(rows) == 0:
+        return section
+    sub = dataclasses.replace(data, test=data.test.take(rows))
+    section["model"] = evaluate.evaluate_embeddings(model_queries[rows], model_items, sub, "test", ks, exclude_seen)
+    section["baselines"] = {"popularity": evaluate.popularity_baseline(sub, "test", ks, exclude_seen)}
+    if item_text_encodings is not None and data.test.history is not None:
+        q, items = content_embeddings(sub, "test", item_text_encodings)
+        section["baselines"]["content"] = evaluate.evaluate_embeddings(q, items, sub, "test", ks, exclude_seen)
+    return section
