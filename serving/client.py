@@ -150,6 +150,9 @@ class RestClient(_Client):
         if not isinstance(outputs, dict):  # a single output comes back without its name
             if signature_name not in self._output_names:
                 sigs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+                if signature_name not in sigs:
+                    raise ServingError(404, f"model has no signature '{signature_name}'; it has: "
+                                            f"{', '.join(sorted(sigs))}")
                 self._output_names[signature_name] = list(sigs[signature_name]["outputs"])
             outputs = {self._output_names[signature_name][0]: outputs}
         return {n: np.asarray(v) for n, v in outputs.items()}
