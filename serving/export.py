@@ -14,7 +14,7 @@ import sys
 
 import serving  # noqa: F401  (environment first)
 from tfrec.cli import setup_logging
-from tfrec.errors import run_command
+from tfrec.cli import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         item_embeddings = evaluate.embed(model.item_tower, items, progress="embedding the catalog")
         export_run(cfg, args.job_dir, model, data, item_embeddings, index=args.index, k=args.k)
 
-    return run_command(run, args.debug)
+    return run_main(run, args.debug)
 
 
 if __name__ == "__main__":

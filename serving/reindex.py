@@ -20,7 +20,7 @@ from dataclasses import replace
 import serving  # noqa: F401  (environment first)
 import numpy as np
 
-from tfrec.errors import run_command
+from tfrec.cli import run_main
 
 log = logging.getLogger("tfrec")
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args, _ = parser.parse_known_args(argv)
     setup_logging(args.debug)
-    return run_command(lambda: reindex(args.job_dir, args.items, args.index, args.k), args.debug)
+    return run_main(lambda: reindex(args.job_dir, args.items, args.index, args.k), args.debug)
 
 
 if __name__ == "__main__":

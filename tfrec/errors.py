@@ -36,23 +36,3 @@ class DataError(UserError):
         if column is not None:
             where += f", column '{column}'"
         super().__init__(f"{where}: {message}")
-
-
-def run_command(command, debug: bool = False) -> int:
-    """Runs a CLI's work; a UserError becomes one stderr line and exit code 2 (``--debug`` re-raises).
-
-    Args:
-      command: a callable taking no arguments.
-    Returns:
-      0 on success, 2 on a user error.
-    """
-    import sys
-
-    try:
-        command()
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
