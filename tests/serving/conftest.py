@@ -26,3 +26,14 @@ def tiny_export(tmp_path_factory) -> Path:
     layout.write_models_config(root, ["tiny", "tiny_scann"])
     layout.write_batching_parameters(root, max_batch_size=8)
     return root
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    """A gRPC PredictionService stub on the test module's own ``server`` fixture."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()

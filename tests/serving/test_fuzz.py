@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
 
 from tests.helpers.servers import MAX_BATCH, http, running_server
 
@@ -40,13 +40,6 @@ def server(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}, poll_wait_s=1.0, max_batch_size=MAX_BATCH,
                         max_exclusions=16, max_request_bytes=1 << 20) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def assert_healthy(server) -> None:

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.helpers.servers import MAX_BATCH, MAX_BYTES, predict_request, running_server
 
@@ -18,13 +17,6 @@ def server(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}, poll_wait_s=0.2,
                         max_batch_size=MAX_BATCH, max_request_bytes=MAX_BYTES) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def test_malformed_grpc_requests(server, stub):

@@ -9,7 +9,6 @@ import time
 import grpc
 import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.server import ModelServer
 from tests.helpers.servers import http, metric, predict_request, running_server
@@ -23,13 +22,6 @@ def server(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}, poll_wait_s=0.5, max_batch_size=64,
                         max_exclusions=MAX_EXCLUSIONS) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 def string_proto(dims: list[int], values: list[bytes]) -> tensor_pb2.TensorProto:

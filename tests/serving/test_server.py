@@ -16,7 +16,6 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client as client_lib
 from tests.helpers.servers import MAX_BATCH, MAX_BYTES, http, metric, predict_request, running_server
@@ -29,13 +28,6 @@ def server(tiny_export):
     with running_server({"tiny": str(tiny_export / "tiny")}, poll_wait_s=0.2,
                         max_batch_size=MAX_BATCH, max_request_bytes=MAX_BYTES) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def stub(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")
