@@ -409,7 +409,8 @@ def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr
     full, lora = contenders["full"], contenders["lora"]
     r = ratios["full/lora"]
     print(f"ratio full/lora: {statistics.median(r):.3f}")
-    print(f"  (per-round min {min(r):.3f}, max {max(r):.3f}; pooled {full.rate() / lora.rate():.3f})", flush=True)
+    print(f"  ({len(r)} interleaved rounds; per-round min {min(r):.3f}, max {max(r):.3f}; "
+          f"pooled {full.rate() / lora.rate():.3f})", flush=True)
 
 
 def section_input(cfg, data, examples, caches, steps, rounds, shards: int = 8) -> None:
