@@ -13,6 +13,17 @@ import tfrec  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before any tensorflow impo
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def tfrec_log_reaches_caplog():
+    """A test that ran a CLI in-process leaves the ``tfrec`` logger unpropagated (tfrec.cli.setup_logging
+    stops duplicate lines that way); later tests' ``caplog`` listens on the root logger, so each test starts
+    with propagation back on."""
+    import logging
+
+    logging.getLogger("tfrec").propagate = True
+    yield
+
+
 @pytest.fixture(scope="session")
 def smoke_cfg():
     """A fresh smoke config per call (dataclasses are mutable)."""
