@@ -60,16 +60,21 @@ def _rows(instances: list, sig: Signature, limits: Limits, texts: set[str], list
         if not any(n in instance for instance in instances):
             continue  # fed as [rows, 0] by Signature.complete
         rows = [instance.get(n, []) for instance in instances]
-        most, flag = limits.per_row(n, sig)
-        for i, row in enumerate(rows):
-            if type(row) is not list:
-                return None
-            if len(row) > most:
-                raise too_many_values(n, i, most, flag)
-        if not all(type(v) is str for row in rows for v in row):
+        if not _string_rows(n, rows, sig, limits):
             return None
         columns[n] = _padded(rows, n)
     return (*sig.complete(columns, limits.max_batch_size), "row")
+
+
+def _string_rows(name: str, rows: list, sig: Signature, limits: Limits) -> bool:
+    """True when ``rows`` are lists of strings; a row over its limit is refused by name (checked first)."""
+    most, flag = limits.per_row(name, sig)
+    for i, row in enumerate(rows):
+        if type(row) is not list:
+            return False
+        if len(row) > most:
+            raise too_many_values(name, i, most, flag)
+    return all(type(v) is str for row in rows for v in row)
 
 
 def _columns(inputs: dict, sig: Signature, limits: Limits, texts: set[str], lists: set[str]) -> Decoded | None:
@@ -86,13 +91,7 @@ def _columns(inputs: dict, sig: Signature, limits: Limits, texts: set[str], list
                 return None
             columns[n] = _strings(value, n)
             continue
-        most, flag = limits.per_row(n, sig)
-        for i, row in enumerate(value):
-            if type(row) is not list:
-                return None
-            if len(row) > most:
-                raise too_many_values(n, i, most, flag)
-        if len({len(row) for row in value}) > 1 or not all(type(v) is str for row in value for v in row):
+        if not _string_rows(n, value, sig, limits) or len({len(row) for row in value}) > 1:
             return None  # ragged or not strings: parse_json names the problem
         columns[n] = _padded(value, n)
     return (*sig.complete(columns, limits.max_batch_size), "columnar")
