@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.limits import Limits, bad_text, too_many_rows, too_many_values
-from serving.signatures import RequestError, Signature
+from serving.signatures import Signature
 
 Decoded = tuple[dict[str, np.ndarray], int, str]  # arrays, rows, "row" | "columnar"
 
