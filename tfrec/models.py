@@ -12,6 +12,9 @@ from tfrec.towers import ItemTower, QueryTower
 class TwoTowerModel(tfrs.Model):
     """``loss = retrieval_weight * retrieval_loss (+ ranking_weight * ranking_loss)``.
 
+    A ``sample_weight`` feature (float32 [batch], ``data.interactions.sample_weight_column``) scales each
+    example's loss in both tasks.
+
     A task whose weight is 0 is not computed at all (no loss, no metrics, no
     gradient), so either task can be switched off.
 
@@ -60,10 +63,11 @@ class TwoTowerModel(tfrs.Model):
             ids = features["item_position"] if "item_position" in features else features["item_id"]
             loss += self.retrieval_weight * self.retrieval(
                 query_embeddings, item_embeddings, ids, features.get("item_probability"),
-                extra_embeddings=extra, extra_ids=extra_ids)
+                sample_weight=features.get("sample_weight"), extra_embeddings=extra, extra_ids=extra_ids)
         if self.ranking is not None and self.ranking_weight > 0:
             scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
-            loss += self.ranking_weight * self.ranking(features["label"], scores)
+            loss += self.ranking_weight * self.ranking(features["label"], scores,
+                                                       sample_weight=features.get("sample_weight"))
         return loss
 
     def set_catalog(self, catalog_features: dict) -> None:

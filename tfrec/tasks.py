@@ -15,6 +15,11 @@ the positive's own column, is masked (an accidental hit). Catalog items marked
 as not candidates (:meth:`RetrievalTask.set_catalog_probability`, e.g. items
 with no training interaction: at training time a new item does not exist yet)
 are never drawn and never scored as full-softmax negatives.
+
+In every mode ``sample_weight`` (``data.interactions.sample_weight_column``)
+scales each query's cross-entropy before the mean over the global batch: the
+loss is ``sum_i w_i * l_i / B``, so a weight of 0 removes an example's
+contribution and the batch size still divides.
 """
 
 from __future__ import annotations
@@ -137,11 +142,13 @@ class RetrievalTask(tf.keras.layers.Layer):
           item_ids: [batch] ids compared for accidental-hit removal: int64 catalog positions, or strings
             (``sampled``, ``mixed`` and ``full`` need the int64 catalog positions).
           item_probability: float32 [batch], each item's sampling probability.
-          sample_weight: float32 [batch] or None.
+          sample_weight: float32 [batch] >= 0, each query's loss factor, or None (all ones).
           extra_embeddings: float32 [S, dim], the embeddings of the rows :meth:`sample` drew
             (``sampled``/``mixed``) or of the whole catalog in order (``full``).
           extra_ids: int64 [S], their catalog rows (``sampled``/``mixed``).
         """
+        if sample_weight is not None:
+            sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         if self.negatives != "in_batch":
             return self._catalog_loss(tf.cast(query_embeddings, tf.float32), tf.cast(item_embeddings, tf.float32),
                                       item_ids, tf.cast(extra_embeddings, tf.float32), extra_ids, sample_weight,
@@ -195,10 +202,10 @@ class RetrievalTask(tf.keras.layers.Layer):
             labels = own
         per_example = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
         if sample_weight is not None:
-            per_example *= tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+            per_example *= sample_weight
         if batch_metrics:
-            for metric in self.task._batch_metrics:
-                metric.update_state(labels, logits)
+            for metric in self.task._batch_metrics:  # weighted like tfrs.tasks.Retrieval's own (in_batch)
+                metric.update_state(labels, logits, sample_weight=sample_weight)
         return tf.nn.compute_average_loss(per_example)
 
     def _global_candidates(self, items: tf.Tensor, ids: tf.Tensor, probability: tf.Tensor | None):

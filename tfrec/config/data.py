@@ -26,6 +26,9 @@ class InteractionsConfig:
     # Retrieval learns from positives only: with a label column, rows whose label is below this are dropped
     # before splitting (counted in eval.json's data.skipped.below_positive_threshold), e.g. 4 for 1-5 ratings.
     positive_threshold: Optional[float] = None
+    # A column of per-example weights (finite, >= 0) that scales each row's loss; 0 removes the row's
+    # contribution. Full-catalog metrics stay unweighted.
+    sample_weight_column: Optional[str] = None
     # Stream the training interactions from TFRecord shards each epoch instead of reading them into memory
     # (tfrec.data.stream); needs split.method=files and a query_column.
     streaming: bool = False
@@ -106,6 +109,11 @@ class DataConfig:
                   "drops the low labels the ranking head learns from; set it to null when ranking.weight > 0")
             check(not d.interactions.streaming, "data.interactions.positive_threshold",
                   "is not applied to streamed shards; filter the TFRecord files instead")
+        if d.interactions.sample_weight_column is not None:
+            check(bool(d.interactions.sample_weight_column), "data.interactions.sample_weight_column",
+                  "must name a column (or be null)")
+            check(not d.interactions.streaming, "data.interactions.sample_weight_column",
+                  "is not read from streamed shards; set it to null with data.interactions.streaming")
         if d.split.method in ("time", "leave_last"):
             check(d.interactions.timestamp_column is not None, "data.interactions.timestamp_column",
                   f"is required by data.split.method={d.split.method}")

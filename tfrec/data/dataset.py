@@ -75,6 +75,7 @@ class Examples:
     # int64 [n, query_history_items]: the user's previous items as catalog rows, most recent first, -1 padded;
     # None when queries are not built from history.
     history: np.ndarray | None = None
+    weight: np.ndarray | None = None  # float32 [n], >= 0: data.interactions.sample_weight_column, if set
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -83,7 +84,8 @@ class Examples:
         idx = list(idx)
         return Examples([self.query_text[i] for i in idx], [self.item_id[i] for i in idx],
                         [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx],
-                        None if self.history is None else self.history[idx])
+                        None if self.history is None else self.history[idx],
+                        None if self.weight is None else self.weight[idx])
 
 
 @dataclass
@@ -168,7 +170,8 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     catalog, skipped = load_catalog(cfg, base_dir)
     skipped = Counter(skipped)
     ic = cfg.interactions
-    cols = [ic.item_id_column, ic.query_column, ic.user_id_column, ic.timestamp_column, ic.label_column]
+    cols = [ic.item_id_column, ic.query_column, ic.user_id_column, ic.timestamp_column, ic.label_column,
+            ic.sample_weight_column]
     paths = {"train": ic.path}
     if cfg.split.method == "files":
         paths.update(validation=cfg.split.validation_path, test=cfg.split.test_path)
@@ -185,6 +188,7 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     users = as_text(table, ic.user_id_column) if ic.user_id_column else [""] * n
     stamps = np.array(as_float(table, ic.timestamp_column) if ic.timestamp_column else range(n), np.float64)
     labels = np.array(as_float(table, ic.label_column) if ic.label_column else [1.0] * n, np.float32)
+    weights = sample_weights(table, ic.sample_weight_column) if ic.sample_weight_column else None
 
     threshold = ic.positive_threshold
     known = []
@@ -229,7 +233,7 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
 
     usable = {i for i in known if queries[i]}
     split = _split(cfg, by_user, usable, stamps, part_of)
-    full = Examples(queries, items, users, labels, stamps, history)
+    full = Examples(queries, items, users, labels, stamps, history, weights)
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
@@ -252,6 +256,16 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     for key, value in skipped.items():
         log.info("data: skipped %d %s", value, key.replace("_", " "))
     return RetrievalData(catalog, parts["train"], parts["validation"], parts["test"], counts, skipped, info)
+
+
+def sample_weights(table: Table, column: str) -> np.ndarray:
+    """float32 [num_rows]: the weight column, each a finite number >= 0; a DataError naming the row otherwise."""
+    weights = np.array(as_float(table, column), np.float32)
+    negative = np.flatnonzero(weights < 0)
+    if len(negative):
+        i = int(negative[0])
+        raise table.error(i, column, f"expected a sample weight >= 0, found {weights[i]:g}")
+    return weights
 
 
 def _split(cfg: DataConfig, by_user: dict[str, list[int]], usable: set[int], stamps: np.ndarray,

@@ -81,6 +81,8 @@ def training_features(examples: Examples, catalog: Catalog, item_probability: np
     feats["item_position"] = positions  # int64 [n]: the catalog row, compared for accidental hits
     feats["item_probability"] = item_probability[positions]
     feats["label"] = examples.label
+    if examples.weight is not None:
+        feats["sample_weight"] = examples.weight  # float32 [n]: scales each example's loss
     return feats
 
 
