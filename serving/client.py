@@ -9,9 +9,17 @@ Library::
     client.predict({"query_text": ["space opera"]}, signature_name="embed_query")
     # -> {"embedding": array([[...]], dtype=float32)}
 
+    client.signatures()   # {"serving_default": {"inputs": {"query_text": ("string", [None])}, ...}, ...}
+    client.models(["tfrec", "tfrec_scann"])   # {"tfrec": 1}: those the server serves, with their versions
+
+Asked for a model or signature the server does not have, a call raises a ServingError naming
+those that exist (``serving.client_metadata``: TF Serving cannot list its models, so the names
+come from ``known_models``, e.g. the server's ``models.config``).
+
 Command line (prints rank, item id, score and the item's text when known)::
 
-    python -m serving.client --query "space opera" --k 10 --exclude item_42
+    python -m serving.client --query "space opera" --k 10 --exclude item_42 --model_name tfrec
+    python -m serving.client --list --model_config_file EXPORT/models.config
     python -m serving.client --grpc --port 8500 --query "space opera" --job-dir runs/x
     python -m serving.client --query "space opera" --items items.tsv
 
@@ -33,6 +41,7 @@ from typing import Any
 import numpy as np
 
 import serving  # noqa: F401  (tfrec's environment before any tensorflow import)
+from serving import client_metadata
 from tfrec.export import layout
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -58,6 +67,7 @@ def _retrieve_inputs(queries: list[str], exclude: list[list[str]] | None) -> dic
 
 
 def _top_k(outputs: dict[str, Any], k: int | None) -> list[list[tuple[str, float]]]:
+    """``outputs`` of a retrieval signature (``item_ids``, ``scores`` [batch, k]) as (id, score) lists."""
     results = []
     for ids, scores in zip(outputs["item_ids"], outputs["scores"]):
         pairs = [(i.decode() if isinstance(i, bytes) else str(i), float(s))
@@ -67,9 +77,63 @@ def _top_k(outputs: dict[str, Any], k: int | None) -> list[list[tuple[str, float
 
 
 class _Client:
+    """What the REST and gRPC clients share: retrieval, and the models and signatures the server has.
+
+    ``model_name`` and ``known_models`` (the model names the server may serve, e.g. its
+    ``models.config``'s; TF Serving has no call that lists them) are set by the subclasses.
+    """
+
+    model_name: str
+    known_models: list[str]
+
     def predict(self, inputs: dict[str, Any], signature_name: str = DEFAULT_SIGNATURE
                 ) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _signature_def(self, model_name: str) -> tuple[int, dict[str, Any]]:
+        """(served version, ``SignatureDefMap.signature_def`` as a dict) from the model's metadata."""
+        raise NotImplementedError
+
+    def signatures(self, model_name: str | None = None) -> client_metadata.Signatures:
+        """Every signature of the served model (default: this client's): inputs and outputs with dtypes and
+        shapes (``serving.client_metadata.Signatures``). ServingError naming the served models if it is missing."""
+        name = model_name or self.model_name
+        try:
+            return client_metadata.describe_signatures(self._signature_def(name)[1])
+        except ServingError as e:
+            raise self._missing_model(e, name) if client_metadata.is_not_found(e.code) else e from None
+
+    def models(self, names: list[str] | None = None) -> dict[str, int]:
+        """``{model name: served version}`` for those of ``names`` (default: ``known_models``, else this
+        client's model) that the server serves, in the order given."""
+        served = {}
+        for name in names or self.known_models or [self.model_name]:
+            try:
+                served[name] = self._signature_def(name)[0]
+            except ServingError as e:
+                if not client_metadata.is_not_found(e.code):
+                    raise
+        return served
+
+    def _missing_model(self, error: ServingError, name: str) -> ServingError:
+        others = [m for m in self.models() if m != name] if self.known_models else []
+        listed = (f"; it serves: {', '.join(others)}" if others else "; it serves none of "
+                  f"{', '.join(self.known_models)}") if self.known_models else (
+            "; name the models it may serve with known_models (--model_config_file) to list them")
+        return ServingError(error.code, f"model '{name}' is not served ({error.message}){listed}")
+
+    def _explain(self, error: ServingError, signature_name: str) -> ServingError:
+        """A failed predict's error, restated when the model or the signature does not exist."""
+        try:
+            signatures = self.signatures()
+        except ServingError as e:
+            return e if client_metadata.is_not_found(e.code) else error
+        except OSError:
+            return error
+        if signature_name not in signatures:
+            return ServingError(error.code, f"model '{self.model_name}' has no signature '{signature_name}'; "
+                                            f"it has: {', '.join(sorted(signatures))}")
+        return error
 
     def retrieve(self, queries: list[str], k: int | None = None,
                  exclude: list[list[str]] | None = None,
@@ -83,6 +147,10 @@ class _Client:
           signature_name: a signature with ``item_ids`` and ``scores`` outputs.
         """
         outputs = self.predict(_retrieve_inputs(queries, exclude), signature_name)
+        if not {"item_ids", "scores"} <= set(outputs):
+            retrieval = [n for n, s in self.signatures().items() if {"item_ids", "scores"} <= set(s["outputs"])]
+            raise ServingError("INVALID_ARGUMENT", f"signature '{signature_name}' returns {', '.join(sorted(outputs))}"
+                               f", not item_ids and scores; retrieval signatures: {', '.join(sorted(retrieval))}")
         return _top_k(outputs, k)
 
 
@@ -94,12 +162,15 @@ class RestClient(_Client):
       model_name: the served model.
       version: a specific version, or None for the newest.
       timeout: seconds per request.
+      known_models: the model names the server may serve (its models.config's), for :meth:`models`
+        and for naming the served ones when ``model_name`` is not.
     """
 
     def __init__(self, host: str, port: int, model_name: str, version: int | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, known_models: list[str] | None = None):
         self.host, self.port, self.model_name, self.timeout = host, port, model_name, timeout
-        self._prefix = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
+        self.version, self.known_models = version, list(known_models or [])
+        self._prefix = self._model_path(model_name)
         self._local = threading.local()  # one connection per thread
         self._output_names: dict[str, list[str]] = {}
 
@@ -132,9 +203,16 @@ class RestClient(_Client):
             raise ServingError(response.status, answer.get("error", str(answer)))
         return answer
 
-    def metadata(self) -> dict[str, Any]:
+    def _model_path(self, model_name: str) -> str:
+        return f"/v1/models/{model_name}" + (f"/versions/{self.version}" if self.version else "")
+
+    def metadata(self, model_name: str | None = None) -> dict[str, Any]:
         """The model's ``/metadata`` answer (``signature_def`` of every signature)."""
-        return self._request("GET", f"{self._prefix}/metadata")
+        return self._request("GET", f"{self._model_path(model_name or self.model_name)}/metadata")
+
+    def _signature_def(self, model_name: str) -> tuple[int, dict[str, Any]]:
+        answer = self.metadata(model_name)
+        return int(answer["model_spec"]["version"]), answer["metadata"]["signature_def"]["signature_def"]
 
     def status(self) -> dict[str, Any]:
         """The model's status answer (``model_version_status``)."""
@@ -146,14 +224,13 @@ class RestClient(_Client):
         body = {"signature_name": signature_name,
                 "inputs": {n: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v
                            for n, v in inputs.items()}}
-        outputs = self._request("POST", f"{self._prefix}:predict", body)["outputs"]
+        try:
+            outputs = self._request("POST", f"{self._prefix}:predict", body)["outputs"]
+        except ServingError as e:
+            raise self._explain(e, signature_name) from None
         if not isinstance(outputs, dict):  # a single output comes back without its name
             if signature_name not in self._output_names:
-                sigs = self.metadata()["metadata"]["signature_def"]["signature_def"]
-                if signature_name not in sigs:
-                    raise ServingError(404, f"model has no signature '{signature_name}'; it has: "
-                                            f"{', '.join(sorted(sigs))}")
-                self._output_names[signature_name] = list(sigs[signature_name]["outputs"])
+                self._output_names[signature_name] = list(self.signatures()[signature_name]["outputs"])
             outputs = {self._output_names[signature_name][0]: outputs}
         return {n: np.asarray(v) for n, v in outputs.items()}
 
@@ -165,11 +242,12 @@ class GrpcClient(_Client):
     """
 
     def __init__(self, host: str, port: int, model_name: str, version: int | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, known_models: list[str] | None = None):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.model_name, self.version, self.timeout = model_name, version, timeout
+        self.known_models = list(known_models or [])
         self.channel = grpc.insecure_channel(f"{host}:{port}")
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
 
@@ -190,8 +268,27 @@ class GrpcClient(_Client):
         try:
             response = self.stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise ServingError(e.code().name, e.details()) from None
+            raise self._explain(ServingError(e.code().name, e.details()), signature_name) from None
         return {n: tf.make_ndarray(t) for n, t in response.outputs.items()}
+
+    def _signature_def(self, model_name: str) -> tuple[int, dict[str, Any]]:
+        """``GetModelMetadata`` with ``metadata_field: "signature_def"``; its Any holds a SignatureDefMap."""
+        import grpc
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model_name
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        try:
+            response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise ServingError(e.code().name, e.details()) from None
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        as_dict = json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
+        return response.model_spec.version.value, as_dict.get("signature_def", {})
 
     def close(self) -> None:
         self.channel.close()
@@ -220,30 +317,57 @@ def find_items_file(model_base_path: str | None, job_dir: str | None, model_name
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.client",
-                                description="Query a tfrec model server and print the top items.")
-    p.add_argument("--query", action="append", required=True, help="query text (repeatable)")
+                                description="Query a tfrec model server and print the top items, or list "
+                                            "its models and signatures.")
+    p.add_argument("--query", action="append", help="query text (repeatable)")
+    p.add_argument("--list", action="store_true",
+                   help="print each model (--model_config_file's, or --model_name) with its signatures")
     p.add_argument("--k", type=int, default=None, help="print at most k items per query")
     p.add_argument("--exclude", nargs="*", default=None, metavar="ID",
                    help="item ids never to return (applied to every query)")
     p.add_argument("--grpc", action="store_true", help="use gRPC instead of REST")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default 8501 (REST) / 8500 (gRPC)")
-    p.add_argument("--model_name", default="tfrec")
+    p.add_argument("--model_name", default=None,
+                   help="the served model (default: the first of --model_config_file)")
+    p.add_argument("--model_config_file", default=None,
+                   help="the server's models.config: the models it may serve (default: JOB_DIR/export/models.config)")
     p.add_argument("--signature_name", default=DEFAULT_SIGNATURE)
     p.add_argument("--items", help="TSV item_id<TAB>text for printing item texts")
     p.add_argument("--model_base_path", help="EXPORT/<model_name>, to find assets.extra/items.tsv")
     p.add_argument("--job-dir", "--job_dir", dest="job_dir", help="a training job dir (has export/)")
     args = p.parse_args(argv)
-    port = args.port or (8500 if args.grpc else 8501)
-    client = (GrpcClient if args.grpc else RestClient)(args.host, port, args.model_name)
-    exclude = [list(args.exclude)] * len(args.query) if args.exclude else None
+    if not args.query and not args.list:
+        p.error("give --query TEXT (repeatable) or --list")
+    if args.model_config_file and not Path(args.model_config_file).is_file():
+        print(f"serving.client: {args.model_config_file}: file not found (--model_config_file)", file=sys.stderr)
+        return 2
+    config = args.model_config_file or (
+        Path(args.job_dir) / "export" / layout.MODELS_CONFIG if args.job_dir else None)
     try:
+        known = client_metadata.config_model_names(config) if config and Path(config).is_file() else []
+    except ValueError as e:
+        print(f"serving.client: {e}", file=sys.stderr)
+        return 2
+    model_name = args.model_name or (known[0] if known else None)
+    if model_name is None:
+        print("serving.client: name the model with --model_name, or give the server's models.config with "
+              "--model_config_file (or --job-dir) to take its first model", file=sys.stderr)
+        return 2
+    port = args.port or (8500 if args.grpc else 8501)
+    client = (GrpcClient if args.grpc else RestClient)(args.host, port, model_name, known_models=known)
+    try:
+        if args.list:
+            lines, served = client_metadata.listing(client, ServingError)
+            print("\n".join(lines))
+            return 0 if served else 1
+        exclude = [list(args.exclude)] * len(args.query) if args.exclude else None
         results = client.retrieve(args.query, k=args.k, exclude=exclude,
                                   signature_name=args.signature_name)
     except (ServingError, OSError) as e:
         print(f"serving.client: {e}", file=sys.stderr)
         return 1
-    items_path = args.items or find_items_file(args.model_base_path, args.job_dir, args.model_name)
+    items_path = args.items or find_items_file(args.model_base_path, args.job_dir, model_name)
     texts = read_items(items_path) if items_path else {}
     for query, pairs in zip(args.query, results):
         print(f"query: {query}")
