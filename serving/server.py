@@ -251,8 +251,8 @@ def parse_flags(argv: list[str] | None) -> argparse.Namespace:
     for name in IGNORED_FLAGS:
         p.add_argument(f"--{name}", nargs="?", const="true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if bool(args.model_base_path) == bool(args.model_config_file):
-        p.error("give exactly one of --model_base_path or --model_config_file")
+    if not args.model_base_path and not args.model_config_file:
+        p.error("give --model_base_path (with --model_name) or --model_config_file")
     if args.ssl_config_file:
         p.error("--ssl_config_file: TLS is not supported by this server; put a TLS proxy in front of it")
     for flag in ("max_exclusions", "max_connections", "grpc_max_threads", "rest_api_timeout_in_ms"):
@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in IGNORED_FLAGS:
         if getattr(args, name) is not None:
             log.info("--%s=%s: a TF Serving flag this server accepts and ignores", name, getattr(args, name))
+    if args.model_config_file and args.model_base_path:  # the tensorflow/serving image's entrypoint passes both
+        log.info("--model_base_path=%s: ignored, --model_config_file names the models (as in TF Serving)",
+                 args.model_base_path)
     _tune_malloc()
     try:
         import tensorflow as tf
