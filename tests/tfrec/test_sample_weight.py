@@ -130,8 +130,9 @@ def test_bad_weight_names_file_row_and_column(weighted_files, tmp_path, value, e
 
 def test_missing_weight_column_and_bad_settings_name_the_key(weighted_files):
     root, _ = weighted_files
+    missing = weighted_cfg(root, "interactions.csv", "data.interactions.sample_weight_column=weight_of_row")
     with pytest.raises(DataError, match="weight_of_row"):
-        dataset.load(weighted_cfg(root, "interactions.csv", "data.interactions.sample_weight_column=weight_of_row").data)
+        dataset.load(missing.data)
     with pytest.raises(ConfigError, match="^config key 'data.interactions.sample_weight_column': is not read from "
                                           "streamed shards"):
         weighted_cfg(root, "interactions.csv", "data.interactions.streaming=true", "data.split.method=files",
