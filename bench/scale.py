@@ -9,8 +9,12 @@ categories, text queries, per-user histories; cached under ``--out``) and
 frozen tiny random BERT (``random://tiny``, so the framework's own cost shows,
 not BERT's), one epoch, batch 1024, every baseline, the index and the export.
 ``--large`` adds 10^7 interactions x 10^6 items. ``--stream`` trains from
-TFRecord shards (``data.interactions.streaming``, leave-last held-out files,
-no query-encoding cache) so that peak RSS need not grow with the interactions:
+TFRecord shards (``data.interactions.streaming``, no query-encoding cache, as
+it would hold every distinct training query) so that peak RSS need not grow
+with the interactions; its held-out files are the last two interactions of
+50,000 seeded users at every size (validation and test stay in memory and are
+evaluated in full), and it prints ``ratio peak_rss 1e7/1e6: X``, the largest
+size's peak RSS during training over the smallest's:
 
     nice -n 5 .venv/bin/python bench/scale.py --stream --sizes 1e6x1e5,1e7x1e5
 
@@ -45,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_SIZES = "1e5x1e4,1e6x1e5"
 LARGE_SIZES = "1e7x1e6"
+HELD_OUT_USERS = 50_000  # --stream: validation and test rows (one per user each), fixed so only training grows
 STAGES = ["read", "encode", "train", "validation", "evaluate", "baseline:popularity", "baseline:id_two_tower",
           "index", "export"]
 
@@ -58,23 +63,32 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def shop_arguments(interactions: int, items: int, seed: int, stream: bool) -> dict:
+    """``synthetic.write_shop``'s arguments: streamed shops get TFRecord training shards (one per 250,000 rows)
+    and held-out files of at most ``HELD_OUT_USERS`` users, the same at every size."""
+    args = {"num_interactions": interactions, "num_items": items, "seed": seed}
+    if stream:
+        args.update(held_out_files=True, held_out_users=HELD_OUT_USERS, train_shards=max(1, interactions // 250_000))
+    return args
+
+
 def make_shop(root: Path, interactions: int, items: int, seed: int, stream: bool = False) -> Path:
-    """The shop's folder, generated once per (size, seed); with ``stream`` also its TFRecord training shards."""
-    from tfrec.data import synthetic
+    """The shop's folder, generated once per (size, seed); with ``stream`` its training rows as TFRecord shards.
 
-    folder = root / "data" / f"shop-{interactions}x{items}-seed{seed}{'-files' if stream else ''}"
-    if not (folder / "interactions.csv").exists():
+    Generated in a child process: a trainer started later by this process would otherwise inherit the
+    generator's memory high-water mark in its ``ru_maxrss`` (Linux carries it across ``exec``).
+    """
+    folder = root / "data" / f"shop-{interactions}x{items}-seed{seed}{f'-held{HELD_OUT_USERS}' if stream else ''}"
+    if not (folder / ("shards" if stream else "interactions.csv")).exists():
         started = time.time()
-        counts = synthetic.write_shop(str(folder), interactions, items, seed=seed, held_out_files=stream)
-        print(f"generated {folder} ({counts['users']} users) in {time.time() - started:.0f}s", flush=True)
-    if stream and not (folder / "shards.done").exists():
-        from tfrec.data import to_tfrecord
-
-        started = time.time()
-        to_tfrecord.convert(str(folder / "train.csv"), str(folder / "shards" / "train"),
-                            shards=max(1, interactions // 250_000), overwrite=True)
-        (folder / "shards.done").write_text("ok")
-        print(f"converted {folder / 'train.csv'} to TFRecord shards in {time.time() - started:.0f}s", flush=True)
+        code = ("import json, sys; from tfrec.data import synthetic; "
+                "print(json.dumps(synthetic.write_shop(sys.argv[1], **json.loads(sys.argv[2]))))")
+        out = subprocess.run([sys.executable, "-c", code, str(folder),
+                              json.dumps(shop_arguments(interactions, items, seed, stream))],
+                             cwd=str(REPO), check=True, stdout=subprocess.PIPE, text=True).stdout
+        counts = json.loads(out.strip().splitlines()[-1])
+        print(f"generated {folder} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
+              f"{time.time() - started:.0f}s", flush=True)
     return folder
 
 
@@ -183,6 +197,24 @@ def evaluation_ratio(timings: dict) -> float | None:
     return spent / train
 
 
+def size_name(n: int) -> str:
+    """10000000 -> "1e7", 300000 -> "3e5"."""
+    mantissa, exponent = f"{n:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def peak_rss_ratio(small: dict, large: dict) -> str:
+    """``ratio peak_rss LARGE/SMALL: X``: peak RSS while training (the ``train`` stage's own high-water mark in
+    ``timings.json``) of the larger run over the smaller's, and the same for the whole run."""
+    def train_peak(run: dict) -> float:
+        return run["timings"]["stages"].get("train", {}).get("peak_rss_mb") or run["peak_rss_mb"]
+
+    a, b = train_peak(small), train_peak(large)
+    return (f"ratio peak_rss {size_name(large['interactions'])}/{size_name(small['interactions'])}: {b / a:.2f} "
+            f"(training {b:.0f} MB / {a:.0f} MB; whole run {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}: "
+            f"{large['peak_rss_mb']:.0f} MB / {small['peak_rss_mb']:.0f} MB)")
+
+
 def format_table(rows: list[dict], exponents: dict[str, float]) -> str:
     head = (f"{'interactions':>12} {'items':>8}  {'stage':<22} {'seconds':>9} {'examples/s':>11} {'peak MB':>8} "
             f"{'share':>6}")
@@ -247,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         timings = json.loads(timings_path.read_text()) if timings_path.exists() else timings_from_log(log_path)
         counts = json.loads((job / "eval.json").read_text())["data"]["counts"]
         counts["interactions"] = interactions
-        rows += rows_for_run(interactions, items, timings, wall, peak_mb, counts)
+        run_rows = rows_for_run(interactions, items, timings, wall, peak_mb, counts)
+        print(format_table(run_rows, {}), flush=True)  # each size as it finishes: a long run shows what it has
+        rows += run_rows
         runs.append({"interactions": interactions, "items": items, "wall_seconds": round(wall, 1),
                      "peak_rss_mb": round(peak_mb, 1), "counts": counts, "timings": timings, "log": str(log_path)})
         print(f"ran {interactions:,} x {items:,}: {wall:.0f}s, peak RSS {peak_mb:.0f} MB", flush=True)
@@ -259,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             run["evaluation_over_training"] = round(ratio, 3)
             print(f"ratio evaluation_and_baselines/training at {run['interactions']:.0e}x{run['items']:.0e}: "
                   f"{ratio:.2f}")
+    if args.stream and len(runs) > 1:
+        ratio_line = peak_rss_ratio(runs[0], runs[-1])
+        runs[-1]["peak_rss_ratio"] = ratio_line
+        print(ratio_line)
     (root / "scale.json").write_text(json.dumps({"rows": rows, "growth_exponents": exponents, "runs": runs},
                                                 indent=2))
     print(f"wrote {root / 'scale.json'}" + (f" and {root / 'scale.png'}" if plot(rows, root / "scale.png") else ""))
