@@ -41,3 +41,13 @@ def test_evaluation_ratio_counts_evaluate_and_every_baseline_over_training():
                           "baseline:id_two_tower": {"seconds": 45.0}, "export": {"seconds": 60.0}}}
     assert scale.evaluation_ratio(timings) == 0.8
     assert scale.evaluation_ratio({"stages": {"evaluate": {"seconds": 1.0}}}) is None
+
+
+def test_peak_rss_ratio_compares_the_training_peaks():
+    def run(n, train_mb, total_mb):
+        return {"interactions": n, "peak_rss_mb": total_mb,
+                "timings": {"stages": {"read": {"peak_rss_mb": 3000.0}, "train": {"peak_rss_mb": train_mb}}}}
+
+    line = scale.peak_rss_ratio(run(1_000_000, 1000.0, 1200.0), run(10_000_000, 1100.0, 1500.0))
+    assert line.startswith("ratio peak_rss 1e7/1e6: 1.10 (training 1100 MB / 1000 MB; whole run 1.25")
+    assert [scale.size_name(n) for n in (300_000, 10_000_000)] == ["3e5", "1e7"]

@@ -53,3 +53,30 @@ def test_shop_held_out_files_are_the_leave_last_split(tmp_path):
         last[r["user_id"]] = last.get(r["user_id"], []) + [i]
     assert sorted(r["timestamp"] for r in test) == sorted(rows[v[-1]]["timestamp"] for v in last.values())
     assert sorted(r["timestamp"] for r in val) == sorted(rows[v[-2]]["timestamp"] for v in last.values())
+
+
+def test_shop_training_shards_hold_the_training_rows_and_a_fixed_held_out_sample(tmp_path):
+    import tensorflow as tf
+
+    synthetic.write_shop(str(tmp_path / "csv"), num_interactions=600, num_items=40, seed=5, held_out_files=True)
+    counts = synthetic.write_shop(str(tmp_path / "tfr"), num_interactions=600, num_items=40, seed=5,
+                                  held_out_files=True, train_shards=3)
+    shards = sorted((tmp_path / "tfr" / "shards").iterdir())
+    assert [p.name for p in shards] == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert not (tmp_path / "tfr" / "train.csv").exists() and not (tmp_path / "tfr" / "interactions.csv").exists()
+    spec = {c: tf.io.FixedLenFeature([], tf.string) for c in ("user_id", "item_id", "query")}
+    spec |= {c: tf.io.FixedLenFeature([], tf.int64) for c in ("rating", "timestamp")}
+    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset([str(p) for p in shards]).batch(1000))), spec)
+    got = [{c: (v.decode() if isinstance(v, bytes) else str(v)) for c, v in zip(parsed, row)}
+           for row in zip(*(parsed[c].numpy().tolist() for c in parsed))]
+    assert got == _rows(tmp_path / "csv" / "train.csv") and len(got) == counts["train"]  # same rows, same text
+    for name in ("validation.csv", "test.csv", "items.csv"):
+        assert (tmp_path / "tfr" / name).read_bytes() == (tmp_path / "csv" / name).read_bytes()
+
+    # A sample of 10 users is held out; everyone else's rows all train.
+    small = synthetic.write_shop(str(tmp_path / "few"), num_interactions=600, num_items=40, seed=5,
+                                 held_out_users=10, train_shards=2)
+    val, test = _rows(tmp_path / "few" / "validation.csv"), _rows(tmp_path / "few" / "test.csv")
+    assert len(val) == len(test) == 10 == small["test"] and small["train"] == 580
+    assert [r["user_id"] for r in val] == [r["user_id"] for r in test]
+    assert all(int(v["timestamp"]) < int(t["timestamp"]) for v, t in zip(val, test))
