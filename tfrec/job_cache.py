@@ -8,20 +8,21 @@ seed and the exact texts; the data config, counts and the baseline's budget),
 so a changed config or data set computes afresh instead of reusing a stale
 result. Files are written under a temporary name and renamed, so a run killed
 mid-write leaves nothing half-written behind; a file that cannot be read is
-computed again.
+computed again. The job dir may be a ``tf.io.gfile`` URL (:mod:`tfrec.fileio`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from tfrec import fileio
 
 log = logging.getLogger("tfrec")
 
@@ -37,18 +38,6 @@ def digest(identity: Any, texts: list[str] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class JobCache:
     """Encodings and baseline results kept under ``job_dir/cache`` (see the module docstring).
 
@@ -58,7 +47,7 @@ class JobCache:
     """
 
     def __init__(self, job_dir: str | os.PathLike, enabled: bool = True):
-        self.root = Path(job_dir) / "cache"
+        self.root = fileio.join(job_dir, "cache")
         self.enabled = enabled
 
     def encoder(self, role: str, encode: Callable[..., np.ndarray], identity: Any) -> Callable[..., np.ndarray]:
@@ -71,10 +60,10 @@ class JobCache:
         """
 
         def cached_encode(texts: list[str], progress: str | None = None) -> np.ndarray:
-            path = self.root / "encodings" / f"{role}-{digest(identity, texts)}.npy"
-            if self.enabled and path.is_file() and texts:
+            path = fileio.join(self.root, "encodings", f"{role}-{digest(identity, texts)}.npy")
+            if self.enabled and texts and fileio.isfile(path):
                 try:
-                    matrix = np.load(path)
+                    matrix = np.load(io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path)
                 except (OSError, ValueError):
                     matrix = None  # unreadable: encode again
                 # The encoder still runs on one text: Keras creates its weights on the first call, and the
@@ -85,7 +74,7 @@ class JobCache:
                     return matrix
             matrix = encode(texts, progress=progress) if progress else encode(texts)
             if self.enabled:
-                _atomic_write(path, lambda f: np.save(f, matrix), "wb")
+                fileio.write_atomic(path, lambda f: np.save(f, matrix), "wb")
             return matrix
 
         return cached_encode
@@ -96,15 +85,15 @@ class JobCache:
         Returns:
           (metrics, reused).
         """
-        path = self.root / "baselines" / f"{name}-{digest(identity)}.json"
-        if self.enabled and path.is_file():
+        path = fileio.join(self.root, "baselines", f"{name}-{digest(identity)}.json")
+        if self.enabled and fileio.isfile(path):
             try:
-                return json.loads(path.read_text()), True
+                return json.loads(fileio.read_text(path)), True
             except (OSError, ValueError):
                 pass
         metrics = compute()
         if self.enabled:
-            _atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2)), "w")
+            fileio.write_atomic(path, lambda f: f.write(json.dumps(metrics, indent=2)))
         return metrics, False
 
 

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from tfrec import config as config_lib
-from tfrec import training
+from tfrec import fileio, training
 from tfrec.config import Config
 from tfrec.errors import UserError
 
 
-def prepare(cfg: Config, job: Path, write_params: bool = True) -> None:
-    """Creates ``job``, refuses one holding a different run, and writes ``params.yaml``."""
+def prepare(cfg: Config, job: str | os.PathLike, write_params: bool = True) -> None:
+    """Creates ``job`` (a local folder or a ``tf.io.gfile`` URL), refuses one holding a different run, and
+    writes ``params.yaml``."""
+    import tensorflow as tf
+
     try:
-        job.mkdir(parents=True, exist_ok=True)
+        fileio.makedirs(job)
         check(job, cfg)
         if write_params:
-            (job / "params.yaml").write_text(config_lib.to_yaml(cfg))
+            fileio.write_text(fileio.join(job, "params.yaml"), config_lib.to_yaml(cfg))
     except OSError as e:
         raise UserError(f"{job}: cannot write the job dir ({e.strerror or e}); pick another --job-dir") from None
+    except tf.errors.OpError as e:  # a URL: "<scheme> ... not implemented", permission denied, ...
+        raise UserError(f"{job}: cannot write the job dir ({e.message.splitlines()[0]}); pick another --job-dir"
+                        ) from None
 
 
-def check(job: Path, cfg: Config) -> None:
+def check(job: str | os.PathLike, cfg: Config) -> None:
     """Refuses to resume a job dir written by a different training config."""
-    previous = job / "params.yaml"
-    if not previous.is_file() or not (job / "checkpoints").exists():
+    previous = fileio.join(job, "params.yaml")
+    if not fileio.isfile(previous) or not fileio.exists(fileio.join(job, "checkpoints")):
         return
     old = training_flat(config_lib.from_dict(config_lib.read_yaml(previous)))
     new = training_flat(cfg)

@@ -9,7 +9,8 @@ encoders applied once to every distinct text.
 
 The job dir receives ``params.yaml`` (the resolved config), ``checkpoints/``
 (calling ``fit`` again with the same config resumes), ``tensorboard/``,
-``eval.json`` and ``export/``.
+``eval.json``, ``timings.json`` and ``export/``. It may be a local folder or any
+``tf.io.gfile`` URL (``gs://``, ``ram://``): every write goes through :mod:`tfrec.fileio`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import baseline_runs, evaluate, job_cache, runtime, timings, training, vertex
+from tfrec import baseline_runs, evaluate, fileio, job_cache, runtime, timings, training, vertex
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -49,7 +49,7 @@ class Run:
       config: the resolved config the run trained with.
       model: the trained :class:`tfrec.models.TwoTowerModel` (best epoch's weights).
       metrics: the ``eval.json`` content (``{}`` on a non-chief worker).
-      job_dir: the run's folder.
+      job_dir: the run's folder (a ``str`` when it is a URL, as is ``export_dir``).
       export_dir: the first published SavedModel version folder
         (``job_dir/export/<model_name>/<version>``), or None when export is off
         (or on a non-chief worker).
@@ -58,8 +58,8 @@ class Run:
     config: Config
     model: TwoTowerModel
     metrics: dict
-    job_dir: Path
-    export_dir: Path | None
+    job_dir: Path | str
+    export_dir: Path | str | None
 
 
 @dataclass
@@ -215,7 +215,7 @@ def validation_metrics(cfg: Config, model: TwoTowerModel, data: RetrievalData, f
 
 
 def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
-          strategy: tf.distribute.Strategy, ckpt_dir: Path, tensorboard_dir: Path) -> dict:
+          strategy: tf.distribute.Strategy, ckpt_dir: fileio.Location, tensorboard_dir: fileio.Location) -> dict:
     """Compiles and fits ``model``, resuming from ``ckpt_dir``; loads the best epoch's weights.
 
     Checkpoints each epoch (and every ``train.checkpoint_every_steps``) and stops
@@ -264,7 +264,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
                       verbose=1 if sys.stdout.isatty() else 0)
     else:
         log.info("train: already complete in %s (epoch %d)", ckpt_dir, initial_epoch)
-    model.load_weights(str(ckpt_dir / "best" / "weights")).expect_partial()
+    model.load_weights(str(fileio.join(ckpt_dir, "best", "weights"))).expect_partial()
     log.info("train: kept epoch %d (val %s=%.4f)", saver.state["best_epoch"] + 1, cfg.train.early_stopping_metric,
              saver.state["best"])
     return saver.state
@@ -288,8 +288,8 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     return Evaluation(results, baselines, ranking, q, item_embeddings, cold)
 
 
-def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
-                 model_dir: str | None = None) -> list[Path]:
+def export_model(cfg: Config, job: fileio.Location, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
+                 model_dir: str | None = None) -> list[fileio.Location]:
     """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions."""
     from tfrec.export.savedmodel import export_run
     with timings.stage("export", examples=len(data.catalog)):
@@ -297,7 +297,7 @@ def export_model(cfg: Config, job: Path, model: TwoTowerModel, data: RetrievalDa
                           query_embeddings=evaluation.query_embeddings)
 
 
-def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evaluation, train_state: dict,
+def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluation: Evaluation, train_state: dict,
                  seconds: float, tensorboard_dir: str | Path | None = None) -> dict:
     """Writes ``job/eval.json`` and TensorBoard's hparams and projector; returns the ``eval.json`` dict."""
     report: dict[str, Any] = {
@@ -310,12 +310,12 @@ def write_report(cfg: Config, job: Path, data: RetrievalData, evaluation: Evalua
         report["ranking"] = evaluation.ranking
     if evaluation.cold_items is not None:
         report["cold_items"] = evaluation.cold_items
-    tb = str(tensorboard_dir or job / "tensorboard")
+    tb = str(tensorboard_dir or fileio.join(job, "tensorboard"))
     training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
                            {f"test_{k}": v for k, v in evaluation.model.items()})
     training.write_projector(tb, evaluation.item_embeddings, data.catalog)
-    (job / "eval.json").write_text(json.dumps(report, indent=2))
-    log.info("eval: wrote %s", job / "eval.json")
+    fileio.write_text(fileio.join(job, "eval.json"), json.dumps(report, indent=2))
+    log.info("eval: wrote %s", fileio.join(job, "eval.json"))
     return report
 
 
@@ -343,7 +343,7 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
     with _worker_dir() as scratch:
         # set-up: job dir, seed, strategy
         started = time.time()
-        job, out = Path(job_dir), vertex.output_folders(job_dir, outputs)  # where checkpoints, logs, export go
+        job, out = fileio.location(job_dir), vertex.output_folders(job_dir, outputs)  # checkpoints, logs, export
         job_dir_lib.prepare(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
@@ -359,8 +359,8 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
         ckpt_dir, tb_dir = (out.checkpoint_dir, out.tensorboard_dir) if scratch is None else (
             scratch / "checkpoints", scratch / "tensorboard")
-        if scratch is not None and out.checkpoint_dir.is_dir():
-            shutil.copytree(out.checkpoint_dir, ckpt_dir)
+        if scratch is not None and fileio.isdir(out.checkpoint_dir):
+            fileio.copy_tree(out.checkpoint_dir, ckpt_dir)
         state = train(config, model, data, features, strategy, ckpt_dir, tb_dir)
         if scratch is not None:
             return Run(config, model, {}, job, None)  # evaluation, eval.json and the export are the chief's
@@ -371,6 +371,6 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
 
         # export
         published = export_model(config, job, model, data, evaluation, out.model_dir) if config.export.enabled else []
-        times.write(job / "timings.json")
+        fileio.write_text(fileio.join(job, "timings.json"), json.dumps(times.to_dict(), indent=2))
         log.info("done in %.0fs; %s (timings.json)", time.time() - started, times.summary())
         return Run(config, model, report, job, published[0] if published else None)

@@ -11,11 +11,12 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+from tfrec import fileio
 
 log = logging.getLogger("tfrec")
 
@@ -174,6 +175,11 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
     disk fills up, resumes from the last complete checkpoint that
     ``state.json`` names, never from a half-written one.
 
+    The folder may be a ``tf.io.gfile`` URL. There folders cannot be renamed, so
+    ``best`` is replaced by copying ``best.new`` into it file by file, ``best.json``
+    last; a complete ``best.new`` (its ``best.json`` written) is copied again after
+    a kill, so one of the two is always complete.
+
     Args:
       directory: the checkpoints folder.
       checkpoint: a ``tf.train.Checkpoint`` of the model and optimisers.
@@ -186,9 +192,9 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
     def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, monitor: str, patience: int,
                  every_steps: int | None = None):
         super().__init__()
-        self.directory, self.monitor, self.patience = Path(directory), monitor, patience
+        self.directory, self.monitor, self.patience = fileio.location(directory), monitor, patience
         self.every_steps = every_steps
-        self.manager = tf.train.CheckpointManager(checkpoint, str(self.directory / "latest"), max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(checkpoint, str(fileio.join(directory, "latest")), max_to_keep=2)
         self.state = read_state(directory) or {"epoch": -1, "best": -np.inf, "best_epoch": -1, "wait": 0,
                                                "stopped": False}
         self.state.setdefault("batch", 0)  # batches of epoch `epoch + 1` inside the latest checkpoint
@@ -201,7 +207,7 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         if self.state["epoch"] < 0 and not self.state["batch"]:
             return None
         name = self.state.get("checkpoint")
-        path = str(self.directory / name) if name else self.manager.latest_checkpoint  # older state.json
+        path = str(fileio.join(self.directory, name)) if name else self.manager.latest_checkpoint  # older state.json
         if not path or not tf.io.gfile.exists(path + ".index"):
             from tfrec.errors import UserError
 
@@ -211,14 +217,19 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
 
     def _recover_best(self) -> None:
         """Finishes or undoes a best-weights swap that a kill interrupted."""
-        best, new, old = (self.directory / n for n in ("best", "best.new", "best.old"))
-        if not best.exists() and old.exists():
-            os.replace(old, best)  # killed between the two renames: the previous best is complete
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        marker = best / "best.json"
-        if marker.is_file():
-            saved = json.loads(marker.read_text())
+        best, new, old = (fileio.join(self.directory, n) for n in ("best", "best.new", "best.old"))
+        if fileio.is_url(self.directory):
+            if fileio.isfile(fileio.join(new, "best.json")):
+                _replace_by_copy(new, best)  # killed while copying a complete best.new: copy it again
+            fileio.rmtree(new)
+        else:
+            if not best.exists() and old.exists():
+                os.replace(old, best)  # killed between the two renames: the previous best is complete
+            shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        marker = fileio.join(best, "best.json")
+        if fileio.isfile(marker):
+            saved = json.loads(fileio.read_text(marker))
             if saved["epoch"] > self.state["best_epoch"]:
                 # Saved, then killed before state.json: those weights did reach that value; keep them as best.
                 self.state.update(best=saved["value"], best_epoch=saved["epoch"], wait=0)
@@ -274,14 +285,18 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         step = int(tf.keras.backend.get_value(self.model.optimizer.iterations))
         path = self._guard(self.manager.save, checkpoint_number=step)
         self.state.update(epoch=epoch, batch=batch, step=step,
-                          checkpoint=os.path.relpath(path, self.directory))
+                          checkpoint=fileio.relative(path, self.directory))
         self._guard(write_state, self.directory, self.state)
 
     def _save_best(self, epoch: int, value: float) -> None:
-        best, new, old = (self.directory / n for n in ("best", "best.new", "best.old"))
-        shutil.rmtree(new, ignore_errors=True)
-        self.model.save_weights(str(new / "weights"))
-        (new / "best.json").write_text(json.dumps({"epoch": epoch, "value": value}))
+        best, new, old = (fileio.join(self.directory, n) for n in ("best", "best.new", "best.old"))
+        fileio.rmtree(new)
+        self.model.save_weights(str(fileio.join(new, "weights")))
+        fileio.write_text(fileio.join(new, "best.json"), json.dumps({"epoch": epoch, "value": value}))
+        if fileio.is_url(self.directory):  # no folder rename on an object store
+            _replace_by_copy(new, best)
+            fileio.rmtree(new)
+            return
         if best.exists():
             os.replace(best, old)
         os.replace(new, best)
@@ -304,12 +319,20 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
                             "resume") from None
 
 
+def _replace_by_copy(new: str, best: str) -> None:
+    """``best`` becomes a copy of the complete folder ``new``; ``best.json`` goes first and comes back last,
+    so ``best`` counts as complete only once all its files are there."""
+    fileio.remove(fileio.join(best, "best.json"))
+    fileio.rmtree(best)
+    fileio.copy_tree(new, best, last="best.json")
+
+
 def read_state(directory: str | os.PathLike) -> dict | None:
-    path = Path(directory) / "state.json"
-    if not path.is_file():
+    path = fileio.join(directory, "state.json")
+    if not fileio.isfile(path):
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(fileio.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
         from tfrec.errors import UserError
 
@@ -317,13 +340,8 @@ def read_state(directory: str | os.PathLike) -> dict | None:
 
 
 def write_state(directory: str | os.PathLike, state: dict) -> None:
-    path = Path(directory) / "state.json"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replaces ``directory/state.json`` atomically (flushed to disk first: it names the checkpoint to resume)."""
+    fileio.write_atomic(fileio.join(directory, "state.json"), lambda f: f.write(json.dumps(state)), fsync=True)
 
 
 def write_hparams(log_dir: str, hparams: dict, metrics: dict[str, float]) -> None:

@@ -7,9 +7,9 @@ Vertex AI sets, for a job with a base output directory ``BASE``:
     AIP_TENSORBOARD_LOG_DIR  BASE/logs/         (a Vertex TensorBoard instance reads it live)
 
 and, in a hyperparameter tuning trial, ``CLOUD_ML_HP_METRIC_FILE`` and
-``CLOUD_ML_TRIAL_ID``. Each may be a ``gs://`` path. :func:`output_dirs` reads
-the folders; :func:`report_tuning_metric` reports the validation metric with
-``cloudml-hypertune`` (it writes one JSON line per report to the metric file).
+``CLOUD_ML_TRIAL_ID``. Each folder may be a ``gs://`` path, written through
+``tf.io.gfile`` (:mod:`tfrec.fileio`). :func:`output_dirs` reads the folders;
+:func:`report_tuning_metric` reports the validation metric with ``cloudml-hypertune`` (it writes one JSON line per report to the metric file).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from tfrec import fileio
 
 log = logging.getLogger("tfrec")
 
@@ -38,55 +39,59 @@ class OutputDirs:
     tensorboard_dir: str | None = None
 
 
-def on_fuse(path: str, mount: str = "/gcs") -> str:
-    """``gs://bucket/x`` -> ``/gcs/bucket/x`` where Vertex AI mounts Cloud Storage (Cloud Storage FUSE).
+def output_dirs(environ: dict | None = None) -> OutputDirs:
+    """The ``AIP_*`` folders set in ``environ`` (default ``os.environ``), trailing slashes dropped.
 
-    Vertex AI training machines mount every bucket the job may read at ``/gcs``;
-    through it plain file I/O reaches the bucket. Without the mount the path is
-    returned as it is.
+    A ``gs://`` folder is written through ``tf.io.gfile`` directly, not through
+    Vertex AI's ``/gcs`` mount (Cloud Storage FUSE): every output goes through
+    :mod:`tfrec.fileio`, which also works where no bucket is mounted.
     """
-    if path.startswith("gs://") and os.path.isdir(mount):
-        return f"{mount}/{path[len('gs://'):]}"
-    return path
-
-
-def output_dirs(environ: dict | None = None, mount: str = "/gcs") -> OutputDirs:
-    """The ``AIP_*`` folders set in ``environ`` (default ``os.environ``), trailing slashes dropped,
-    ``gs://`` ones read through the ``mount`` when it exists (:func:`on_fuse`)."""
     env = os.environ if environ is None else environ
 
     def folder(name: str) -> str | None:
-        value = (env.get(name) or "").rstrip("/")
-        return on_fuse(value, mount) if value else None
+        return (env.get(name) or "").rstrip("/") or None
 
     return OutputDirs(folder("AIP_MODEL_DIR"), folder("AIP_CHECKPOINT_DIR"), folder("AIP_TENSORBOARD_LOG_DIR"))
 
 
 @dataclass
 class Folders:
-    """Where one run writes: :func:`output_folders`' answer (all set)."""
+    """Where one run writes: :func:`output_folders`' answer (a ``Path`` for a local folder, a ``str`` URL)."""
 
-    checkpoint_dir: Path
-    tensorboard_dir: Path
+    checkpoint_dir: fileio.Location
+    tensorboard_dir: fileio.Location
     model_dir: str | None  # None: the export goes to JOB_DIR/export
 
 
 def output_folders(job_dir: str | os.PathLike, outputs: OutputDirs | None) -> Folders:
     """The run's checkpoint and TensorBoard folders (``outputs``' or the job dir's) and the model dir.
 
-    Refuses a URL with a way out: outputs are written with local file I/O, and
-    pathlib would turn ``gs://b/x`` into a local folder named ``gs:``.
+    Any folder may be a ``tf.io.gfile`` URL (``gs://``, ``ram://``...); one whose
+    scheme no file system is registered for (``s3://`` without tensorflow-io) is
+    refused with one line before any work.
     """
-    from tfrec.errors import UserError
-
     outputs = outputs or OutputDirs()
     for folder in (job_dir, outputs.model_dir, outputs.checkpoint_dir, outputs.tensorboard_dir):
-        if folder is not None and "://" in str(folder):
-            raise UserError(f"{folder}: outputs go to local or mounted folders only; on Vertex AI use "
-                            "/gcs/BUCKET/... (Cloud Storage FUSE), elsewhere mount the bucket (gcsfuse)")
-    job = Path(job_dir)
-    return Folders(Path(outputs.checkpoint_dir or job / "checkpoints"),
-                   Path(outputs.tensorboard_dir or job / "tensorboard"), outputs.model_dir)
+        if folder is not None:
+            check_scheme(str(folder))
+    return Folders(fileio.location(outputs.checkpoint_dir or fileio.join(job_dir, "checkpoints")),
+                   fileio.location(outputs.tensorboard_dir or fileio.join(job_dir, "tensorboard")), outputs.model_dir)
+
+
+def check_scheme(path: str) -> None:
+    """Refuses a URL whose scheme ``tf.io.gfile`` cannot write (a one-line :class:`UserError`)."""
+    if not fileio.is_url(path):
+        return
+    import tensorflow as tf
+
+    from tfrec.errors import UserError
+
+    scheme = path.split("://", 1)[0]
+    registered = sorted(s for s in tf.io.gfile.get_registered_schemes() if s)
+    if scheme not in registered:
+        raise UserError(f"{path}: no tf.io.gfile file system for '{scheme}://' (this TensorFlow has "
+                        f"{', '.join(s + '://' for s in registered)}); import the package that registers it "
+                        "(e.g. tensorflow-io for s3://) or write to a local or mounted folder")
 
 
 def parent(path: str) -> str:
@@ -102,7 +107,7 @@ def metric_tag(metric: str) -> str:
 
 def report_kept_epoch(metric: str, checkpoint_dir: str | os.PathLike) -> bool:
     """Reports the kept epoch's validation ``metric`` (from ``checkpoint_dir/state.json``) in a tuning trial."""
-    state = json.loads((Path(checkpoint_dir) / "state.json").read_text())
+    state = json.loads(fileio.read_text(fileio.join(checkpoint_dir, "state.json")))
     return report_tuning_metric(metric, state["best"], state["best_epoch"] + 1)
 
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(to_yaml(cfg), end="")
             return
-        job_dir = vertex.on_fuse(args.job_dir) if args.job_dir else default_job_dir(args.preset)
+        job_dir = args.job_dir or default_job_dir(args.preset)  # local, or any tf.io.gfile URL (gs://)
         log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
         aip = vertex.output_dirs()  # Vertex AI's AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
         run = tfrec.fit(cfg, job_dir, aip)

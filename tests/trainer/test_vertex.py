@@ -12,28 +12,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_output_dirs_and_parent():
-    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/", "AIP_CHECKPOINT_DIR": "gs://b/base/ckpt/"},
-                              mount="/nonexistent")
+    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/", "AIP_CHECKPOINT_DIR": "gs://b/base/ckpt/"})
     assert (dirs.model_dir, dirs.checkpoint_dir, dirs.tensorboard_dir) == ("gs://b/base/model", "gs://b/base/ckpt",
                                                                            None)
     assert vertex.parent(dirs.model_dir) == "gs://b/base"  # not "gs:/b/base" as pathlib would make it
     assert vertex.metric_tag("recall@10") == "recall_at_10"
 
 
-def test_url_output_folder_is_refused_with_the_way_out(capsys):
+def test_gs_folders_are_written_through_gfile_not_a_mount():
+    # Before: gs:// became /gcs/... (Vertex AI's Cloud Storage FUSE mount); now tf.io.gfile writes it directly.
+    folders = vertex.output_folders("gs://b/base", vertex.output_dirs({"AIP_CHECKPOINT_DIR": "gs://b/base/ckpt/"}))
+    assert (folders.checkpoint_dir, folders.tensorboard_dir) == ("gs://b/base/ckpt", "gs://b/base/tensorboard")
+    local = vertex.output_folders("runs/x", None)
+    assert (local.checkpoint_dir, local.tensorboard_dir) == (Path("runs/x/checkpoints"), Path("runs/x/tensorboard"))
+
+
+def test_url_output_folder_without_a_file_system_is_refused(capsys):
     from trainer import task
 
     assert task.main(["--preset", "smoke", "--job-dir", "s3://bucket/run"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: s3://bucket/run: outputs go to local or mounted folders only; on Vertex AI use /gcs/BUCKET/... "
-        "(Cloud Storage FUSE), elsewhere mount the bucket (gcsfuse)")
-
-
-def test_gs_folders_go_through_the_vertex_mount(tmp_path):
-    (tmp_path / "gcs").mkdir()
-    dirs = vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/base/model/"}, mount=str(tmp_path / "gcs"))
-    assert dirs.model_dir == f"{tmp_path}/gcs/b/base/model"
-    assert vertex.output_dirs({"AIP_MODEL_DIR": "gs://b/m"}, mount=str(tmp_path / "none")).model_dir == "gs://b/m"
+        "error: s3://bucket/run: no tf.io.gfile file system for 's3://' (this TensorFlow has file://, gs://, "
+        "ram://); import the package that registers it (e.g. tensorflow-io for s3://) or write to a local or "
+        "mounted folder")
 
 
 def test_smoke_run_writes_where_vertex_says(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from tfrec import fileio
 from tfrec.errors import ConfigError, UserError
 
 
@@ -148,11 +149,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """Reads a YAML mapping with the safe loader; a one-line error otherwise (duplicate keys included)."""
-    path = Path(path)
-    if not path.is_file():
+    path = fileio.location(path)  # a URL (a job dir's params.yaml on gs://) stays a string
+    if not fileio.isfile(path):
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = yaml.load(fileio.read_text(path), Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""

@@ -14,6 +14,13 @@ any other name, so a version is published by writing it into a hidden temporary
 folder inside the model's base path and renaming it to its number: a server
 never sees a half-written version.
 
+The export folder may be a ``tf.io.gfile`` URL (``gs://``, ``ram://``). An object
+store cannot rename a folder, so there the version is written into a local
+temporary folder and copied to its number file by file, ``saved_model.pb``
+last: a loader finds no SavedModel until every other file is in place. (A
+publish killed mid-copy leaves a numbered folder without ``saved_model.pb``,
+which no loader accepts; the next publish takes the number after it.)
+
 Usage::
 
     from tfrec.export import layout
@@ -35,11 +42,14 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from tfrec import fileio
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +61,10 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 def _versions(model_base_path: str | os.PathLike) -> list[int]:
-    base = Path(model_base_path)
-    if not base.is_dir():
+    if not fileio.isdir(model_base_path):
         return []
-    return [int(p.name) for p in base.iterdir()
-            if p.name.isascii() and p.name.isdigit() and p.is_dir()]
+    return [int(name) for name in fileio.listdir(model_base_path)
+            if name.isascii() and name.isdigit() and fileio.isdir(fileio.join(model_base_path, name))]
 
 
 def latest_version(model_base_path: str | os.PathLike) -> int | None:
@@ -113,34 +122,32 @@ def _fsync_dir(path: Path) -> None:
 
 def publish_version(model_base_path: str | os.PathLike,
                     write_fn: Callable[[str], None],
-                    version: int | None = None) -> Path:
+                    version: int | None = None) -> fileio.Location:
     """Writes a new version atomically and returns its folder.
 
     Args:
       model_base_path: the model's folder (``EXPORT/<model_name>``); created if missing.
       write_fn: called with the path (str) of an empty temporary folder inside
-        ``model_base_path``; writes the SavedModel there (e.g.
+        ``model_base_path`` (a local one when that is a URL); writes the SavedModel there (e.g.
         ``lambda d: tf.saved_model.save(module, d)``).
       version: the version number; default ``next_version(model_base_path)``.
         Must be higher than every existing version.
 
     Returns:
-      ``model_base_path/<version>``, visible only once completely written.
+      ``model_base_path/<version>``, visible only once completely written (a
+      ``Path``; a ``str`` for a URL, where ``write_fn`` gets a local folder).
 
     Raises:
       ValueError: ``version`` is not higher than the latest existing version.
       Whatever ``write_fn`` raises; then the temporary folder is removed and no
       version becomes visible.
     """
+    if fileio.is_url(model_base_path):
+        return _publish_by_copy(str(model_base_path).rstrip("/"), write_fn, version)
     base = Path(model_base_path).absolute()
     base.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(base)
-    latest = latest_version(base)
-    if version is None:
-        version = 1 if latest is None else latest + 1
-    elif version < 1 or (latest is not None and version <= latest):
-        raise ValueError(f"{base}: version {version} must be >= 1 and higher than "
-                         f"the latest existing version {latest}")
+    version = _checked_version(base, version)
     tmp = base / f"{TMP_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -159,6 +166,35 @@ def publish_version(model_base_path: str | os.PathLike,
     return final
 
 
+def _checked_version(base: fileio.Location, version: int | None) -> int:
+    """``version``, or the next one when None; refuses one not above the latest existing version."""
+    latest = latest_version(base)
+    if version is None:
+        return 1 if latest is None else latest + 1
+    if version < 1 or (latest is not None and version <= latest):
+        raise ValueError(f"{base}: version {version} must be >= 1 and higher than "
+                         f"the latest existing version {latest}")
+    return version
+
+
+def _publish_by_copy(base: str, write_fn: Callable[[str], None], version: int | None) -> str:
+    """:func:`publish_version` on a URL: written locally, then copied with ``saved_model.pb`` last."""
+    fileio.makedirs(base)
+    version = _checked_version(base, version)
+    final = f"{base}/{version}"
+    if fileio.exists(final):
+        raise FileExistsError(f"{final} already exists")
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{version}-") as tmp:
+        write_fn(tmp)
+        try:
+            fileio.copy_tree(tmp, final, last="saved_model.pb")
+        except BaseException:
+            fileio.rmtree(final)
+            raise
+    log.info("published %s", final)
+    return final
+
+
 def copy_version_to_top(version_dir: str | os.PathLike, model_dir: str | os.PathLike) -> None:
     """Copies a published SavedModel's files to the top of ``model_dir`` (any ``tf.io.gfile`` scheme).
 
@@ -166,16 +202,9 @@ def copy_version_to_top(version_dir: str | os.PathLike, model_dir: str | os.Path
     the serving model is placed there too (the numbered copy stays for TF Serving).
     ``saved_model.pb`` is copied last: a reader never finds it before its variables.
     """
-    import tensorflow as tf
-
-    src, dst = str(version_dir).rstrip("/"), str(model_dir).rstrip("/")
-    files = [(f"{folder}/{name}", f"{dst}{folder[len(src):]}/{name}")
-             for folder, _, names in tf.io.gfile.walk(src) for name in names]
-    files.sort(key=lambda pair: pair[0] == f"{src}/saved_model.pb")
-    for source, target in files:
-        tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
-        tf.io.gfile.copy(source, target, overwrite=True)
-    log.info("export: %s also at the top of %s (Vertex AI loads it there)", Path(src).name, dst)
+    fileio.copy_tree(version_dir, model_dir, last="saved_model.pb")
+    log.info("export: %s also at the top of %s (Vertex AI loads it there)", str(version_dir).rstrip("/"),
+             str(model_dir).rstrip("/"))
 
 
 def _check_model_name(name: str) -> None:
@@ -184,7 +213,7 @@ def _check_model_name(name: str) -> None:
 
 
 def write_models_config(export_root: str | os.PathLike, model_names: list[str], base_path: str | None = None,
-                        output: str | os.PathLike | None = None) -> Path:
+                        output: str | os.PathLike | None = None) -> fileio.Location:
     """Writes a ``models.config`` listing each model's folder, so the export folder can move.
 
     Args:
@@ -201,7 +230,8 @@ def write_models_config(export_root: str | os.PathLike, model_names: list[str], 
       The path of the text-format ``ModelServerConfig`` (``model_platform:
       "tensorflow"``), usable as TF Serving's ``--model_config_file``.
     """
-    root = Path(export_root).absolute()
+    root = fileio.location(export_root)
+    root = root if isinstance(root, str) else root.absolute()
     config = model_server_config_pb2.ModelServerConfig()
     for name in model_names:
         _check_model_name(name)
@@ -209,17 +239,16 @@ def write_models_config(export_root: str | os.PathLike, model_names: list[str], 
         entry.name = name
         entry.base_path = f"{base_path.rstrip('/')}/{name}" if base_path else name
         entry.model_platform = "tensorflow"
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(output) if output else root / MODELS_CONFIG
+    fileio.makedirs(root)
+    path = fileio.location(output) if output else fileio.join(root, MODELS_CONFIG)
     _write_atomic(path, text_format.MessageToString(config))
     return path
 
 
 def model_names(export_root: str | os.PathLike) -> list[str]:
     """The model folders of an export (those holding at least one integer version), sorted."""
-    root = Path(export_root)
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and latest_version(p) is not None)
+    return sorted(name for name in fileio.listdir(export_root)
+                  if not name.startswith(".") and latest_version(fileio.join(export_root, name)) is not None)
 
 
 def read_models_config(path: str | os.PathLike) -> dict[str, str]:
@@ -227,15 +256,19 @@ def read_models_config(path: str | os.PathLike) -> dict[str, str]:
 
     Relative base paths are taken relative to the config file's folder.
     """
-    path = Path(path)
+    path = fileio.location(path)
     config = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(path.read_text(), config)
+        text_format.Parse(fileio.read_text(path), config)
     except text_format.ParseError as e:
         raise ValueError(f"{path}: not a text-format ModelServerConfig: {e}") from None
     models: dict[str, str] = {}
     for entry in config.model_config_list.config:
         _check_model_name(entry.name)
+        if isinstance(path, str):  # a URL: relative to its folder, absolute when it is a URL or /path itself
+            absolute = fileio.is_url(entry.base_path) or entry.base_path.startswith("/")
+            models[entry.name] = entry.base_path if absolute else f"{path.rsplit('/', 1)[0]}/{entry.base_path}"
+            continue
         base = Path(entry.base_path)
         models[entry.name] = str(base if base.is_absolute() else (path.parent / base).absolute())
     return models
@@ -244,7 +277,7 @@ def read_models_config(path: str | os.PathLike) -> dict[str, str]:
 def write_batching_parameters(export_root: str | os.PathLike, max_batch_size: int = 64,
                               batch_timeout_micros: int = 2000, max_enqueued_batches: int = 100,
                               num_batch_threads: int = 2,
-                              pad_variable_length_inputs: bool = True) -> Path:
+                              pad_variable_length_inputs: bool = True) -> fileio.Location:
     """Writes ``export_root/batching_parameters.txt`` for ``--batching_parameters_file``.
 
     The fields are TF Serving's ``BatchingParameters``; ``pad_variable_length_inputs``
@@ -257,9 +290,8 @@ def write_batching_parameters(export_root: str | os.PathLike, max_batch_size: in
             f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
             f"num_batch_threads {{ value: {num_batch_threads} }}\n"
             f"pad_variable_length_inputs: {'true' if pad_variable_length_inputs else 'false'}\n")
-    root = Path(export_root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / BATCHING_PARAMETERS
+    fileio.makedirs(export_root)
+    path = fileio.join(export_root, BATCHING_PARAMETERS)
     _write_atomic(path, text)
     return path
 
@@ -267,21 +299,17 @@ def write_batching_parameters(export_root: str | os.PathLike, max_batch_size: in
 def read_batching_parameters(path: str | os.PathLike) -> dict[str, int | bool]:
     """Reads the wrapped-int fields (and ``pad_variable_length_inputs``) of a batching file."""
     params: dict[str, int | bool] = {}
-    for name, value in re.findall(r"(\w+)\s*\{\s*value\s*:\s*(\d+)\s*\}", Path(path).read_text()):
+    text = fileio.read_text(path)
+    for name, value in re.findall(r"(\w+)\s*\{\s*value\s*:\s*(\d+)\s*\}", text):
         params[name] = int(value)
-    pad = re.search(r"pad_variable_length_inputs\s*:\s*(true|false)", Path(path).read_text())
+    pad = re.search(r"pad_variable_length_inputs\s*:\s*(true|false)", text)
     if pad:
         params["pad_variable_length_inputs"] = pad.group(1) == "true"
     return params
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_atomic(path: fileio.Location, text: str) -> None:
+    fileio.write_atomic(path, lambda f: f.write(text), fsync=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         "default: paths relative to the config file")
     parser.add_argument("--output", help="file to write (default EXPORT_DIR/models.config)")
     args = parser.parse_args(argv)
-    names = model_names(args.export_dir) if Path(args.export_dir).is_dir() else []
+    names = model_names(args.export_dir) if fileio.isdir(args.export_dir) else []
     if not names:
         print(f"error: {args.export_dir}: no model folder with a version in it", file=sys.stderr)
         return 2

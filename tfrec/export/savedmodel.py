@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate
+from tfrec import evaluate, fileio
 from tfrec import index as index_lib
 from tfrec import timings
 from tfrec.errors import UserError
@@ -228,7 +228,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
       The published version folders. Raises ExportRefused (exit code 2) if an
       approximate index's recall@10 is below ``export.min_recall``.
     """
-    export_root = Path(model_dir) if model_dir else Path(job_dir) / "export"
+    export_root = fileio.location(model_dir) if model_dir else fileio.join(job_dir, "export")  # may be a URL
     k = k or cfg.export.k
     if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
         from tfrec.encoders.lora import merge_adapters
@@ -254,7 +254,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
                 info["min_recall"] = cfg.export.min_recall
             built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
 
-    version = max(layout.next_version(export_root / name) for _, name, _, _ in built)
+    version = max(layout.next_version(fileio.join(export_root, name)) for _, name, _, _ in built)
     ranking_head, catalog = getattr(model, "ranking_head", None), None
     if ranking_head is not None:  # one lookup table, shared by every index kind's module
         catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
@@ -278,7 +278,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
                 for item, text in zip(data.catalog.item_ids, data.catalog.texts):
                     f.write(f"{item}\t{text.replace(chr(9), ' ').replace(chr(10), ' ')}\n")
 
-        path = layout.publish_version(export_root / name, write, version=version)
+        path = layout.publish_version(fileio.join(export_root, name), write, version=version)
         log.info("export: %s (%s index, k=%d) in %.0fs", path, idx.kind, k, time.time() - t0)
         published.append(path)
     # Model folders are those holding a version (AIP_MODEL_DIR also holds a SavedModel's own variables/ etc.).
