@@ -9,7 +9,8 @@ Vertex AI sets, for a job with a base output directory ``BASE``:
 and, in a hyperparameter tuning trial, ``CLOUD_ML_HP_METRIC_FILE`` and
 ``CLOUD_ML_TRIAL_ID``. Each folder may be a ``gs://`` path, written through
 ``tf.io.gfile`` (:mod:`tfrec.fileio`). :func:`output_dirs` reads the folders;
-:func:`report_tuning_metric` reports the validation metric with ``cloudml-hypertune`` (it writes one JSON line per report to the metric file).
+:func:`report_tuning_metric` reports the validation metric with ``cloudml-hypertune``
+(it writes one JSON line per report to the metric file).
 """
 
 from __future__ import annotations
