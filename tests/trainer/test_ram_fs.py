@@ -32,6 +32,7 @@ def ram_data(tmp_path_factory) -> str:
     """The smoke data set copied to ``ram://ramfs-test/data``."""
     local = tmp_path_factory.mktemp("smoke-data")
     synthetic.write_smoke(str(local))
+    fileio.rmtree(ROOT)  # ram:// lives as long as the process: start from nothing
     folder = f"{ROOT}/data"
     tf.io.gfile.makedirs(folder)
     for name in ("items.csv", "interactions.csv"):
