@@ -131,9 +131,11 @@ def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Fe
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
     cache = cfg.train.cache_frozen_encoders  # a run's encodings are kept in the job dir (tfrec.job_cache)
     query_cache = item_cache = None
-    if cache and query_encoder is not None and query_encoder.frozen:
-        train_texts = stream.query_texts(data.stream) if data.stream is not None else data.train.query_text
-        texts = train_texts + data.validation.query_text + data.test.query_text
+    if cache and query_encoder is not None and query_encoder.frozen and data.stream is not None:
+        # The distinct training queries grow with the data, which a streamed run must not hold in memory.
+        log.info("cache: query texts of a streamed run are encoded as they are read, not cached")
+    elif cache and query_encoder is not None and query_encoder.frozen:
+        texts = data.train.query_text + data.validation.query_text + data.test.query_text
         query_cache = pipeline.TextCache(texts, job_cache.encode("query", query_encoder), progress="encoding queries")
         log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
     if cache and item_encoder is not None and item_encoder.frozen:

@@ -11,8 +11,8 @@ Two passes over the shards:
   rows, rows kept, rows skipped (item not in the catalog, empty query) and
   interactions per item (for logQ and the popularity baseline). A record of the
   wrong type or missing a required feature stops it with a one-line error
-  naming the shard and record. :func:`query_texts` is a second, optional pass
-  collecting the distinct query texts when a frozen encoder's cache is wanted.
+  naming the shard and record. Query texts are never collected: their number
+  grows with the data (a frozen encoder encodes them as they are read).
 * :func:`make_dataset`, the training input of one input pipeline (one per
   worker): the shard list split by worker (``InputContext.input_pipeline_id``
   of ``num_input_pipelines``; each worker reads only its shards), shuffled per
@@ -193,18 +193,6 @@ def scan(cfg, catalog, base_dir: str | None = None) -> StreamInfo:
     info.skipped = {k: v for k, v in skipped.items() if v}
     log.info("data: streaming %d training shards: %d records, %d kept", len(files), info.rows, info.kept)
     return info
-
-
-def query_texts(info: StreamInfo) -> list[str]:
-    """The distinct non-empty query texts of the training shards, in first-seen order (for a frozen encoder's
-    cache; records of unknown items are included, a few texts more than training uses)."""
-    seen: dict[str, None] = {}
-    ds = tf.data.TFRecordDataset(info.files).batch(_SCAN_BATCH).map(lambda r: _parse(info, r))
-    for batch in ds.as_numpy_iterator():
-        for text in batch["query_text"]:
-            if text:
-                seen.setdefault(text.decode(), None)
-    return list(seen)
 
 
 def make_dataset(info: StreamInfo, catalog, item_probability: np.ndarray, batch_size: int, seed: int,

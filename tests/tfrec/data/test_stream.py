@@ -42,7 +42,6 @@ def test_streaming_scan_counts_like_the_in_memory_reader(split_files):
     assert streamed.counts == memory.counts and streamed.skipped == memory.skipped
     np.testing.assert_array_equal(streamed.item_counts(), memory.item_counts())
     np.testing.assert_array_equal(streamed.item_probability(), memory.item_probability())
-    assert sorted(stream.query_texts(streamed.stream)) == sorted({r["query"] for r in parts["train"] if r["query"]})
 
 
 def _kept_pairs(files, catalog) -> Counter:
@@ -104,9 +103,9 @@ def test_stream_is_seeded_and_resumes_by_skipping(split_files):
 
 
 def test_cached_encodings_are_gathered_in_graph(split_files):
-    root, shards, _ = split_files
+    root, shards, parts = split_files
     data = dataset.load(files_cfg(root, shards, True).data)
-    texts = stream.query_texts(data.stream)
+    texts = sorted({r["query"] for r in parts["train"] if r["query"]})
 
     def encode(t):
         return np.array([[len(x), hash(x) % 97] for x in t], np.float32)
@@ -182,3 +181,17 @@ def test_shards_of_different_types_are_named(split_files, tmp_path):
     with pytest.raises(DataError, match=r"mixed-00001-of-00002.tfrecord, row 1, column 'rating': feature 'rating' "
                                         r"is float32 here but int64 in .*mixed-00000"):
         dataset.load(files_cfg(root, str(tmp_path / "mixed-*.tfrecord"), True).data)
+
+
+def test_streamed_run_keeps_no_query_cache(split_files, caplog):
+    """A frozen encoder's query cache would hold every distinct training query, which grows with the data: a
+    streamed run encodes queries as they are read and caches only the catalog's texts."""
+    from tfrec import run
+
+    root, shards, _ = split_files
+    cfg = files_cfg(root, shards, True, "model.query_encoder.trainable_layers=0")
+    data = dataset.load(cfg.data)
+    with caplog.at_level("INFO", logger="tfrec"):
+        features = run.build_features(cfg, data, run.build_model(cfg, data))
+    assert features.query_cache is None and features.item_cache is not None
+    assert "query texts of a streamed run are encoded as they are read" in caplog.text
