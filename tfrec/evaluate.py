@@ -26,7 +26,9 @@ from tfrec.data.dataset import RetrievalData
 log = logging.getLogger("tfrec")
 
 QUERY_CHUNK = 1024
-ITEM_CHUNK = 4096  # a [1024, 4096] float32 block is 16 MB (larger blocks were no faster here)
+# Items per block: a [1024, 1024] float32 block (4 MB) stays in cache between the matmul that writes it and the
+# comparison that reads it; [1024, 4096] blocks cost about 1.5x the CPU time here (bench/evaluate_kernel.py).
+ITEM_CHUNK = 1024
 
 
 def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, progress: str | None = None
@@ -82,18 +84,51 @@ def _item_blocks(queries: tf.Tensor, items: tf.Tensor, rows: np.ndarray, cols: n
         yield c0, scores
 
 
-@tf.function(reduce_retracing=True)
-def _count_block(queries: tf.Tensor, block: tf.Tensor, target_scores: tf.Tensor, pairs: tf.Tensor):
-    """Per query, how many items of ``block`` score >= its target's score; and the scores at ``pairs``.
+def _count_in_block(queries: tf.Tensor, block: tf.Tensor, first: tf.Tensor, thresholds: tf.Tensor,
+                    rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
+    """Per query, the items of ``block`` scoring >= its threshold, less the left-out pairs among them.
 
     Args:
-      queries: float32 [b, d]; block: float32 [c, d]; target_scores: float32 [b, 1];
-      pairs: int32 [p, 2], (query row, block column) pairs whose scores are returned.
+      queries: float32 [b, d]; block: float32 [c, d], catalog rows ``first .. first + c - 1``.
+      thresholds: float32 [b], each query's target score.
+      rows, cols: int32 [p], (query row, catalog row) pairs inside this block to leave out.
     Returns:
-      (int32 [b], float32 [p]).
+      int32 [b].
     """
     scores = tf.matmul(queries, block, transpose_b=True)  # [b, c]: the only block in memory
-    return tf.reduce_sum(tf.cast(scores >= target_scores, tf.int32), axis=1), tf.gather_nd(scores, pairs)
+    counted = tf.reduce_sum(tf.cast(scores >= thresholds[:, None], tf.int32), axis=1)
+    # The left-out pairs are judged by their scores in this very block, so what is taken out is exactly what
+    # was counted, whatever the rounding of the threshold.
+    picked = tf.gather_nd(scores, tf.stack([rows, cols - first], axis=1))
+    hits = tf.cast(picked >= tf.gather(thresholds, rows), tf.int32)
+    return counted - tf.math.unsorted_segment_sum(hits, rows, tf.shape(queries)[0])
+
+
+@tf.function(reduce_retracing=True)
+def _ranks_of_chunk(queries: tf.Tensor, blocks: tf.Tensor, tail: tf.Tensor, target_items: tf.Tensor,
+                    rows: tf.Tensor, cols: tf.Tensor, starts: tf.Tensor) -> tf.Tensor:
+    """Ranks of one chunk of queries, every item block in one graph (a while loop, no Python per block).
+
+    Args:
+      queries: float32 [b, d].
+      blocks: float32 [n_blocks, c, d], the catalog's first n_blocks * c rows; tail: float32 [r, d], the rest.
+      target_items: float32 [b, d], each query's target's embedding.
+      rows, cols: int32 [p], (query row, catalog row) pairs left out (each target among them), sorted by cols.
+      starts: int32 [n_blocks + 2], where each block's pairs (and the tail's) begin in ``rows``/``cols``.
+    Returns:
+      int32 [b]: 1 + the items, not left out, that score >= the target.
+    """
+    n_blocks, c = tf.shape(blocks)[0], tf.shape(blocks)[1]
+    thresholds = tf.linalg.diag_part(tf.matmul(queries, target_items, transpose_b=True))
+
+    def body(i, count):
+        lo, hi = starts[i], starts[i + 1]
+        return i + 1, count + _count_in_block(queries, blocks[i], i * c, thresholds, rows[lo:hi], cols[lo:hi])
+
+    start = (tf.constant(0), tf.ones([tf.shape(queries)[0]], tf.int32))  # the target counts once
+    _, count = tf.while_loop(lambda i, _: i < n_blocks, body, start)
+    lo, hi = starts[n_blocks], starts[n_blocks + 1]
+    return count + _count_in_block(queries, tail, n_blocks * c, thresholds, rows[lo:hi], cols[lo:hi])
 
 
 def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targets: np.ndarray,
@@ -105,7 +140,8 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     target's score (ties count against the target). Each block counts all its
     items, then the target and the excluded items are taken back out using
     their scores from that same block; so the target always counts exactly
-    once, whatever the rounding.
+    once, whatever the rounding. One compiled call per chunk of queries walks
+    the whole catalog.
 
     Args:
       query_embeddings: float32 [num_queries, dim].
@@ -116,30 +152,28 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     Returns:
       int64 [num_queries].
     """
-    items = tf.constant(item_embeddings, tf.float32)
-    n_items = int(items.shape[0])
+    item_embeddings = np.asarray(item_embeddings, np.float32)
+    n_items, dim = item_embeddings.shape
+    n_blocks = n_items // item_chunk
+    blocks = tf.constant(item_embeddings[:n_blocks * item_chunk].reshape(n_blocks, item_chunk, dim))
+    tail = tf.constant(item_embeddings[n_blocks * item_chunk:])
+    bounds = np.append(np.arange(n_blocks + 1) * item_chunk, n_items)
     targets = np.asarray(targets, np.int64)
     ranks = []
     for start in range(0, len(targets), query_chunk):
         t = targets[start:start + query_chunk]
-        q = tf.constant(query_embeddings[start:start + query_chunk], tf.float32)
-        target_scores = tf.linalg.diag_part(tf.matmul(q, tf.gather(items, t), transpose_b=True))[:, None]
         rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
         if exclude is not None:  # a listed target is the "also" entry already: drop its duplicate
             keep = np.ones(len(rows), bool)
             keep[:len(rows) - len(t)] = cols[:len(rows) - len(t)] != t[rows[:len(rows) - len(t)]]
             rows, cols = rows[keep], cols[keep]
-        count = np.ones(len(t), np.int64)
-        threshold = target_scores.numpy()[:, 0]
-        for c0 in range(0, n_items, item_chunk):
-            c1 = min(c0 + item_chunk, n_items)
-            inside = (cols >= c0) & (cols < c1)
-            pairs = np.stack([rows[inside], cols[inside] - c0], axis=1).astype(np.int32)
-            counted, picked = _count_block(q, items[c0:c1], target_scores, tf.constant(pairs.reshape(-1, 2)))
-            count += counted.numpy()
-            np.subtract.at(count, rows[inside], picked.numpy() >= threshold[rows[inside]])
-        ranks.append(count)
-    return np.concatenate(ranks) if ranks else np.zeros([0], np.int64)
+        order = np.argsort(cols, kind="stable")
+        rows, cols = rows[order], cols[order]
+        ranks.append(_ranks_of_chunk(tf.constant(query_embeddings[start:start + query_chunk], tf.float32), blocks,
+                                     tail, tf.constant(item_embeddings[t]), tf.constant(rows, tf.int32),
+                                     tf.constant(cols, tf.int32),
+                                     tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
+    return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
 
 
 def top_k(query_embeddings: np.ndarray, item_embeddings: np.ndarray, k: int,
