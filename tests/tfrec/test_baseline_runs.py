@@ -81,6 +81,22 @@ def test_id_two_tower_stops_after_patience_epochs_without_improvement(smoke, mon
     assert calls == []  # one epoch: nothing to choose, no validation pass
 
 
+def test_id_two_tower_numbers_ids_as_string_lookup_and_groups_steps_without_changing_the_result(smoke, monkeypatch):
+    import numpy as np
+    import tensorflow as tf
+
+    vocabulary = ["u3", "u1", "u7"]
+    ids = np.array(["u1", "u9", "u7", "u3", "u1"], object)
+    want = tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=None)(tf.constant(ids.astype(str)))
+    rows = baseline_runs._RowLookup(vocabulary)
+    assert rows(ids).numpy().tolist() == want.numpy().tolist() == [2, 0, 3, 1, 2] and rows.size == 4
+
+    cfg, data = smoke  # the same 2 epochs, run 64 steps per compiled call or one (mrr tells any change apart)
+    grouped = baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=2, batch_size=64, patience=None)
+    monkeypatch.setattr(baseline_runs, "STEPS_PER_EXECUTION", 1)
+    assert baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=2, batch_size=64, patience=None) == grouped
+
+
 def test_baseline_names_from_the_config_value():
     from tfrec.errors import ConfigError
 
