@@ -61,7 +61,7 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     """
     tf.keras.utils.set_random_seed(seed)
     # Ids become embedding rows once, up front, so a step gathers rows instead of hashing 2 x batch_size
-    # strings, and the shuffle buffer holds integers.
+    # strings.
     user_rows, item_rows = _RowLookup(sorted(set(data.train.user_id))), _RowLookup(data.catalog.item_ids)
     user_model = tf.keras.layers.Embedding(user_rows.size, dim)
     item_model = tf.keras.layers.Embedding(item_rows.size, dim)
@@ -82,9 +82,9 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1), steps_per_execution=STEPS_PER_EXECUTION)
     # The seeded shuffle runs over row numbers, not (user, item) pairs: the same batches (the shuffle's order
     # depends only on its seed and length), at about half the cost (12 s at 10^6 on a loaded machine).
-    users, items = user_rows(data.train.user_id), item_rows(data.train.item_id)
+    train_users, train_items = user_rows(data.train.user_id), item_rows(data.train.item_id)
     ds = tf.data.Dataset.range(len(data.train)).shuffle(len(data.train), seed=seed).batch(batch_size).cache()
-    ds = ds.map(lambda rows: {"user_id": tf.gather(users, rows), "item_id": tf.gather(items, rows)})
+    ds = ds.map(lambda rows: {"user_id": tf.gather(train_users, rows), "item_id": tf.gather(train_items, rows)})
     val_users = user_rows(data.validation.user_id)
     eval_users = user_rows(getattr(data, split).user_id)
     k = [int(monitor.split("@")[1])]
