@@ -1,7 +1,7 @@
 """Benchmark training speed, every figure a ratio measured side by side in one run.
 
     .venv/bin/python bench/train_throughput.py [--preset movielens|smoke] [--quick]
-        [--sections reference,cache,xla_precision,finetune] [--help for the sizes]
+        [--sections reference,cache,xla_precision,finetune,input,negatives] [--help for the sizes]
 
 Data: a seeded random subset (``--examples``) of the preset's training split
 (MovieLens-100K for ``movielens``, MiniLM-L6 as the encoder). Every contender
@@ -19,7 +19,8 @@ Sections (``--sections``; each prints its ``ratio`` lines):
    ``tfrs.Model`` calling a query and an item model, ``tfrs.tasks.Retrieval``
    with the same temperature / logQ / accidental-hit settings, AdamW,
    ``from_tensor_slices(dict).shuffle().repeat().batch()``), both on the same
-   cached frozen-encoder encodings: ``ratio tfrec/tfrs_reference: X``.
+   cached frozen-encoder encodings and in-batch negatives (a history preset's
+   query is its history titles' text here): ``ratio tfrec/tfrs_reference: X``.
 2. ``cache``: the frozen encoder's outputs from the ``TextCache`` against the
    same model running BERT (tokenisation included) on raw text in every step:
    ``ratio cached/uncached: Y``.
@@ -44,6 +45,10 @@ Sections (``--sections``; each prints its ``ratio`` lines):
    (``data.interactions.streaming``, :func:`tfrec.data.stream.make_dataset`):
    ``ratio streamed/in_memory: X`` for training, and
    ``ratio input_only streamed/in_memory: Y`` for the input pipelines alone.
+6. ``negatives``: the preset's model (cached encodings) under each
+   ``retrieval.negatives`` mode on the same examples, ``in_batch`` the
+   baseline: examples/sec per mode and ``ratio sampled/in_batch: X``,
+   ``ratio mixed/in_batch: Y``, ``ratio full/in_batch: Z``.
 
 Method: the machine is noisy, so the contenders of a section are interleaved:
 after one untimed warm-up chunk each, every round runs one ``fit`` chunk of
@@ -85,9 +90,10 @@ from tfrec import config as config_lib  # noqa: E402
 from tfrec import evaluate, runtime, training  # noqa: E402
 from tfrec.data import dataset, pipeline, stream, to_tfrecord  # noqa: E402
 from tfrec.models import build_model  # noqa: E402
+from tfrec.tasks import NEGATIVES  # noqa: E402
 from tfrec.towers import host_features  # noqa: E402
 
-SECTIONS = ("reference", "cache", "xla_precision", "finetune", "input")
+SECTIONS = ("reference", "cache", "xla_precision", "finetune", "input", "negatives")
 
 
 # ----------------------------------------------------------- plain-TFRS reference
@@ -284,12 +290,14 @@ def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: i
     """
     tf.keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for every contender
     runtime.set_precision(cfg.train.mixed_precision)
-    try:
-        model = build_model(cfg, data.catalog)
+    try:  # as tfrec.run.build_model and build_features: catalog negatives and history items need the catalog
+        model = build_model(cfg, data.catalog, data.item_probability(), trained_items=data.item_counts() > 0)
     finally:
         runtime.set_precision("none")
+    model.set_catalog(pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache))
     training.compile_model(model, cfg, total_steps)
-    features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache)
+    features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache,
+                                          model.query_tower.encoder is not None)
     batch = cfg.train.batch_size
     if streamed is not None:
         ds = stream.make_dataset(streamed, data.catalog, data.item_probability(), batch, cfg.train.seed,
@@ -312,9 +320,16 @@ def variant(cfg, *sets: str):
     return config_lib.override(cfg, list(sets))
 
 
+def text_query(cfg):
+    """``cfg`` with a text query tower (a history preset's query: its history titles' text) and in-batch
+    negatives: the architecture of :class:`ReferenceModel`."""
+    history = ["model.history_encoder=text"] if cfg.data.interactions.query_history_items else []
+    return variant(cfg, "retrieval.negatives=in_batch", *history)
+
+
 def validation_recall(model, cfg, data, query_cache, item_cache) -> float:
     """Full-catalog validation recall@10 of the model's current weights."""
-    queries = pipeline.query_features(data.validation.query_text, query_cache)
+    queries = pipeline.query_inputs(data.validation, query_cache, model.query_tower)
     items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
     q, i = evaluate.embed(model.query_tower, queries), evaluate.embed(model.item_tower, items)
     return evaluate.evaluate_embeddings(q, i, data, "validation", [10], cfg.eval.exclude_seen)["recall@10"]
@@ -329,6 +344,9 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------- sections
 def section_reference(cfg, data, examples, caches, steps, rounds) -> Contender:
+    # Like for like: the reference reads the query text's cached encoding and trains on in-batch negatives, so
+    # tfrec does too (a preset whose query is the history reads the history's titles as that text here).
+    cfg = text_query(cfg)
     tfrec_c = trainer_contender("tfrec", cfg, data, examples, steps, _schedule_steps(cfg, examples), *caches)
     m, r = cfg.model, cfg.retrieval
     query_cache, item_cache = caches
@@ -348,6 +366,22 @@ def section_reference(cfg, data, examples, caches, steps, rounds) -> Contender:
     print_rates(tfrec_c, ref_c)
     report(tfrec_c, ref_c, ratios["tfrec"], digits=3)
     return tfrec_c
+
+
+def section_negatives(cfg, data, examples, caches, steps, rounds) -> None:
+    """The preset's model under each ``retrieval.negatives`` mode, in_batch the baseline (cached encodings)."""
+    total = _schedule_steps(cfg, examples)
+    modes = {mode: trainer_contender(mode, variant(cfg, f"retrieval.negatives={mode}"), data, examples, steps,
+                                     total, *caches) for mode in NEGATIVES}
+    r = cfg.retrieval
+    print(f"[6] negatives modes (retrieval.negatives; sampled and mixed draw {r.num_sampled} {r.sampling}, full "
+          f"scores all {len(data.catalog)} items), cached encodings, batch {cfg.train.batch_size}, {rounds} rounds "
+          f"x {steps} steps:", flush=True)
+    baseline = modes["in_batch"]
+    ratios = interleave(baseline, [modes[m] for m in NEGATIVES[1:]], rounds)
+    print_rates(*modes.values())
+    for mode in NEGATIVES[1:]:
+        report(modes[mode], baseline, ratios[mode], digits=2)
 
 
 def section_cache(cfg, data, examples, caches, steps, uncached_steps, rounds) -> None:
@@ -474,7 +508,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sections 1-2 (default: the preset's train.batch_size)")
     parser.add_argument("--steps", type=int, default=None, help="sections 1-2: timed steps per chunk (default 10)")
-    parser.add_argument("--rounds", type=int, default=None, help="section 1: rounds (default 61, --quick 31)")
+    parser.add_argument("--rounds", type=int, default=None, help="sections 1, 5 and 6: rounds (default 61, 61 and 15; --quick 31, 31 and 7)")
     parser.add_argument("--uncached-steps", type=int, default=None,
                         help="section 2: uncached steps per chunk (default 2, --quick 1)")
     parser.add_argument("--uncached-rounds", type=int, default=None, help="section 2: rounds (default 3, --quick 2)")
@@ -515,8 +549,8 @@ def main(argv=None) -> int:
 
     # --- untimed: the frozen encoder's cache, built as train() builds it -----------
     caches, num_layers = None, 0  # (query TextCache, item TextCache); the encoder's transformer layers
-    if {"reference", "cache", "finetune", "input"} & set(sections):
-        encoder_model = build_model(frozen_cfg, data.catalog)
+    if {"reference", "cache", "finetune", "input", "negatives"} & set(sections):
+        encoder_model = build_model(text_query(frozen_cfg), data.catalog)  # a text query tower, whatever the preset
         query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
         t0 = time.time()
         caches = (pipeline.TextCache(examples.query_text + data.validation.query_text, query_encoder.encode_texts),
@@ -547,6 +581,8 @@ def main(argv=None) -> int:
                          bert_steps, args.bert_rounds or (4 if quick else 12))
     if "input" in sections:
         section_input(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
+    if "negatives" in sections:
+        section_negatives(frozen_cfg, data, examples, caches, steps, args.rounds or (7 if quick else 15))
     print(f"total {time.time() - started:.0f}s", flush=True)
     return 0
 
