@@ -12,15 +12,17 @@ host-side tokenisation of :func:`tfrec.towers.host_features` when XLA is on),
 with config overrides as the only difference. Encoding texts into the frozen
 encoder's cache, loading data and building models are not timed.
 
-Sections (``--sections``; each prints its ``ratio`` lines):
+Sections (``--sections``; each prints its ``ratio`` lines). Sections 1-5 run a
+text query tower on in-batch negatives (the architecture of the reference; a
+preset whose query is the user's history reads its history titles' text as
+the query there); section 6 runs the preset's own model.
 
 1. ``reference``: tfrec against :class:`ReferenceModel`, the same two-tower
    architecture written from scratch the way a TFRS tutorial user would (a
    ``tfrs.Model`` calling a query and an item model, ``tfrs.tasks.Retrieval``
    with the same temperature / logQ / accidental-hit settings, AdamW,
    ``from_tensor_slices(dict).shuffle().repeat().batch()``), both on the same
-   cached frozen-encoder encodings and in-batch negatives (a history preset's
-   query is its history titles' text here): ``ratio tfrec/tfrs_reference: X``.
+   cached frozen-encoder encodings: ``ratio tfrec/tfrs_reference: X``.
 2. ``cache``: the frozen encoder's outputs from the ``TextCache`` against the
    same model running BERT (tokenisation included) on raw text in every step:
    ``ratio cached/uncached: Y``.
@@ -344,9 +346,6 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------- sections
 def section_reference(cfg, data, examples, caches, steps, rounds) -> Contender:
-    # Like for like: the reference reads the query text's cached encoding and trains on in-batch negatives, so
-    # tfrec does too (a preset whose query is the history reads the history's titles as that text here).
-    cfg = text_query(cfg)
     tfrec_c = trainer_contender("tfrec", cfg, data, examples, steps, _schedule_steps(cfg, examples), *caches)
     m, r = cfg.model, cfg.retrieval
     query_cache, item_cache = caches
@@ -545,12 +544,15 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(cfg.train.seed)
     n = min(n_examples, len(data.train))
     examples = data.train.take(np.sort(rng.choice(len(data.train), size=n, replace=False)))
-    frozen_cfg = variant(cfg, "model.query_encoder.trainable_layers=0")  # caching needs a frozen encoder
+    preset_frozen = variant(cfg, "model.query_encoder.trainable_layers=0")  # caching needs a frozen encoder
+    # Sections 1-5 measure a text query tower on in-batch negatives, the architecture of ReferenceModel (a
+    # history preset's query is then its history titles' text); section 6 runs the preset's own model.
+    frozen_cfg = text_query(preset_frozen)
 
     # --- untimed: the frozen encoder's cache, built as train() builds it -----------
     caches, num_layers = None, 0  # (query TextCache, item TextCache); the encoder's transformer layers
     if {"reference", "cache", "finetune", "input", "negatives"} & set(sections):
-        encoder_model = build_model(text_query(frozen_cfg), data.catalog)  # a text query tower, whatever the preset
+        encoder_model = build_model(frozen_cfg, data.catalog)
         query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
         t0 = time.time()
         caches = (pipeline.TextCache(examples.query_text + data.validation.query_text, query_encoder.encode_texts),
@@ -572,7 +574,7 @@ def main(argv=None) -> int:
     if "cache" in sections:
         section_cache(frozen_cfg, data, examples, caches, steps, args.uncached_steps or (1 if quick else 2),
                       args.uncached_rounds or (2 if quick else 3))
-    bert_cfg = variant(cfg, f"train.batch_size={args.bert_batch_size}")
+    bert_cfg = text_query(variant(cfg, f"train.batch_size={args.bert_batch_size}"))
     if "xla_precision" in sections:
         section_xla_precision(bert_cfg, data, examples, args.precision, bert_steps,
                               args.bert_rounds or (3 if quick else 5))
@@ -582,7 +584,7 @@ def main(argv=None) -> int:
     if "input" in sections:
         section_input(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
     if "negatives" in sections:
-        section_negatives(frozen_cfg, data, examples, caches, steps, args.rounds or (7 if quick else 15))
+        section_negatives(preset_frozen, data, examples, caches, steps, args.rounds or (7 if quick else 15))
     print(f"total {time.time() - started:.0f}s", flush=True)
     return 0
 
