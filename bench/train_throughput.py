@@ -506,8 +506,10 @@ def main(argv=None) -> int:
                         help="training examples used (random subset; default 8192, --quick 1024)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sections 1-2 (default: the preset's train.batch_size)")
-    parser.add_argument("--steps", type=int, default=None, help="sections 1-2: timed steps per chunk (default 10)")
-    parser.add_argument("--rounds", type=int, default=None, help="sections 1, 5 and 6: rounds (default 61, 61 and 15; --quick 31, 31 and 7)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sections 1, 2, 5 and 6: timed steps per chunk (default 10)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="sections 1, 5 and 6: rounds (default 61, 61 and 15; --quick 31, 31 and 7)")
     parser.add_argument("--uncached-steps", type=int, default=None,
                         help="section 2: uncached steps per chunk (default 2, --quick 1)")
     parser.add_argument("--uncached-rounds", type=int, default=None, help="section 2: rounds (default 3, --quick 2)")
@@ -555,11 +557,15 @@ def main(argv=None) -> int:
         encoder_model = build_model(frozen_cfg, data.catalog)
         query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
         t0 = time.time()
-        caches = (pipeline.TextCache(examples.query_text + data.validation.query_text, query_encoder.encode_texts),
-                  pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts))
+        # Section 6 alone on a history preset reads no query text: its queries are not encoded then.
+        text_queries = bool({"reference", "cache", "finetune", "input"} & set(sections)) \
+            or not cfg.data.interactions.query_history_items
+        query_cache = pipeline.TextCache(examples.query_text + data.validation.query_text,
+                                         query_encoder.encode_texts) if text_queries else None
+        caches = (query_cache, pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts))
         num_layers = query_encoder.num_layers
-        print(f"cache: {len(caches[0].texts)} query + {len(caches[1].texts)} item texts encoded in "
-              f"{time.time() - t0:.0f}s (not timed)")
+        print(f"cache: {len(query_cache.texts) if query_cache else 0} query + {len(caches[1].texts)} item texts "
+              f"encoded in {time.time() - t0:.0f}s (not timed)")
         del encoder_model
 
     q = cfg.model.query_encoder
