@@ -1,7 +1,7 @@
 """Benchmark training speed, every figure a ratio measured side by side in one run.
 
     .venv/bin/python bench/train_throughput.py [--preset movielens|smoke] [--quick]
-        [--sections reference,cache,xla_precision,finetune] [--help for the sizes]
+        [--sections reference,cache,xla_precision,finetune,input,negatives] [--help for the sizes]
 
 Data: a seeded random subset (``--examples``) of the preset's training split
 (MovieLens-100K for ``movielens``, MiniLM-L6 as the encoder). Every contender
@@ -12,7 +12,10 @@ host-side tokenisation of :func:`tfrec.towers.host_features` when XLA is on),
 with config overrides as the only difference. Encoding texts into the frozen
 encoder's cache, loading data and building models are not timed.
 
-Sections (``--sections``; each prints its ``ratio`` lines):
+Sections (``--sections``; each prints its ``ratio`` lines). Sections 1-5 run a
+text query tower on in-batch negatives (the architecture of the reference; a
+preset whose query is the user's history reads its history titles' text as
+the query there); section 6 runs the preset's own model.
 
 1. ``reference``: tfrec against :class:`ReferenceModel`, the same two-tower
    architecture written from scratch the way a TFRS tutorial user would (a
@@ -44,6 +47,10 @@ Sections (``--sections``; each prints its ``ratio`` lines):
    (``data.interactions.streaming``, :func:`tfrec.data.stream.make_dataset`):
    ``ratio streamed/in_memory: X`` for training, and
    ``ratio input_only streamed/in_memory: Y`` for the input pipelines alone.
+6. ``negatives``: the preset's model (cached encodings) under each
+   ``retrieval.negatives`` mode on the same examples, ``in_batch`` the
+   baseline: examples/sec per mode and ``ratio sampled/in_batch: X``,
+   ``ratio mixed/in_batch: Y``, ``ratio full/in_batch: Z``.
 
 Method: the machine is noisy, so the contenders of a section are interleaved:
 after one untimed warm-up chunk each, every round runs one ``fit`` chunk of
@@ -85,9 +92,10 @@ from tfrec import config as config_lib  # noqa: E402
 from tfrec import evaluate, runtime, training  # noqa: E402
 from tfrec.data import dataset, pipeline, stream, to_tfrecord  # noqa: E402
 from tfrec.models import build_model  # noqa: E402
+from tfrec.tasks import NEGATIVES  # noqa: E402
 from tfrec.towers import host_features  # noqa: E402
 
-SECTIONS = ("reference", "cache", "xla_precision", "finetune", "input")
+SECTIONS = ("reference", "cache", "xla_precision", "finetune", "input", "negatives")
 
 
 # ----------------------------------------------------------- plain-TFRS reference
@@ -284,12 +292,14 @@ def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: i
     """
     tf.keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for every contender
     runtime.set_precision(cfg.train.mixed_precision)
-    try:
-        model = build_model(cfg, data.catalog)
+    try:  # as tfrec.run.build_model and build_features: catalog negatives and history items need the catalog
+        model = build_model(cfg, data.catalog, data.item_probability(), trained_items=data.item_counts() > 0)
     finally:
         runtime.set_precision("none")
+    model.set_catalog(pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache))
     training.compile_model(model, cfg, total_steps)
-    features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache)
+    features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache,
+                                          model.query_tower.encoder is not None)
     batch = cfg.train.batch_size
     if streamed is not None:
         ds = stream.make_dataset(streamed, data.catalog, data.item_probability(), batch, cfg.train.seed,
@@ -312,9 +322,16 @@ def variant(cfg, *sets: str):
     return config_lib.override(cfg, list(sets))
 
 
+def text_query(cfg):
+    """``cfg`` with a text query tower (a history preset's query: its history titles' text) and in-batch
+    negatives: the architecture of :class:`ReferenceModel`."""
+    history = ["model.history_encoder=text"] if cfg.data.interactions.query_history_items else []
+    return variant(cfg, "retrieval.negatives=in_batch", *history)
+
+
 def validation_recall(model, cfg, data, query_cache, item_cache) -> float:
     """Full-catalog validation recall@10 of the model's current weights."""
-    queries = pipeline.query_features(data.validation.query_text, query_cache)
+    queries = pipeline.query_inputs(data.validation, query_cache, model.query_tower)
     items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache)
     q, i = evaluate.embed(model.query_tower, queries), evaluate.embed(model.item_tower, items)
     return evaluate.evaluate_embeddings(q, i, data, "validation", [10], cfg.eval.exclude_seen)["recall@10"]
@@ -348,6 +365,22 @@ def section_reference(cfg, data, examples, caches, steps, rounds) -> Contender:
     print_rates(tfrec_c, ref_c)
     report(tfrec_c, ref_c, ratios["tfrec"], digits=3)
     return tfrec_c
+
+
+def section_negatives(cfg, data, examples, caches, steps, rounds) -> None:
+    """The preset's model under each ``retrieval.negatives`` mode, in_batch the baseline (cached encodings)."""
+    total = _schedule_steps(cfg, examples)
+    modes = {mode: trainer_contender(mode, variant(cfg, f"retrieval.negatives={mode}"), data, examples, steps,
+                                     total, *caches) for mode in NEGATIVES}
+    r = cfg.retrieval
+    print(f"[6] negatives modes (retrieval.negatives; sampled and mixed draw {r.num_sampled} {r.sampling}, full "
+          f"scores all {len(data.catalog)} items), cached encodings, batch {cfg.train.batch_size}, {rounds} rounds "
+          f"x {steps} steps:", flush=True)
+    baseline = modes["in_batch"]
+    ratios = interleave(baseline, [modes[m] for m in NEGATIVES[1:]], rounds)
+    print_rates(*modes.values())
+    for mode in NEGATIVES[1:]:
+        report(modes[mode], baseline, ratios[mode], digits=2)
 
 
 def section_cache(cfg, data, examples, caches, steps, uncached_steps, rounds) -> None:
@@ -473,8 +506,10 @@ def main(argv=None) -> int:
                         help="training examples used (random subset; default 8192, --quick 1024)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sections 1-2 (default: the preset's train.batch_size)")
-    parser.add_argument("--steps", type=int, default=None, help="sections 1-2: timed steps per chunk (default 10)")
-    parser.add_argument("--rounds", type=int, default=None, help="section 1: rounds (default 61, --quick 31)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sections 1, 2, 5 and 6: timed steps per chunk (default 10)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="sections 1, 5 and 6: rounds (default 61, 61 and 15; --quick 31, 31 and 7)")
     parser.add_argument("--uncached-steps", type=int, default=None,
                         help="section 2: uncached steps per chunk (default 2, --quick 1)")
     parser.add_argument("--uncached-rounds", type=int, default=None, help="section 2: rounds (default 3, --quick 2)")
@@ -511,19 +546,26 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(cfg.train.seed)
     n = min(n_examples, len(data.train))
     examples = data.train.take(np.sort(rng.choice(len(data.train), size=n, replace=False)))
-    frozen_cfg = variant(cfg, "model.query_encoder.trainable_layers=0")  # caching needs a frozen encoder
+    preset_frozen = variant(cfg, "model.query_encoder.trainable_layers=0")  # caching needs a frozen encoder
+    # Sections 1-5 measure a text query tower on in-batch negatives, the architecture of ReferenceModel (a
+    # history preset's query is then its history titles' text); section 6 runs the preset's own model.
+    frozen_cfg = text_query(preset_frozen)
 
     # --- untimed: the frozen encoder's cache, built as train() builds it -----------
     caches, num_layers = None, 0  # (query TextCache, item TextCache); the encoder's transformer layers
-    if {"reference", "cache", "finetune", "input"} & set(sections):
+    if {"reference", "cache", "finetune", "input", "negatives"} & set(sections):
         encoder_model = build_model(frozen_cfg, data.catalog)
         query_encoder, item_encoder = encoder_model.query_tower.encoder, encoder_model.item_tower.text_encoder
         t0 = time.time()
-        caches = (pipeline.TextCache(examples.query_text + data.validation.query_text, query_encoder.encode_texts),
-                  pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts))
+        # Section 6 alone on a history preset reads no query text: its queries are not encoded then.
+        text_queries = bool({"reference", "cache", "finetune", "input"} & set(sections)) \
+            or not cfg.data.interactions.query_history_items
+        query_cache = pipeline.TextCache(examples.query_text + data.validation.query_text,
+                                         query_encoder.encode_texts) if text_queries else None
+        caches = (query_cache, pipeline.TextCache(data.catalog.texts, item_encoder.encode_texts))
         num_layers = query_encoder.num_layers
-        print(f"cache: {len(caches[0].texts)} query + {len(caches[1].texts)} item texts encoded in "
-              f"{time.time() - t0:.0f}s (not timed)")
+        print(f"cache: {len(query_cache.texts) if query_cache else 0} query + {len(caches[1].texts)} item texts "
+              f"encoded in {time.time() - t0:.0f}s (not timed)")
         del encoder_model
 
     q = cfg.model.query_encoder
@@ -538,7 +580,7 @@ def main(argv=None) -> int:
     if "cache" in sections:
         section_cache(frozen_cfg, data, examples, caches, steps, args.uncached_steps or (1 if quick else 2),
                       args.uncached_rounds or (2 if quick else 3))
-    bert_cfg = variant(cfg, f"train.batch_size={args.bert_batch_size}")
+    bert_cfg = text_query(variant(cfg, f"train.batch_size={args.bert_batch_size}"))
     if "xla_precision" in sections:
         section_xla_precision(bert_cfg, data, examples, args.precision, bert_steps,
                               args.bert_rounds or (3 if quick else 5))
@@ -547,6 +589,8 @@ def main(argv=None) -> int:
                          bert_steps, args.bert_rounds or (4 if quick else 12))
     if "input" in sections:
         section_input(frozen_cfg, data, examples, caches, steps, args.rounds or (31 if quick else 61))
+    if "negatives" in sections:
+        section_negatives(preset_frozen, data, examples, caches, steps, args.rounds or (7 if quick else 15))
     print(f"total {time.time() - started:.0f}s", flush=True)
     return 0
 

@@ -18,7 +18,8 @@ def test_train_throughput_prints_every_ratio_line():
     ratios = dict(re.findall(r"^ratio (.+?): ([0-9.]+)$", out.stdout, flags=re.M))
     assert set(ratios) == {"tfrec/tfrs_reference", "cached/uncached", "xla_on/xla_off", "mixed_bfloat16/float32",
                            "lora/frozen", "full/frozen", "full/lora", "streamed/in_memory",
-                           "input_only streamed/in_memory"}, out.stdout[-3000:]
+                           "input_only streamed/in_memory", "sampled/in_batch", "mixed/in_batch",
+                           "full/in_batch"}, out.stdout[-3000:]
     # Each headline ratio is the median of its per-round ratios: it lies within their printed spread, over the
     # number of rounds asked for (section 2 --uncached-rounds, sections 3-4 --bert-rounds, the input-only
     # comparison max(3, rounds // 4)).
@@ -26,7 +27,7 @@ def test_train_throughput_prints_every_ratio_line():
                          r"max ([0-9.]+)", out.stdout, flags=re.M)
     rounds = {"tfrec/tfrs_reference": 2, "cached/uncached": 1, "xla_on/xla_off": 1, "mixed_bfloat16/float32": 1,
               "lora/frozen": 1, "full/frozen": 1, "full/lora": 1, "streamed/in_memory": 2,
-              "input_only streamed/in_memory": 3}
+              "input_only streamed/in_memory": 3, "sampled/in_batch": 2, "mixed/in_batch": 2, "full/in_batch": 2}
     assert {name: int(n) for name, _, n, _, _ in spreads} == rounds, out.stdout[-3000:]
     for name, median, _, low, high in spreads:
         assert float(low) <= float(median) <= float(high), name

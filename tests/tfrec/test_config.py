@@ -9,7 +9,7 @@ from tfrec.errors import ConfigError, UserError
 
 def test_override_order_defaults_preset_file_set(tmp_path):
     assert config.Config().train.epochs == 10  # default
-    assert config.build("smoke").train.epochs == 2  # preset over default
+    assert config.build("smoke").train.epochs == 4  # preset over default
     f = tmp_path / "o.yaml"
     f.write_text("train:\n  epochs: 5\n  batch_size: 16\n")
     cfg = config.build("smoke", str(f), ["train.epochs=7"])
@@ -86,7 +86,7 @@ def test_sections_are_frozen_and_overrides_make_new_trees():
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.train.epochs = 3
     changed = config.override(base, ["train.epochs=3", "model.query_encoder.pooling=cls"])
-    assert (base.train.epochs, base.model.query_encoder.pooling) == (2, "mean")  # the original is untouched
+    assert (base.train.epochs, base.model.query_encoder.pooling) == (4, "mean")  # the original is untouched
     assert (changed.train.epochs, changed.model.query_encoder.pooling) == (3, "cls")
     assert changed.data is base.data  # sections nobody touched are shared, not copied
     assert config.updated(base, {"export.k": 5}).export.k == 5

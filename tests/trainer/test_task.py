@@ -32,6 +32,16 @@ def test_artefacts(smoke_run):
     assert (job / "export" / "smoke" / "1" / "saved_model.pb").is_file()
 
 
+def test_model_beats_every_baseline_on_text_only_queries(smoke_run):
+    """Each smoke query names two words of its item's title: the text two-tower must learn that, and so rank
+    the target higher than popularity and the user-id model (which knows the user's favourite genres)."""
+    report = json.loads((smoke_run / "eval.json").read_text())
+    assert set(report["baselines"]) == {"popularity", "id_two_tower"}
+    for name, baseline in report["baselines"].items():
+        for metric in ("recall@10", "ndcg@10"):
+            assert report["model"][metric] > baseline[metric], (name, metric, report["model"], baseline)
+
+
 def test_tensorboard_has_validation_loss_recall_and_one_learning_rate_curve(smoke_run):
     def tags(folder):
         found = set()
