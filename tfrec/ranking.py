@@ -89,7 +89,7 @@ class RankingHead(tf.keras.layers.Layer):
     def features(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor,
                  item_features: dict | None = None, history: dict | None = None,
                  training: bool = False) -> tf.Tensor:
-        """The head's input x0: float32 [batch, 3d (+ columns * embedding dim) (+ 1) (+ 5 + d)]."""
+        """The head's input x0: float32 [batch, 3d (+ columns * embedding dim) (+ 1) (+ 9 + d)]."""
         q = tf.cast(query_embeddings, tf.float32)
         i = tf.cast(item_embeddings, tf.float32)
         parts = [q, i, q * i]

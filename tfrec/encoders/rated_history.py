@@ -12,13 +12,16 @@ neighbourhood model with learned similarity):
   item; NaN where unknown (a caller that sends no labels);
 * ``mask``: bool [batch, length], True where a real history item sits.
 
-Output float32 [batch, 5 + d]:
+Output float32 [batch, 9 + d]:
 
 * the labels weighted by the candidate's attention over the rated items,
   ``softmax_j((W c) . h_j + p_j)`` (similar items' ratings);
 * the labels weighted by position only, ``softmax_j(p'_j)`` (recent ratings);
 * the plain mean label, the share of the ``length`` slots that hold a rated
   item, and the largest similarity ``c . h_j`` among them;
+* a learned usual label per item, ``e(x) = w . x + b``: ``e(c)`` of the candidate,
+  and the residuals ``r_j - e(h_j)`` pooled the three ways above (a user who
+  rates well-liked items 5 is not a user who rates everything 5);
 * the attention-weighted mean of the rated items' embeddings [d].
 
 With no rated item every output is 0, so a request without labels still scores.
@@ -38,7 +41,7 @@ def _masked_softmax(scores: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 class RatedHistory(tf.keras.layers.Layer):
-    """(candidate [b, d], history items [b, L, d], labels [b, L], mask [b, L]) -> float32 [b, 5 + d].
+    """(candidate [b, d], history items [b, L, d], labels [b, L], mask [b, L]) -> float32 [b, 9 + d].
 
     Args:
       max_length: the history length L (number of learned position biases).
@@ -59,6 +62,8 @@ class RatedHistory(tf.keras.layers.Layer):
         self.project = tf.keras.layers.Dense(dim, use_bias=False, name="similarity",
                                              kernel_initializer=tf.keras.initializers.Identity(gain=5.0))
         self.project.build([None, dim])
+        self.usual = tf.keras.layers.Dense(1, name="usual_label")
+        self.usual.build([None, dim])
         super().build(input_shape)
 
     def call(self, candidate: tf.Tensor, items: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor,
@@ -81,8 +86,12 @@ class RatedHistory(tf.keras.layers.Layer):
         cosine = tf.einsum("bd,bld->bl", candidate, items)
         nearest = tf.reduce_max(tf.where(rated, cosine, tf.fill(tf.shape(cosine), -2.0)), axis=1)
         nearest = tf.where(count > 0, nearest, tf.zeros_like(nearest))
+        usual_candidate = self.usual(candidate)[:, 0]
+        residuals = tf.where(rated, labels - self.usual(items)[..., 0], tf.zeros_like(labels))
         scalars = tf.stack([tf.reduce_sum(attention * labels, axis=1), tf.reduce_sum(recency * labels, axis=1),
-                            mean, count / float(self.max_length), nearest], axis=1)
+                            mean, count / float(self.max_length), nearest, usual_candidate,
+                            tf.reduce_sum(attention * residuals, axis=1), tf.reduce_sum(recency * residuals, axis=1),
+                            tf.reduce_sum(residuals, axis=1) / tf.maximum(count, 1.0)], axis=1)
         return tf.concat([scalars, tf.einsum("bl,bld->bd", attention, items)], axis=1)
 
     def get_config(self) -> dict:
