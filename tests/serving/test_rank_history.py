@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.helpers.servers import running_server
+from tests.helpers.servers import http, running_server
 from tfrec import index as index_lib
 from tfrec.encoders.history import make_history_encoder
 from tfrec.export.catalog_lookup import CatalogLookup
@@ -146,3 +146,17 @@ def test_rest_and_grpc_through_the_client(published):
                 np.testing.assert_allclose(ranked, want, rtol=1e-4, atol=1e-5)
         finally:
             clients[1].close()
+
+
+def test_rest_row_form_pads_histories_of_different_lengths(published):
+    module, *_, base = published
+    instances = [{"history_item_ids": ["i3", "i1"], "history_labels": [5.0, 1.0], "item_ids": ["i2", "i4"]},
+                 {"history_item_ids": [], "history_labels": [], "item_ids": ["i5", "i1"]}]
+    want = module.rank(item_ids=tf.constant([["i2", "i4"], ["i5", "i1"]]),
+                       history_item_ids=tf.constant([["i3", "i1"], ["", ""]]),
+                       history_labels=tf.constant([[5.0, 1.0], [0.0, 0.0]]))["scores"].numpy()
+    with running_server({"hist": base}, poll_wait_s=0.2) as server:
+        status, body = http(server.rest_port, "/v1/models/hist:predict",
+                            {"signature_name": "rank", "instances": instances})
+    assert status == 200, body
+    np.testing.assert_allclose(np.array(body["predictions"]), want, rtol=1e-4, atol=1e-5)
