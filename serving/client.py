@@ -57,7 +57,7 @@ class ServingError(Exception):
 
 
 def _padded(rows: list[list[Any]], pad: Any, name: str, n: int) -> list[list[Any]] | None:
-    """Per-query lists padded to one width; None when all are empty (an empty input is the same as none)."""
+    """Per-query lists padded to one width; None when all are empty (the same as none; no dtype on gRPC)."""
     if len(rows) != n:
         raise ValueError(f"{name} has {len(rows)} lists for {n} queries")
     width = max((len(r) for r in rows), default=0)
@@ -67,18 +67,16 @@ def _padded(rows: list[list[Any]], pad: Any, name: str, n: int) -> list[list[Any
 def _retrieve_inputs(queries: list[str] | None, exclude: list[list[str]] | None,
                      history: list[list[str]] | None = None,
                      history_labels: list[list[float]] | None = None) -> dict[str, Any]:
-    """The query inputs (``query_text`` and/or ``history_item_ids``, ``history_labels``) and exclusions."""
+    """``query_text`` and/or ``history_item_ids`` (+ ``history_labels``), and ``exclude_item_ids``."""
     if queries is None and history is None:
         raise ValueError("give queries (query texts) and/or history (item ids per query)")
     n = len(queries) if queries is not None else len(history)
     inputs: dict[str, Any] = {} if queries is None else {"query_text": list(queries)}
-    padded = {"history_item_ids": _padded(history, "", "history", n) if history is not None else None,
-              "history_labels": _padded(history_labels, 0.0, "history_labels", n)
-              if history_labels is not None else None,  # padding items are "", so their label is never read
-              "exclude_item_ids": _padded(exclude, "", "exclude", n) if exclude is not None else None}
-    inputs.update({name: rows for name, rows in padded.items() if rows is not None})
-    if "history_labels" in inputs:
-        inputs["history_labels"] = np.asarray(inputs["history_labels"], np.float32)
+    # A padding item is "", so its label (0) is never read.
+    for name, rows, pad in (("history_item_ids", history, ""), ("history_labels", history_labels, 0.0),
+                            ("exclude_item_ids", exclude, "")):
+        if rows is not None and (padded := _padded(rows, pad, name, n)) is not None:
+            inputs[name] = np.asarray(padded, np.float32) if name == "history_labels" else padded
     return inputs
 
 
@@ -165,9 +163,8 @@ class _Client:
           exclude: per query, item ids that must not be returned (``None``: none).
           signature_name: a signature with ``item_ids`` and ``scores`` (or, ``retrieve_and_rank``,
             ``ranking_scores``) outputs.
-          history: per query, the user's recent item ids, most recent first (lists may differ in length).
-          history_labels: per query, the user's label of each history item (``rank`` /
-            ``retrieve_and_rank`` of a head that reads them).
+          history: per query, the user's recent item ids, most recent first (lists may differ in length);
+            ``history_labels``: their labels, for a ``retrieve_and_rank`` head that reads them.
         """
         outputs = self.predict(_retrieve_inputs(queries, exclude, history, history_labels), signature_name)
         if "item_ids" not in outputs or not {"scores", "ranking_scores"} & set(outputs):
@@ -175,14 +172,6 @@ class _Client:
             raise ServingError("INVALID_ARGUMENT", f"signature '{signature_name}' returns {', '.join(sorted(outputs))}"
                                f", not item_ids and scores; retrieval signatures: {', '.join(sorted(retrieval))}")
         return _top_k(outputs, k)
-
-    def rank(self, item_ids: list[list[str]], queries: list[str] | None = None,
-             history: list[list[str]] | None = None,
-             history_labels: list[list[float]] | None = None) -> np.ndarray:
-        """The ranking head's scores float32 [queries, candidates] of ``item_ids`` (the ``rank`` signature)."""
-        inputs = _retrieve_inputs(queries, None, history, history_labels)
-        inputs["item_ids"] = _padded(item_ids, "", "item_ids", len(item_ids))
-        return self.predict(inputs, "rank")["scores"]
 
 
 class RestClient(_Client):

@@ -140,7 +140,8 @@ def test_rest_and_grpc_through_the_client(published):
                     scores = [s for _, s in got]
                     assert scores == sorted(scores, reverse=True)
             for client in clients:
-                ranked = client.rank([["i2", "i4"]], history=[["i3", "i1"]], history_labels=[[5.0, 1.0]])
+                ranked = client.predict({"item_ids": [["i2", "i4"]], "history_item_ids": [["i3", "i1"]],
+                                         "history_labels": np.array([[5.0, 1.0]], np.float32)}, "rank")["scores"]
                 want = module.rank(item_ids=tf.constant([["i2", "i4"]]), history_item_ids=tf.constant(HISTORY),
                                    history_labels=tf.constant(LABELS))["scores"].numpy()
                 np.testing.assert_allclose(ranked, want, rtol=1e-4, atol=1e-5)
