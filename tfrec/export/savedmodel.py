@@ -23,12 +23,16 @@ Signatures of every SavedModel (tokenisation is inside the graph):
 
 When the model has a ranking head (``ranking.weight > 0``), also:
 
-* ``rank``: ``query_text`` string [batch], ``item_ids`` string [batch, c] ->
+* ``rank``: the query inputs, ``item_ids`` string [batch, c] ->
   ``scores`` float32 [batch, c] (predicted rating, or probability for
   ``ranking.objective: binary``; ids not in the catalog and ``""`` score -inf).
-* ``retrieve_and_rank``: ``query_text``, optional ``exclude_item_ids`` -> the
+* ``retrieve_and_rank``: the query inputs, optional ``exclude_item_ids`` -> the
   top k retrieved items re-ordered by the ranking head: ``item_ids`` string
   [batch, k], ``ranking_scores`` and ``retrieval_scores`` float32 [batch, k].
+
+A head with ``rated_history`` (and a history query) also reads ``history_labels``
+float32 [batch, h] in both: the user's label of each history item, aligned with
+``history_item_ids``; its default (NaN) means unknown, and the head scores without them.
 """
 
 from __future__ import annotations
