@@ -27,7 +27,6 @@ a SavedModel is :mod:`tfrec.export.catalog_lookup`.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
