@@ -22,6 +22,7 @@ Command line (prints rank, item id, score and the item's text when known)::
     python -m serving.client --list --model_config_file EXPORT/models.config
     python -m serving.client --grpc --port 8500 --query "space opera" --job-dir runs/x
     python -m serving.client --query "space opera" --items items.tsv
+    python -m serving.client --history 50 181 --signature_name retrieve_and_rank
 
 Item texts come from ``--items`` (TSV ``item_id<TAB>text``), else from the newest
 version's ``assets.extra/items.tsv`` under ``--model_base_path`` or
@@ -55,21 +56,36 @@ class ServingError(Exception):
         self.code, self.message = code, message
 
 
-def _retrieve_inputs(queries: list[str], exclude: list[list[str]] | None) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"query_text": list(queries)}
-    if exclude is not None:
-        if len(exclude) != len(queries):
-            raise ValueError(f"exclude has {len(exclude)} lists for {len(queries)} queries")
-        width = max((len(e) for e in exclude), default=0)
-        if width:  # an all-empty exclusion is the same as none (and has no dtype on gRPC)
-            inputs["exclude_item_ids"] = [list(e) + [""] * (width - len(e)) for e in exclude]
+def _padded(rows: list[list[Any]], pad: Any, name: str, n: int) -> list[list[Any]] | None:
+    """Per-query lists padded to one width; None when all are empty (the same as none; no dtype on gRPC)."""
+    if len(rows) != n:
+        raise ValueError(f"{name} has {len(rows)} lists for {n} queries")
+    width = max((len(r) for r in rows), default=0)
+    return [list(r) + [pad] * (width - len(r)) for r in rows] if width else None
+
+
+def _retrieve_inputs(queries: list[str] | None, exclude: list[list[str]] | None,
+                     history: list[list[str]] | None = None,
+                     history_labels: list[list[float]] | None = None) -> dict[str, Any]:
+    """``query_text`` and/or ``history_item_ids`` (+ ``history_labels``), and ``exclude_item_ids``."""
+    if queries is None and history is None:
+        raise ValueError("give queries (query texts) and/or history (item ids per query)")
+    n = len(queries) if queries is not None else len(history)
+    inputs: dict[str, Any] = {} if queries is None else {"query_text": list(queries)}
+    # A padding item is "", so its label (0) is never read.
+    for name, rows, pad in (("history_item_ids", history, ""), ("history_labels", history_labels, 0.0),
+                            ("exclude_item_ids", exclude, "")):
+        if rows is not None and (padded := _padded(rows, pad, name, n)) is not None:
+            inputs[name] = np.asarray(padded, np.float32) if name == "history_labels" else padded
     return inputs
 
 
 def _top_k(outputs: dict[str, Any], k: int | None) -> list[list[tuple[str, float]]]:
-    """``outputs`` of a retrieval signature (``item_ids``, ``scores`` [batch, k]) as (id, score) lists."""
+    """``outputs`` of a retrieval signature (``item_ids``, ``scores`` [batch, k]; ``retrieve_and_rank``:
+    ``ranking_scores``) as (id, score) lists."""
+    scores = outputs["ranking_scores"] if "ranking_scores" in outputs else outputs["scores"]
     results = []
-    for ids, scores in zip(outputs["item_ids"], outputs["scores"]):
+    for ids, scores in zip(outputs["item_ids"], scores):
         pairs = [(i.decode() if isinstance(i, bytes) else str(i), float(s))
                  for i, s in zip(ids, scores) if i not in ("", b"")]
         results.append(pairs[:k] if k is not None else pairs)
@@ -135,19 +151,23 @@ class _Client:
                                             f"it has: {', '.join(sorted(signatures))}")
         return error
 
-    def retrieve(self, queries: list[str], k: int | None = None,
+    def retrieve(self, queries: list[str] | None = None, k: int | None = None,
                  exclude: list[list[str]] | None = None,
-                 signature_name: str = DEFAULT_SIGNATURE) -> list[list[tuple[str, float]]]:
+                 signature_name: str = DEFAULT_SIGNATURE, history: list[list[str]] | None = None,
+                 history_labels: list[list[float]] | None = None) -> list[list[tuple[str, float]]]:
         """Top items per query: ``[[(item_id, score), ...], ...]``, best first.
 
         Args:
-          queries: query texts.
+          queries: query texts (None: a model that reads the history only).
           k: keep at most this many of the server's results per query.
           exclude: per query, item ids that must not be returned (``None``: none).
-          signature_name: a signature with ``item_ids`` and ``scores`` outputs.
+          signature_name: a signature with ``item_ids`` and ``scores`` (or, ``retrieve_and_rank``,
+            ``ranking_scores``) outputs.
+          history: per query, the user's recent item ids, most recent first (lists may differ in length);
+            ``history_labels``: their labels, for a ``retrieve_and_rank`` head that reads them.
         """
-        outputs = self.predict(_retrieve_inputs(queries, exclude), signature_name)
-        if not {"item_ids", "scores"} <= set(outputs):
+        outputs = self.predict(_retrieve_inputs(queries, exclude, history, history_labels), signature_name)
+        if "item_ids" not in outputs or not {"scores", "ranking_scores"} & set(outputs):
             retrieval = [n for n, s in self.signatures().items() if {"item_ids", "scores"} <= set(s["outputs"])]
             raise ServingError("INVALID_ARGUMENT", f"signature '{signature_name}' returns {', '.join(sorted(outputs))}"
                                f", not item_ids and scores; retrieval signatures: {', '.join(sorted(retrieval))}")
@@ -322,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query", action="append", help="query text (repeatable)")
     p.add_argument("--list", action="store_true",
                    help="print each model (--model_config_file's, or --model_name) with its signatures")
+    p.add_argument("--history", nargs="*", default=None, metavar="ID",
+                   help="the user's recent item ids, most recent first (one user; with or without --query)")
     p.add_argument("--k", type=int, default=None, help="print at most k items per query")
     p.add_argument("--exclude", nargs="*", default=None, metavar="ID",
                    help="item ids never to return (applied to every query)")
@@ -337,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model_base_path", help="EXPORT/<model_name>, to find assets.extra/items.tsv")
     p.add_argument("--job-dir", "--job_dir", dest="job_dir", help="a training job dir (has export/)")
     args = p.parse_args(argv)
-    if not args.query and not args.list:
-        p.error("give --query TEXT (repeatable) or --list")
+    if not args.query and not args.history and not args.list:
+        p.error("give --query TEXT (repeatable) and/or --history ID..., or --list")
     if args.model_config_file and not Path(args.model_config_file).is_file():
         print(f"serving.client: {args.model_config_file}: file not found (--model_config_file)", file=sys.stderr)
         return 2
@@ -361,16 +383,18 @@ def main(argv: list[str] | None = None) -> int:
             lines, served = client_metadata.listing(client, ServingError)
             print("\n".join(lines))
             return 0 if served else 1
-        exclude = [list(args.exclude)] * len(args.query) if args.exclude else None
-        results = client.retrieve(args.query, k=args.k, exclude=exclude,
-                                  signature_name=args.signature_name)
+        n = len(args.query) if args.query else 1
+        exclude = [list(args.exclude)] * n if args.exclude else None
+        history = [list(args.history)] * n if args.history else None
+        results = client.retrieve(args.query, k=args.k, exclude=exclude, signature_name=args.signature_name,
+                                  history=history)
     except (ServingError, OSError) as e:
         print(f"serving.client: {e}", file=sys.stderr)
         return 1
     items_path = args.items or find_items_file(args.model_base_path, args.job_dir, model_name)
     texts = read_items(items_path) if items_path else {}
-    for query, pairs in zip(args.query, results):
-        print(f"query: {query}")
+    for query, pairs in zip(args.query or [None], results):
+        print(f"query: {query}" if query is not None else f"history: {' '.join(args.history)}")
         for rank, (item_id, score) in enumerate(pairs, 1):
             text = f"  {texts[item_id]}" if item_id in texts else ""
             print(f"{rank:4d}  {item_id}  {score:.4f}{text}")

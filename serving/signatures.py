@@ -12,9 +12,10 @@ JSON forms are TF Serving's REST predict API:
 A bare value (``"instances": ["a", "b"]`` / ``"inputs": ["a", "b"]``) feeds the
 signature's only required input. Inputs in ``OPTIONAL_INPUTS`` may be left out
 (they are fed as ``[batch, 0]``), and in the row form their per-instance lists
-may have different lengths: they are padded (``""`` / 0) to a common width.
-Other inputs that have a default in the SignatureDef may be left out as in TF
-Serving: their default value is fed.
+may have different lengths: they are padded (``""`` / 0) to a common width, as
+are the per-instance history lists (``RAGGED_INPUTS``). Other inputs that have
+a default in the SignatureDef may be left out as in TF Serving: their default
+value is fed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import tensorflow as tf
 DEFAULT_SIGNATURE = "serving_default"
 # Inputs a caller may omit; fed as an empty [batch, 0] tensor, padded with ""/0.
 OPTIONAL_INPUTS = frozenset({"exclude_item_ids"})
+# Per-user lists whose rows may differ in length in the row form: padded with ""/0 to the longest (at least 1,
+# so an all-empty history is one "" item: no history). A "" history item is padding, so its label is never read.
+RAGGED_INPUTS = frozenset({"history_item_ids", "history_labels"})
 
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
                 "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "INTERNAL": 500, "UNKNOWN": 500}
@@ -282,6 +286,9 @@ class Signature:
                 columns[n].append(arr)
         arrays = {}
         for n, parts in columns.items():
+            if n in RAGGED_INPUTS and all(p.ndim == 1 for p in parts):
+                width = max(1, max(p.shape[0] for p in parts))
+                parts = [pad_to(p[None, :], width)[0] for p in parts]
             if len({p.shape for p in parts}) > 1:
                 raise RequestError(f"input '{n}': instances have different shapes "
                                    f"{sorted({p.shape for p in parts})}")

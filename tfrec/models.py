@@ -65,10 +65,33 @@ class TwoTowerModel(tfrs.Model):
                 query_embeddings, item_embeddings, ids, features.get("item_probability"),
                 sample_weight=features.get("sample_weight"), extra_embeddings=extra, extra_ids=extra_ids)
         if self.ranking is not None and self.ranking_weight > 0:
-            scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training)
+            history = self.ranking_history(features, training, extra if negatives == "full" else None)
+            scores = self.ranking_head(query_embeddings, item_embeddings, features, training=training,
+                                       history=history)
             loss += self.ranking_weight * self.ranking(features["label"], scores,
                                                        sample_weight=features.get("sample_weight"))
         return loss
+
+    def ranking_history(self, features: dict, training: bool = False,
+                        catalog_embeddings: tf.Tensor | None = None) -> dict | None:
+        """The ranking head's ``history`` input (its ``rated_history``), or None when it reads none.
+
+        ``history_item_ids`` [batch, L] through the item tower (or gathered from
+        ``catalog_embeddings`` [num_items, d]) with ``history_labels`` float32 [batch, L]
+        (absent: unknown, NaN).
+        """
+        if self.ranking_head is None or self.ranking_head.rated_history is None or \
+                "history_item_ids" not in features:
+            return None
+        rows = self.item_tower.rows_of(features["history_item_ids"])
+        if catalog_embeddings is not None:
+            items = tf.gather(catalog_embeddings, tf.maximum(rows, 0))
+        else:
+            items = self.item_tower.embed_rows(rows, training=training)
+        labels = features.get("history_labels")
+        if labels is None:
+            labels = tf.fill(tf.shape(rows), float("nan"))
+        return {"items": items, "labels": labels, "mask": rows >= 0}
 
     def set_catalog(self, catalog_features: dict) -> None:
         """Gives the item tower the whole catalog's inputs when items are embedded by row (history items,
@@ -191,7 +214,8 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, tra
         ranking_head = RankingHead(
             rk.head, rk.hidden_units, rk.objective, rk.cross_layers, rk.projection_dim,
             vocabularies if "categorical" in rk.extra_features else None, m.categorical_embedding_dim,
-            "retrieval_score" in rk.extra_features, name="ranking_head")
+            "retrieval_score" in rk.extra_features,
+            history_length if "rated_history" in rk.extra_features else 0, name="ranking_head")
         ranking_head.build_variables(m.embedding_dim)
         ranking = RankingTask(rk.objective, rk.positive_threshold, name="ranking")
     return TwoTowerModel(query_tower, item_tower, retrieval, r.weight, ranking_head, ranking,

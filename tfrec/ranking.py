@@ -6,8 +6,14 @@ orders a short list of them using everything known about each pair:
 * the query tower's output ``q`` and the item tower's output ``i`` (both unit
   length, float32 [batch, d]) and their element-wise product ``q * i``;
 * optionally (``ranking.extra_features``) the item's categorical values through
-  the head's own embeddings (``categorical``) and the retrieval score
-  ``sum(q * i)`` (``retrieval_score``).
+  the head's own embeddings (``categorical``), the retrieval score
+  ``sum(q * i)`` (``retrieval_score``), and the user's labels of the history
+  items read against the candidate (``rated_history``,
+  :class:`tfrec.encoders.rated_history.RatedHistory`; needs a history query).
+
+When the query tower reads the history as items, ``q`` already holds what the
+user had; ``rated_history`` adds how they rated it, the strongest single signal
+for the next rating (the item's and the user's usual level).
 
 Head kinds: ``mlp`` (dense layers) and ``dcn`` (Deep & Cross Network: TFRS
 ``Cross`` layers, full rank or low rank with ``projection_dim``, then the same
@@ -21,15 +27,15 @@ a SavedModel is :mod:`tfrec.export.catalog_lookup`.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec.encoders.ids import IdEmbedding
+from tfrec.encoders.rated_history import RatedHistory
 
 HEAD_KINDS = ("mlp", "dcn")
 OBJECTIVES = ("regression", "binary")
-EXTRA_FEATURES = ("categorical", "retrieval_score")
+EXTRA_FEATURES = ("categorical", "retrieval_score", "rated_history")
 
 
 # --------------------------------------------------------------------- head
@@ -47,12 +53,14 @@ class RankingHead(tf.keras.layers.Layer):
         looked up from ``item_<column>`` (empty: no categorical input).
       categorical_embedding_dim: width of those embeddings.
       use_retrieval_score: also feed ``sum(q * i)`` [batch, 1].
+      rated_history_length: > 0 also feeds :class:`RatedHistory` over that many history items
+        (the ``history`` argument of :meth:`call`); 0 leaves it out.
     """
 
     def __init__(self, kind: str = "mlp", hidden_units: list[int] = (128, 64), objective: str = "regression",
                  cross_layers: int = 2, projection_dim: int | None = None,
                  categorical_vocabularies: dict[str, list[str]] | None = None, categorical_embedding_dim: int = 8,
-                 use_retrieval_score: bool = False, **kwargs):
+                 use_retrieval_score: bool = False, rated_history_length: int = 0, **kwargs):
         super().__init__(**kwargs)
         if kind not in HEAD_KINDS:
             raise ValueError(f"kind must be one of {HEAD_KINDS}, got {kind!r}")
@@ -63,6 +71,9 @@ class RankingHead(tf.keras.layers.Layer):
         self.categorical_vocabularies = {k: list(v) for k, v in (categorical_vocabularies or {}).items()}
         self.categorical_embedding_dim = categorical_embedding_dim
         self.use_retrieval_score = use_retrieval_score
+        self.rated_history_length = int(rated_history_length)
+        self.rated_history = RatedHistory(self.rated_history_length, name="rated_history") \
+            if self.rated_history_length else None
         self.categorical = {col: IdEmbedding(vocab, categorical_embedding_dim, name=f"ranking_item_{col}")
                             for col, vocab in self.categorical_vocabularies.items()}
         # DCN's cross stack: x_{l+1} = x0 * (W x_l + b) + x_l, with W = U V when low rank.
@@ -75,8 +86,9 @@ class RankingHead(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(1, dtype="float32", name="score")
 
     def features(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor,
-                 item_features: dict | None = None) -> tf.Tensor:
-        """The head's input x0: float32 [batch, 3d (+ columns * embedding dim) (+ 1)]."""
+                 item_features: dict | None = None, history: dict | None = None,
+                 training: bool = False) -> tf.Tensor:
+        """The head's input x0: float32 [batch, 3d (+ columns * embedding dim) (+ 1) (+ 9 + d)]."""
         q = tf.cast(query_embeddings, tf.float32)
         i = tf.cast(item_embeddings, tf.float32)
         parts = [q, i, q * i]
@@ -84,10 +96,15 @@ class RankingHead(tf.keras.layers.Layer):
             parts.append(layer((item_features or {})[f"item_{col}"]))
         if self.use_retrieval_score:
             parts.append(tf.reduce_sum(q * i, axis=-1, keepdims=True))
+        if self.rated_history is not None:
+            if history is None:  # no history given: the "nothing rated" input, zeros
+                history = empty_history(tf.shape(i)[0], i.shape[-1])
+            parts.append(self.rated_history(i, history["items"], history["labels"], history["mask"],
+                                            training=training))
         return tf.concat(parts, axis=-1)
 
     def call(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor, item_features: dict | None = None,
-             training: bool = False) -> tf.Tensor:
+             training: bool = False, history: dict | None = None) -> tf.Tensor:
         """Raw scores float32 [batch] (rating, or logit for ``binary``).
 
         Args:
@@ -95,8 +112,10 @@ class RankingHead(tf.keras.layers.Layer):
           item_embeddings: float32 [batch, d], the item tower's output.
           item_features: ``item_<column>`` string [batch] per categorical column
             (only read when the head has categorical inputs).
+          history: with ``rated_history``: ``items`` float32 [batch, L, d] (the item tower's output
+            per history item), ``labels`` float32 [batch, L] (NaN = unknown), ``mask`` bool [batch, L].
         """
-        x0 = self.features(query_embeddings, item_embeddings, item_features)
+        x0 = self.features(query_embeddings, item_embeddings, item_features, history, training)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
@@ -105,9 +124,9 @@ class RankingHead(tf.keras.layers.Layer):
         return tf.squeeze(tf.cast(self.out(x), tf.float32), axis=-1)
 
     def score(self, query_embeddings: tf.Tensor, item_embeddings: tf.Tensor,
-              item_features: dict | None = None) -> tf.Tensor:
+              item_features: dict | None = None, history: dict | None = None) -> tf.Tensor:
         """What callers see, float32 [batch]: the predicted rating, or the probability (binary)."""
-        raw = self(query_embeddings, item_embeddings, item_features, training=False)
+        raw = self(query_embeddings, item_embeddings, item_features, training=False, history=history)
         return tf.sigmoid(raw) if self.objective == "binary" else raw
 
     def build_variables(self, dim: int) -> None:
@@ -120,7 +139,14 @@ class RankingHead(tf.keras.layers.Layer):
                 "objective": self.objective, "cross_layers": self.cross_layers,
                 "projection_dim": self.projection_dim, "categorical_vocabularies": self.categorical_vocabularies,
                 "categorical_embedding_dim": self.categorical_embedding_dim,
-                "use_retrieval_score": self.use_retrieval_score}
+                "use_retrieval_score": self.use_retrieval_score,
+                "rated_history_length": self.rated_history_length}
+
+
+def empty_history(batch, dim: int, length: int = 1) -> dict:
+    """A head ``history`` with nothing in it: [batch, length, dim] zeros, all masked."""
+    return {"items": tf.zeros([batch, length, dim]), "labels": tf.zeros([batch, length]),
+            "mask": tf.zeros([batch, length], tf.bool)}
 
 
 # --------------------------------------------------------------------- task

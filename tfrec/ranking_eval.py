@@ -16,21 +16,38 @@ from tfrec.ranking import RankingHead
 
 
 def score_pairs(head: RankingHead, query_embeddings: np.ndarray, item_embeddings: np.ndarray,
-                item_features: dict | None = None, batch_size: int = 8192) -> np.ndarray:
+                item_features: dict | None = None, batch_size: int = 8192, history: dict | None = None,
+                catalog_embeddings: np.ndarray | None = None) -> np.ndarray:
     """:meth:`RankingHead.score` over aligned rows, in batches: float32 [n].
 
     Args:
       query_embeddings, item_embeddings: float32 [n, d], row j is one pair.
       item_features: ``item_<column>`` -> [n] strings (object arrays).
+      history: for a head with ``rated_history``: ``rows`` int [n, L] (catalog rows, -1 = padding) and
+        ``labels`` float32 [n, L]; their embeddings are gathered from ``catalog_embeddings`` [num_items, d].
     """
     fn = tf.function(head.score, reduce_retracing=True)
+    use_history = history is not None and getattr(head, "rated_history", None) is not None
     out = []
     for start in range(0, len(query_embeddings), batch_size):
         end = start + batch_size
         feats = {k: tf.constant(np.asarray(v[start:end]).astype(str)) for k, v in (item_features or {}).items()}
-        out.append(fn(tf.constant(query_embeddings[start:end], tf.float32),
-                      tf.constant(item_embeddings[start:end], tf.float32), feats).numpy())
+        args = [tf.constant(query_embeddings[start:end], tf.float32),
+                tf.constant(item_embeddings[start:end], tf.float32), feats]
+        if use_history:
+            rows = history["rows"][start:end]
+            args.append({"items": tf.constant(catalog_embeddings[np.maximum(rows, 0)], tf.float32),
+                         "labels": tf.constant(history["labels"][start:end], tf.float32),
+                         "mask": tf.constant(rows >= 0)})
+        out.append(fn(*args).numpy())
     return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+
+def split_history(examples) -> dict | None:
+    """``{"rows": int64 [n, L], "labels": float32 [n, L]}`` of a split's histories, or None without them."""
+    if examples.history is None or examples.history_label is None:
+        return None
+    return {"rows": examples.history, "labels": examples.history_label}
 
 
 def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -97,7 +114,8 @@ def label_baselines(train_items: list[str], train_targets: np.ndarray, test_item
 
 def reranking_ndcg(head: RankingHead, query_embeddings: np.ndarray, item_embeddings: np.ndarray,
                    targets: np.ndarray, catalog_features: dict | None = None, candidates: int = 100, k: int = 10,
-                   exclude: list[np.ndarray] | None = None, batch_size: int = 256) -> dict[str, float]:
+                   exclude: list[np.ndarray] | None = None, batch_size: int = 256,
+                   history: dict | None = None) -> dict[str, float]:
     """NDCG@k of each query's target within its retrieval top ``candidates``, in two orders.
 
     For each query the ``candidates`` items with the highest retrieval score
@@ -113,6 +131,7 @@ def reranking_ndcg(head: RankingHead, query_embeddings: np.ndarray, item_embeddi
       targets: int [num_queries], the target's catalog row.
       catalog_features: ``item_<column>`` -> [num_items] strings for the head.
       exclude: per query, catalog rows to leave out of retrieval (never the target).
+      history: per query ``rows`` / ``labels`` [num_queries, L] for a head with ``rated_history``.
     Returns:
       ``queries`` (how many had their target in the top ``candidates``),
       ``share`` (that count / all queries), ``ndcg@k_retrieval``,
@@ -135,13 +154,16 @@ def reranking_ndcg(head: RankingHead, query_embeddings: np.ndarray, item_embeddi
         if not found.any():
             continue
         top, t, q = top[found], t[found], query_embeddings[start:start + batch_size][found]
+        hist = None if history is None else {
+            key: np.repeat(v[start:start + batch_size][found], c, axis=0) for key, v in history.items()}
         rows = np.arange(len(t))
         cand_retrieval = scores[found][rows[:, None], top]  # [f, c]
         target_retrieval = scores[found][rows, t]
         retrieval_ranks.append((cand_retrieval >= target_retrieval[:, None]).sum(axis=1))
         flat = top.reshape(-1)
         feats = {key: np.asarray(v, dtype=object)[flat] for key, v in (catalog_features or {}).items()}
-        ranking = score_pairs(head, np.repeat(q, c, axis=0), item_embeddings[flat], feats).reshape(len(t), c)
+        ranking = score_pairs(head, np.repeat(q, c, axis=0), item_embeddings[flat], feats, history=hist,
+                              catalog_embeddings=item_embeddings).reshape(len(t), c)
         target_ranking = ranking[top == t[:, None]]  # [f]: each row holds the target once
         ranking_ranks.append((ranking >= target_ranking[:, None]).sum(axis=1))
     if not retrieval_ranks:
@@ -164,7 +186,8 @@ def label_metrics(model, data, split: str, query_embeddings: np.ndarray, item_em
     positions = np.array([catalog.position[i] for i in examples.item_id], dtype=np.int64)
     feats = {f"item_{c}": np.asarray(v, dtype=object)[positions] for c, v in catalog.categorical.items()}
     targets = model.ranking.targets(tf.constant(examples.label)).numpy()
-    predictions = score_pairs(model.ranking_head, query_embeddings, item_embeddings[positions], feats)
+    predictions = score_pairs(model.ranking_head, query_embeddings, item_embeddings[positions], feats,
+                              history=split_history(examples), catalog_embeddings=item_embeddings)
     metrics = regression_metrics if model.ranking.objective == "regression" else binary_metrics
     return metrics(targets, predictions)
 
@@ -200,7 +223,7 @@ def evaluate_ranking(model, data, split: str, query_embeddings: np.ndarray, item
               "baselines": label_baselines(data.train.item_id, train_targets, examples.item_id, targets,
                                            task.objective),
               "reranking": reranking_ndcg(head, query_embeddings, item_embeddings, positions, catalog_features,
-                                          candidates, k, exclude)}
+                                          candidates, k, exclude, history=split_history(examples))}
     if task.objective == "binary":
         report["positive_threshold"] = task.positive_threshold
     return report

@@ -103,7 +103,7 @@ def test_allowed_values_come_from_literal_annotations(tmp_path):
     f = tmp_path / "o.yaml"
     f.write_text("ranking:\n  extra_features: [categorical, price]\n")
     with pytest.raises(ConfigError, match=r"'ranking.extra_features\[1\]': expected one of categorical, "
-                                          r"retrieval_score, got 'price'"):
+                                          r"retrieval_score, rated_history, got 'price'"):
         config.build("smoke", str(f))
     with pytest.raises(ConfigError, match=r"'train.jit_compile': expected true or false, got 1"):
         config.build("smoke", None, ["train.jit_compile=1"])  # YAML's reading of the value, not the raw text

@@ -92,7 +92,8 @@ class RankingConfig:
     hidden_units: list[int] = field(default_factory=lambda: [128, 64])
     cross_layers: int = 2  # dcn: number of Cross layers
     projection_dim: Optional[int] = None  # dcn: low-rank Cross kernels; null = full rank
-    extra_features: list[Literal["categorical", "retrieval_score"]] = field(default_factory=list)
+    # rated_history: the user's labels of the history items, read against the candidate (tfrec.encoders.rated_history)
+    extra_features: list[Literal["categorical", "retrieval_score", "rated_history"]] = field(default_factory=list)
 
     def validate(self, cfg) -> None:
         """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
@@ -105,3 +106,7 @@ class RankingConfig:
         if rk.weight > 0:
             check(cfg.data.interactions.label_column is not None, "data.interactions.label_column",
                   "is required when ranking.weight > 0")
+        if "rated_history" in rk.extra_features:
+            check(bool(cfg.data.interactions.query_history_items) and cfg.model.history_encoder != "text",
+                  "ranking.extra_features", "rated_history needs a history query: data.interactions."
+                  "query_history_items and a model.history_encoder other than text")

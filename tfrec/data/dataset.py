@@ -76,6 +76,9 @@ class Examples:
     # None when queries are not built from history.
     history: np.ndarray | None = None
     weight: np.ndarray | None = None  # float32 [n], >= 0: data.interactions.sample_weight_column, if set
+    # float32 [n, query_history_items]: the label of each of those past interactions (a rating the user gave
+    # before this one; 0 where history is padding). Known at the time of the interaction, so no leakage.
+    history_label: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_id)
@@ -85,7 +88,8 @@ class Examples:
         return Examples([self.query_text[i] for i in idx], [self.item_id[i] for i in idx],
                         [self.user_id[i] for i in idx], self.label[idx], self.timestamp[idx],
                         None if self.history is None else self.history[idx],
-                        None if self.weight is None else self.weight[idx])
+                        None if self.weight is None else self.weight[idx],
+                        None if self.history_label is None else self.history_label[idx])
 
 
 @dataclass
@@ -208,16 +212,18 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     for i in sorted(known, key=lambda i: (stamps[i], i)):
         by_user[users[i]].append(i)
 
-    history = None
+    history = history_label = None
     if ic.query_history_items:  # the user's previous items, as catalog rows (and as text when there is no query)
         depth = ic.query_history_items
         history = np.full([n, depth], -1, np.int64)
+        history_label = np.zeros([n, depth], np.float32)
         history_text = [""] * n
         for seq in by_user.values():
             rows = [catalog.position[items[i]] for i in seq]
             for pos, i in enumerate(seq):
                 past = rows[max(0, pos - depth):pos][::-1]  # most recent first: truncation drops the oldest
                 history[i, :len(past)] = past
+                history_label[i, :len(past)] = labels[seq[max(0, pos - depth):pos][::-1]]
                 if not ic.query_column:
                     history_text[i] = HISTORY_SEPARATOR.join(catalog.history_texts[j] for j in past)
     if ic.query_column:
@@ -233,7 +239,7 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
 
     usable = {i for i in known if queries[i]}
     split = _split(cfg, by_user, usable, stamps, part_of)
-    full = Examples(queries, items, users, labels, stamps, history, weights)
+    full = Examples(queries, items, users, labels, stamps, history, weights, history_label)
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
@@ -326,10 +332,14 @@ def hold_out_cold_items(data: RetrievalData, fraction: float | None, seed: int) 
         kept = examples.take(np.flatnonzero(~is_cold[targets]))
         if kept.history is not None:
             history = np.full_like(kept.history, -1)
+            history_label = np.zeros(kept.history.shape, np.float32)
             for r, row in enumerate(kept.history):
-                row = row[(row >= 0) & ~is_cold[np.maximum(row, 0)]]
-                history[r, :len(row)] = row
+                warm_items = (row >= 0) & ~is_cold[np.maximum(row, 0)]
+                history[r, :warm_items.sum()] = row[warm_items]
+                if kept.history_label is not None:
+                    history_label[r, :warm_items.sum()] = kept.history_label[r][warm_items]
             kept.history = history
+            kept.history_label = history_label if kept.history_label is not None else None
         return kept
 
     train, validation = warm(data.train), warm(data.validation)

@@ -56,8 +56,14 @@ def query_features(texts: list[str], query_cache: TextCache | None = None) -> di
 
 
 def history_features(examples: Examples) -> dict:
-    """``history_item_ids``: int64 [n, length] catalog rows, most recent first, -1 padded (none if no history)."""
-    return {} if examples.history is None else {"history_item_ids": examples.history}
+    """``history_item_ids``: int64 [n, length] catalog rows, most recent first, -1 padded (none if no history),
+    and ``history_labels`` float32 [n, length], the user's label of each (for the ranking head)."""
+    if examples.history is None:
+        return {}
+    feats = {"history_item_ids": examples.history}
+    if examples.history_label is not None:
+        feats["history_labels"] = examples.history_label
+    return feats
 
 
 def query_inputs(examples: Examples, query_cache: TextCache | None, query_tower) -> dict:

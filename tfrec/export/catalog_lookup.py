@@ -46,16 +46,20 @@ class CatalogLookup(tf.Module):
 
 
 def rank_candidates(head: RankingHead, catalog: CatalogLookup, query_embeddings: tf.Tensor,
-                    item_ids: tf.Tensor) -> tf.Tensor:
+                    item_ids: tf.Tensor, history: dict | None = None) -> tf.Tensor:
     """Ranking scores float32 [batch, c] of ``item_ids`` string [batch, c] for each query [batch, d].
 
-    Ids not in the catalog (and ``""`` padding) score ``-inf``, so they sort last.
+    ``history``: the head's per-query ``history`` (``items`` [batch, L, d], ``labels`` and ``mask``
+    [batch, L]), repeated for each candidate. Ids not in the catalog (and ``""`` padding) score
+    ``-inf``, so they sort last.
     """
     shape = tf.shape(item_ids)
     flat = tf.reshape(item_ids, [-1])
     items, features, known = catalog.lookup(flat)
     queries = tf.repeat(tf.cast(query_embeddings, tf.float32), shape[1], axis=0)  # [batch * c, d]
-    scores = head.score(queries, items, features)
+    if history is not None:
+        history = {key: tf.repeat(value, shape[1], axis=0) for key, value in history.items()}
+    scores = head.score(queries, items, features, history)
     scores = tf.where(known, scores, tf.fill(tf.shape(scores), float("-inf")))
     return tf.reshape(scores, shape)
 

@@ -23,16 +23,21 @@ Signatures of every SavedModel (tokenisation is inside the graph):
 
 When the model has a ranking head (``ranking.weight > 0``), also:
 
-* ``rank``: ``query_text`` string [batch], ``item_ids`` string [batch, c] ->
+* ``rank``: the query inputs, ``item_ids`` string [batch, c] ->
   ``scores`` float32 [batch, c] (predicted rating, or probability for
   ``ranking.objective: binary``; ids not in the catalog and ``""`` score -inf).
-* ``retrieve_and_rank``: ``query_text``, optional ``exclude_item_ids`` -> the
+* ``retrieve_and_rank``: the query inputs, optional ``exclude_item_ids`` -> the
   top k retrieved items re-ordered by the ranking head: ``item_ids`` string
   [batch, k], ``ranking_scores`` and ``retrieval_scores`` float32 [batch, k].
+
+A head with ``rated_history`` (and a history query) also reads ``history_labels``
+float32 [batch, h] in both: the user's label of each history item, aligned with
+``history_item_ids``; its default (NaN) means unknown, and the head scores without them.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -53,13 +58,35 @@ log = logging.getLogger("tfrec")
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
 _NO_TEXT = tf.constant([""])  # [1]: broadcast to [batch]
 _NO_HISTORY = tf.constant([[""]])  # [1, 1]: broadcast to [batch, 1]
+_NO_LABELS = tf.constant([[float("nan")]])  # [1, 1]: broadcast to the history's [batch, h]; NaN = unknown
+
+
+def _query_features(inputs: dict) -> dict:
+    """The served query inputs -> the query tower's features, broadcast to one batch.
+
+    With both ``query_text`` [b] and ``history_item_ids`` [b, h], either may be a
+    default ([1] / [1, 1]) that stands for "not given"; ``history_labels`` follows the history.
+    """
+    if len(inputs) == 1 or "history_item_ids" not in inputs:
+        return dict(inputs)
+    history = inputs["history_item_ids"]
+    batch = tf.shape(history)[0]
+    if "query_text" in inputs:
+        batch = tf.maximum(tf.shape(inputs["query_text"])[0], batch)
+    shape = tf.stack([batch, tf.shape(history)[1]])
+    features = {"history_item_ids": tf.broadcast_to(history, shape)}
+    if "query_text" in inputs:
+        features["query_text"] = tf.broadcast_to(inputs["query_text"], [batch])
+    if "history_labels" in inputs:
+        features["history_labels"] = tf.broadcast_to(inputs["history_labels"], shape)
+    return features
 
 
 class RetrievalModule(tf.Module):
     """What a served version holds: the towers and one index over the catalog.
 
     Args:
-      query_tower: raw ``query_text`` -> float32 [batch, d].
+      query_tower: the query inputs (``query_text`` and/or ``history_item_ids``) -> float32 [batch, d].
       item_tower: item features -> float32 [batch, d].
       index: a :mod:`tfrec.index` index over the catalog's item embeddings.
       categorical_columns: the item tower's categorical columns.
@@ -77,80 +104,99 @@ class RetrievalModule(tf.Module):
         for col in self.categorical_columns:
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
-        self.retrieve = self._query_function(self._retrieve, True)
-        self.embed_query = self._query_function(self._embed_query, False)
         self.ranking_head, self.catalog = ranking_head, catalog
-        if ranking_head is not None and query_tower.history_encoder is not None:
-            log.info("export: no rank / retrieve_and_rank signatures yet for a query tower that reads history items")
-            self.ranking_head = None
-        elif ranking_head is not None:
-            query_spec = tf.TensorSpec([None], tf.string, name="query_text")
-            self.rank = tf.function(self._rank, input_signature=[
-                query_spec, tf.TensorSpec([None, None], tf.string, name="item_ids")])
-            self.retrieve_and_rank = tf.function(self._retrieve_and_rank, input_signature=[
-                query_spec, tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")])
+        exclusions = [(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"), _NO_EXCLUSIONS)]
+        self.retrieve = self._query_function(self._retrieve, optional=exclusions)
+        self.embed_query = self._query_function(self._embed_query)
+        if ranking_head is not None:
+            self.rank = self._query_function(
+                self._rank, required=[tf.TensorSpec([None, None], tf.string, name="item_ids")], with_labels=True)
+            self.retrieve_and_rank = self._query_function(self._retrieve_and_rank, optional=exclusions,
+                                                          with_labels=True)
 
-    def _query_inputs(self) -> list[tf.TensorSpec]:
-        specs = []
+    def _reads_labels(self) -> bool:
+        """The ranking head reads the user's labels of the history items (``history_labels``)."""
+        return self.ranking_head is not None and self.ranking_head.rated_history is not None \
+            and self.query_tower.history_encoder is not None
+
+    def _query_inputs(self, with_labels: bool) -> list[tuple[tf.TensorSpec, tf.Tensor]]:
+        """(spec, default) of each query input; a model with one query input gets no default (it is required)."""
+        inputs = []
         if self.query_tower.encoder is not None:
-            specs.append(tf.TensorSpec([None], tf.string, name="query_text"))
+            inputs.append((tf.TensorSpec([None], tf.string, name="query_text"), _NO_TEXT))
         if self.query_tower.history_encoder is not None:
-            specs.append(tf.TensorSpec([None, None], tf.string, name="history_item_ids"))
-        return specs
+            inputs.append((tf.TensorSpec([None, None], tf.string, name="history_item_ids"), _NO_HISTORY))
+        if len(inputs) == 1:
+            inputs = [(inputs[0][0], None)]
+        if with_labels and self._reads_labels():  # NaN: labels unknown, the head scores without them
+            inputs.append((tf.TensorSpec([None, None], tf.float32, name="history_labels"), _NO_LABELS))
+        return inputs
 
-    def _query_function(self, body, with_exclusions: bool):
-        """A tf.function over the query inputs (and ``exclude_item_ids``) calling ``body(features[, exclude])``.
+    def _query_function(self, body, required: list[tf.TensorSpec] = (),
+                        optional: list[tuple[tf.TensorSpec, tf.Tensor]] = (), with_labels: bool = False):
+        """A tf.function over the query inputs plus ``required`` and ``optional`` (spec, default) inputs.
 
-        Python defaults become the SignatureDef's defaults, so TF Serving may omit those inputs.
+        ``body(features, inputs)`` gets the query tower's ``features`` (query inputs broadcast to one
+        batch) and every input by name. Python defaults become the SignatureDef's defaults, so TF
+        Serving may omit those inputs. ``with_labels``: also ``history_labels`` when the ranking head reads them.
         """
-        specs = self._query_inputs()
-        names = [spec.name for spec in specs]
-        if with_exclusions:
-            specs.append(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"))
-        if names == ["query_text", "history_item_ids"]:
-            def both(query_text=_NO_TEXT, history_item_ids=_NO_HISTORY, exclude_item_ids=_NO_EXCLUSIONS):
-                batch = tf.maximum(tf.shape(query_text)[0], tf.shape(history_item_ids)[0])
-                history = tf.broadcast_to(history_item_ids, tf.stack([batch, tf.shape(history_item_ids)[1]]))
-                features = {"query_text": tf.broadcast_to(query_text, [batch]), "history_item_ids": history}
-                return body(features, exclude_item_ids) if with_exclusions else body(features)
-            fn = both if with_exclusions else (lambda query_text=_NO_TEXT, history_item_ids=_NO_HISTORY: both(
-                query_text, history_item_ids))
-        elif with_exclusions:
-            def fn(query, exclude_item_ids=_NO_EXCLUSIONS):
-                return body({names[0]: query}, exclude_item_ids)
-        else:
-            def fn(query):
-                return body({names[0]: query})
-        return tf.function(fn, input_signature=specs)
+        query = self._query_inputs(with_labels)
+        params = [(spec, None) for spec in required] + [q for q in query if q[1] is None]
+        params += [q for q in query if q[1] is not None] + list(optional)
+        query_names = [spec.name for spec, _ in query]
+        signature = inspect.Signature([
+            inspect.Parameter(spec.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              **({} if default is None else {"default": default})) for spec, default in params])
+
+        def fn(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            inputs = dict(bound.arguments)
+            return body(_query_features({n: inputs[n] for n in query_names}), inputs)
+
+        fn.__signature__ = signature  # tf.function reads the parameter names and defaults from it
+        return tf.function(fn, input_signature=[spec for spec, _ in params])
 
     def _query(self, features: dict) -> tf.Tensor:
         return self.query_tower(features, training=False)
 
-    def _retrieve(self, features, exclude_item_ids=_NO_EXCLUSIONS):
-        query = self._query(features)
+    def _search(self, query: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch = tf.shape(query)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
         # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
         # mixed up methods of the three index classes when all are exported in one process.
-        scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
+        return tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
+
+    def _retrieve(self, features, inputs):
+        scores, item_ids = self._search(self._query(features), inputs["exclude_item_ids"])
         return {"item_ids": item_ids, "scores": scores}
 
-    def _embed_query(self, features):
+    def _embed_query(self, features, inputs):
         return {"embedding": self._query(features)}
 
     def _embed_item(self, features):
         return {"embedding": self.item_tower(features, training=False)}
 
-    def _rank(self, query_text, item_ids):
-        query = self.query_tower({"query_text": query_text}, training=False)
-        return {"scores": rank_candidates(self.ranking_head, self.catalog, query, item_ids)}
+    def _ranking_history(self, features: dict) -> dict | None:
+        """The head's ``history`` from the served history ids (catalog embeddings) and labels, or None."""
+        if not self._reads_labels():
+            return None
+        history = features["history_item_ids"]
+        items, _, known = self.catalog.lookup(tf.reshape(history, [-1]))
+        shape = tf.shape(history)
+        return {"items": tf.reshape(items, tf.concat([shape, [-1]], 0)), "mask": tf.reshape(known, shape),
+                "labels": tf.broadcast_to(features["history_labels"], shape)}
 
-    def _retrieve_and_rank(self, query_text, exclude_item_ids=_NO_EXCLUSIONS):
-        query = self.query_tower({"query_text": query_text}, training=False)  # once, for both stages
-        batch = tf.shape(query_text)[0]
-        exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
-        retrieval_scores, item_ids = tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
-        ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids)
+    def _rank(self, features, inputs):
+        query = self._query(features)
+        return {"scores": rank_candidates(self.ranking_head, self.catalog, query, inputs["item_ids"],
+                                          self._ranking_history(features))}
+
+    def _retrieve_and_rank(self, features, inputs):
+        query = self._query(features)  # once, for both stages
+        retrieval_scores, item_ids = self._search(query, inputs["exclude_item_ids"])
+        ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids,
+                                         self._ranking_history(features))
         ranking_scores, item_ids, retrieval_scores = rerank(ranking_scores, item_ids, retrieval_scores)
         return {"item_ids": item_ids, "ranking_scores": ranking_scores, "retrieval_scores": retrieval_scores}
 
