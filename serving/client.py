@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import serving  # noqa: F401  (tfrec's environment before any tensorflow import)
-from serving import client_metadata
+from serving import client_metadata, item_texts
 from tfrec.export import layout
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -314,27 +314,6 @@ class GrpcClient(_Client):
         self.channel.close()
 
 
-def read_items(path: str | Path) -> dict[str, str]:
-    """``item_id<TAB>text`` lines (an ``item_id`` header line is skipped) -> {id: text}."""
-    items = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        item_id, _, text = line.partition("\t")
-        if item_id and item_id != "item_id":
-            items[item_id] = text
-    return items
-
-
-def find_items_file(model_base_path: str | None, job_dir: str | None, model_name: str
-                    ) -> Path | None:
-    """The newest version's ``assets.extra/items.tsv``, if there is one."""
-    base = Path(model_base_path) if model_base_path else (
-        Path(job_dir) / "export" / model_name if job_dir else None)
-    if base is None or (version := layout.latest_version(base)) is None:
-        return None
-    path = base / str(version) / "assets.extra" / "items.tsv"
-    return path if path.is_file() else None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.client",
                                 description="Query a tfrec model server and print the top items, or list "
@@ -391,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ServingError, OSError) as e:
         print(f"serving.client: {e}", file=sys.stderr)
         return 1
-    items_path = args.items or find_items_file(args.model_base_path, args.job_dir, model_name)
-    texts = read_items(items_path) if items_path else {}
+    items_path = args.items or item_texts.find_items_file(args.model_base_path, args.job_dir, model_name)
+    texts = item_texts.read_items(items_path) if items_path else {}
     for query, pairs in zip(args.query or [None], results):
         print(f"query: {query}" if query is not None else f"history: {' '.join(args.history)}")
         for rank, (item_id, score) in enumerate(pairs, 1):

@@ -15,7 +15,6 @@ import os
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import yaml
