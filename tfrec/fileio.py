@@ -94,10 +94,19 @@ def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+def _open_new(path: str | os.PathLike, mode: str):
+    """``GFile(path, mode)`` on an empty file: TensorFlow's ``ram://`` file system appends to an existing file
+    opened with ``"w"`` instead of truncating it, so an old one is deleted first."""
+    gfile = _gfile()
+    if gfile.exists(str(path)):
+        gfile.remove(str(path))
+    return gfile.GFile(str(path), mode)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` (not atomically; see :func:`write_atomic`)."""
     if is_url(path):
-        with _gfile().GFile(str(path), "w") as f:
+        with _open_new(path, "w") as f:
             f.write(text)
     else:
         Path(path).write_text(text)
@@ -126,7 +135,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     if is_url(path):
         gfile = _gfile()
         try:
-            with gfile.GFile(tmp, mode) as f:
+            with _open_new(tmp, mode) as f:
                 write(f)
             gfile.rename(tmp, target, overwrite=True)
         except BaseException:

@@ -370,14 +370,14 @@ def write_projector(log_dir: str, embeddings: np.ndarray, catalog) -> None:
     # The projector reads a header row only when there are two or more columns (always the case here).
     rows = ["\t".join(columns)] + ["\t".join(cell(col[i]) for col in columns.values())
                                    for i in range(len(catalog.item_ids))]
-    with tf.io.gfile.GFile(os.path.join(folder, "metadata.tsv"), "w") as f:
-        f.write("\n".join(rows) + "\n")
+    fileio.write_text(os.path.join(folder, "metadata.tsv"), "\n".join(rows) + "\n")
     variable = tf.Variable(embeddings, name="item_embeddings")
     tf.train.Checkpoint(embedding=variable).save(os.path.join(folder, "embedding.ckpt"))
     config = projector.ProjectorConfig()
     emb = config.embeddings.add()
     emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
     emb.metadata_path = "metadata.tsv"
+    fileio.remove(os.path.join(folder, "projector_config.pbtxt"))  # ram:// appends to a file opened with "w"
     projector.visualize_embeddings(folder, config)
 
 

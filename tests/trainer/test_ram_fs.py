@@ -85,6 +85,13 @@ def test_smoke_trains_evaluates_and_exports_on_ram(ram_data, tmp_path, monkeypat
     assert "cache: reused" in logged and "popularity baseline reused" in logged
     assert list(tmp_path.iterdir()) == []
 
+    # Re-exporting the finished run reads params.yaml and the best weights from ram:// too.
+    from serving import export as export_cli
+
+    assert export_cli.main(["--job-dir", job]) == 0
+    assert "export/smoke/2/saved_model.pb" in _files(job)
+    assert list(tmp_path.iterdir()) == []
+
 
 def test_unregistered_scheme_is_refused_in_one_line(capsys):
     assert task.main(["--preset", "smoke", "--job-dir", "nosuchfs://bucket/run"]) == 2
@@ -141,3 +148,15 @@ def test_best_swap_killed_on_ram_recovers_the_complete_copy(killed_at):
     assert saver.state["best_epoch"] == 3 and saver.state["best"] == 0.5
     model.load_weights(f"{directory}/best/weights")
     assert model.w.numpy().tolist() == [1.0, 2.0]
+
+
+def test_rewriting_a_file_on_ram_replaces_it():
+    """TensorFlow's ram:// file system appends to an existing file opened with "w"; fileio's writes replace it."""
+    path = f"{ROOT}/rewrite/params.yaml"
+    fileio.rmtree(f"{ROOT}/rewrite")
+    fileio.write_text(path, "a: 1\nb: 2\n")
+    fileio.write_text(path, "a: 3\n")
+    assert fileio.read_text(path) == "a: 3\n"
+    fileio.write_atomic(path, lambda f: f.write("long text " * 10))
+    fileio.write_atomic(path, lambda f: f.write("short"))
+    assert fileio.read_text(path) == "short"

@@ -355,12 +355,13 @@ def load_trained(job_dir: str | Path):
     from tfrec.data import dataset, pipeline
     from tfrec.models import build_model
 
-    job = Path(job_dir)
-    if not (job / "params.yaml").is_file():
+    job = fileio.location(job_dir)  # a local Path or a URL (tf.io.gfile)
+    params = fileio.join(job, "params.yaml")
+    if not fileio.isfile(params):
         raise UserError(f"{job}: no params.yaml; not a tfrec job dir (train first with python -m trainer.task)")
-    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(job / "params.yaml")))
-    best = job / "checkpoints" / "best" / "weights.index"
-    if not best.is_file():
+    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(params)))
+    best = fileio.join(job, "checkpoints", "best", "weights.index")
+    if not fileio.isfile(best):
         raise UserError(f"{job}: no trained weights at {best}")
     data = dataset.load(cfg.data, base_dir=str(job))
     model = build_model(cfg, data.catalog, data.item_probability())
@@ -376,5 +377,5 @@ def load_trained(job_dir: str | Path):
         pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability(),
                                    query_text=model.query_tower.encoder is not None), 2)))
     model.query_tower(sample), model.item_tower(sample)
-    model.load_weights(str(job / "checkpoints" / "best" / "weights")).expect_partial()
+    model.load_weights(str(fileio.join(job, "checkpoints", "best", "weights"))).expect_partial()
     return cfg, model, data
