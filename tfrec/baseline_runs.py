@@ -1,7 +1,8 @@
 """Which baselines a run compares its model with, and with what budget; each timed and kept in the job dir.
 
-``eval.baselines`` names them (``BASELINES``): ``popularity`` (no training),
-``id_sequence`` (an ID-only model over the same history window,
+``eval.baselines`` names them (``BASELINES``): ``popularity`` and ``bm25``
+(BM25 of the query text over the item texts, :mod:`tfrec.lexical`), neither
+trained, ``id_sequence`` (an ID-only model over the same history window,
 :mod:`tfrec.baselines`) and ``id_two_tower`` (user id -> item id). A learned baseline is given the
 model's own batch size, epoch budget and early stopping on the same seeded
 validation sample (:class:`BaselineBudget`), never more, so no baseline can
@@ -141,10 +142,17 @@ class Baseline:
     needs_users: bool = False
     needs_in_memory: bool = False
     needs_history: bool = False  # queries built from each user's recent items (history_item_ids)
+    needs_query_text: bool = False  # a query text column (data.interactions.query_column)
 
 
 def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
     return evaluate.popularity_baseline(data, split, budget.ks, budget.exclude_seen)
+
+
+def _bm25(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    from tfrec.baselines import bm25_baseline
+
+    return bm25_baseline(data, split, budget.ks, budget.exclude_seen)
 
 
 def _id_sequence(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -163,15 +171,19 @@ def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) 
 # ``eval.baselines`` names these; a new baseline is one entry here.
 BASELINES: dict[str, Baseline] = {
     "popularity": Baseline(_popularity),
+    "bm25": Baseline(_bm25, needs_query_text=True),
     "id_sequence": Baseline(_id_sequence, needs_in_memory=True, needs_history=True),
     "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
 }
 
 
-def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool) -> str | None:
+def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool, has_query_text: bool = True
+                ) -> str | None:
     """Why ``baseline`` cannot run on ``data`` (one phrase for the log), or None when it can."""
     if baseline.needs_users and not has_users:
         return "it needs data.interactions.user_id_column"
+    if baseline.needs_query_text and not has_query_text:
+        return "it needs query text (data.interactions.query_column)"
     if baseline.needs_history and data.train.history is None:
         return "it needs history-built queries (data.interactions.query_history_items)"
     if baseline.needs_in_memory and data.stream is not None:
@@ -212,7 +224,8 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) 
     results = {}
     for name in baseline_names(cfg.eval.baselines):
         baseline = BASELINES[name]
-        why = unavailable(baseline, data, bool(cfg.data.interactions.user_id_column))
+        why = unavailable(baseline, data, bool(cfg.data.interactions.user_id_column),
+                          cfg.data.interactions.query_column is not None)
         if why:
             log.info("eval: no %s baseline (%s)", name, why)
             continue

@@ -9,7 +9,10 @@ epochs and early stopping (best validation ``train.early_stopping_metric``,
 ``train.early_stopping_patience``), so the gap to the model is what item text,
 categorical features and the shared item tower add.
 
-``popularity`` is in :mod:`tfrec.evaluate` (no training).
+``bm25`` (:mod:`tfrec.lexical`, no training) ranks the catalog by BM25 of the
+query text against the item texts, popularity breaking ties; it is what a
+search team would run before any model. ``popularity`` is in
+:mod:`tfrec.evaluate` (no training).
 """
 
 from __future__ import annotations
@@ -81,6 +84,16 @@ def id_sequence_baseline(cfg, data: RetrievalData, split: str, ks: list[int], ex
     """Metrics of the trained ``id_sequence`` model on ``split`` (same metrics as the model's)."""
     q, items = id_sequence_embeddings(cfg, data, split)
     return evaluate.evaluate_embeddings(q, items, data, split, ks, exclude_seen)
+
+
+def bm25_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
+    """Metrics of BM25 over the item texts for ``split``'s query texts (same metrics as the model's)."""
+    from tfrec.lexical import BM25
+
+    tie_order = np.argsort(np.argsort(evaluate.popularity_scores(data)))  # more popular: higher
+    targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
+    ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets, tie_order, exclude)
+    return evaluate.metrics_from_ranks(ranks, ks)
 
 
 class _KeepBest(tf.keras.callbacks.Callback):

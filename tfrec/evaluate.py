@@ -294,11 +294,15 @@ def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed:
 
 
 # ----------------------------------------------------------------- baselines
+def popularity_scores(data: RetrievalData) -> np.ndarray:
+    """float64 [num_items], all distinct: training interaction count, ties broken by catalog order."""
+    n = len(data.catalog)
+    return data.item_counts().astype(np.float64) - np.arange(n) / (2.0 * n)
+
+
 def popularity_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
     """Every query gets the catalog ordered by training interaction count."""
-    n = len(data.catalog)
-    # Ties between equally popular items are broken by catalog order.
-    scores = data.item_counts().astype(np.float64) - np.arange(n) / (2.0 * n)
+    scores = popularity_scores(data)
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
     return metrics_from_ranks(ranks_from_item_scores(scores.astype(np.float32), targets, exclude), ks)
 
