@@ -81,20 +81,6 @@ def test_blocked_ranks_and_metrics_equal_the_dense_computation(ties, exclude_see
             assert evaluate.metrics_from_ranks(blocked, [1, 5, 10]) == evaluate.metrics_from_ranks(dense, [1, 5, 10])
 
 
-@pytest.mark.parametrize("exclude_seen", [False, True])
-def test_running_top_k_equals_a_stable_sort_of_the_whole_row(exclude_seen):
-    q, items, _, exclude = _random_case(5)
-    exclude = exclude if exclude_seen else None
-    scores = q @ items.T
-    for r, skip in enumerate(exclude or []):
-        scores[r, skip] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")  # equal scores: lower row first
-    for k, item_chunk in [(1, 4), (10, 4), (10, 3), (37, 8), (50, 1000)]:
-        top_scores, top_rows = evaluate.top_k(q, items, k, exclude, query_chunk=6, item_chunk=item_chunk)
-        np.testing.assert_array_equal(top_rows, order[:, :min(k, 37)])
-        np.testing.assert_array_equal(top_scores, np.take_along_axis(scores, order[:, :min(k, 37)], axis=1))
-
-
 def test_popularity_ranks_by_sorting_equal_the_blocked_ranks():
     _, _, targets, exclude = _random_case(2)
     scores = np.random.default_rng(0).integers(0, 5, size=37).astype(np.float32)  # many ties
