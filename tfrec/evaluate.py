@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -31,17 +32,41 @@ QUERY_CHUNK = 1024
 ITEM_CHUNK = 1024
 
 
+# One compiled function per tower, for as long as the tower lives: the validation pass of every epoch reuses the
+# graphs traced in the first instead of tracing the tower again. Weak keys, and a function that holds the tower
+# only weakly, so the cache keeps no tower alive.
+_EMBED_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tower_fn(tower) -> tf.types.experimental.PolymorphicFunction:
+    """``tower(features, training=False)`` as a ``tf.function``, the same one at every call for the same tower.
+
+    The graph reads the tower's variables when it runs, not when it is traced,
+    so weights changed by training between calls are the ones used.
+    """
+    try:
+        fn = _EMBED_FNS.get(tower)
+    except TypeError:  # neither hashable nor weakly referenceable: a function for this call only
+        return tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
+    if fn is None:
+        ref = weakref.ref(tower)
+        fn = _EMBED_FNS[tower] = tf.function(lambda f: ref()(f, training=False), reduce_retracing=True)
+    return fn
+
+
 def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, progress: str | None = None
           ) -> np.ndarray:
     """Runs a tower over feature arrays in batches: float32 [n, dim].
 
     Memory stays bounded by one batch of inputs plus the [n, dim] output. With
     ``progress`` (a label), a progress bar shows on a terminal (not in logs).
+    The tower is traced once (twice with a last, shorter batch) and the traced
+    function is reused by later calls on the same tower (:func:`_tower_fn`).
     """
     from tqdm.auto import tqdm
 
     n = len(next(iter(features.values())))
-    fn = tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
+    fn = _tower_fn(tower)
     out = []
     quiet = progress is None or not log.isEnabledFor(logging.INFO)
     for start in tqdm(range(0, n, batch_size), desc=progress, disable=True if quiet else None, unit="batch",
