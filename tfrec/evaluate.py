@@ -9,14 +9,15 @@ score ranks before it), so a constant model cannot look good.
 Scores are computed in blocks of ``query_chunk`` queries x ``item_chunk``
 items, so memory stays at one block (``[query_chunk, item_chunk]`` float32)
 whatever the catalog size: a rank is a running count of the items that score
-at least the target's score, and :func:`top_k` keeps a running top k per
-query. Neither ever holds a ``[num_queries, num_items]`` matrix.
+at least the target's score, so no ``[num_queries, num_items]`` matrix is ever
+held. (Serving's top k is :func:`tfrec.index.base.chunked_top_k`.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -31,17 +32,41 @@ QUERY_CHUNK = 1024
 ITEM_CHUNK = 1024
 
 
+# One compiled function per tower, for as long as the tower lives: the validation pass of every epoch reuses the
+# graphs traced in the first instead of tracing the tower again. Weak keys, and a function that holds the tower
+# only weakly, so the cache keeps no tower alive.
+_EMBED_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tower_fn(tower) -> tf.types.experimental.PolymorphicFunction:
+    """``tower(features, training=False)`` as a ``tf.function``, the same one at every call for the same tower.
+
+    The graph reads the tower's variables when it runs, not when it is traced,
+    so weights changed by training between calls are the ones used.
+    """
+    try:
+        fn = _EMBED_FNS.get(tower)
+    except TypeError:  # neither hashable nor weakly referenceable: a function for this call only
+        return tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
+    if fn is None:
+        ref = weakref.ref(tower)
+        fn = _EMBED_FNS[tower] = tf.function(lambda f: ref()(f, training=False), reduce_retracing=True)
+    return fn
+
+
 def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, progress: str | None = None
           ) -> np.ndarray:
     """Runs a tower over feature arrays in batches: float32 [n, dim].
 
     Memory stays bounded by one batch of inputs plus the [n, dim] output. With
     ``progress`` (a label), a progress bar shows on a terminal (not in logs).
+    The tower is traced once (twice with a last, shorter batch) and the traced
+    function is reused by later calls on the same tower (:func:`_tower_fn`).
     """
     from tqdm.auto import tqdm
 
     n = len(next(iter(features.values())))
-    fn = tf.function(lambda f: tower(f, training=False), reduce_retracing=True)
+    fn = _tower_fn(tower)
     out = []
     quiet = progress is None or not log.isEnabledFor(logging.INFO)
     for start in tqdm(range(0, n, batch_size), desc=progress, disable=True if quiet else None, unit="batch",
@@ -69,19 +94,6 @@ def _chunk_exclusions(exclude: list[np.ndarray] | None, start: int, stop: int,
     if not rows:
         return np.zeros([0], np.int64), np.zeros([0], np.int64)
     return np.concatenate(rows), np.concatenate(cols)
-
-
-def _item_blocks(queries: tf.Tensor, items: tf.Tensor, rows: np.ndarray, cols: np.ndarray, item_chunk: int):
-    """Yields (first item row, scores float32 [b, c]) per item block, excluded pairs at -inf."""
-    n_items = int(items.shape[0])
-    for c0 in range(0, n_items, item_chunk):
-        c1 = min(c0 + item_chunk, n_items)
-        scores = tf.matmul(queries, items[c0:c1], transpose_b=True)
-        inside = (cols >= c0) & (cols < c1)
-        if inside.any():
-            idx = np.stack([rows[inside], cols[inside] - c0], axis=1)
-            scores = tf.tensor_scatter_nd_update(scores, idx, tf.fill([len(idx)], -np.inf))
-        yield c0, scores
 
 
 def _count_in_block(queries: tf.Tensor, block: tf.Tensor, first: tf.Tensor, thresholds: tf.Tensor,
@@ -174,45 +186,6 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
                                      tf.constant(cols, tf.int32),
                                      tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
     return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
-
-
-def top_k(query_embeddings: np.ndarray, item_embeddings: np.ndarray, k: int,
-          exclude: list[np.ndarray] | None = None, query_chunk: int = QUERY_CHUNK, item_chunk: int = ITEM_CHUNK
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's k best items, merged block by block (a running top k).
-
-    Equal scores keep catalog order (the lower row first), as a stable sort of
-    the full row would; excluded items score -inf.
-
-    Args:
-      query_embeddings: float32 [num_queries, dim].
-      item_embeddings: float32 [num_items, dim].
-      k: how many (at most num_items).
-      exclude: per query, item rows to leave out.
-    Returns:
-      (scores float32 [num_queries, k], item rows int64 [num_queries, k]), best first.
-    """
-    items = tf.constant(item_embeddings, tf.float32)
-    k = min(k, int(items.shape[0]))
-    out_scores, out_rows = [], []
-    for start in range(0, len(query_embeddings), query_chunk):
-        q = tf.constant(query_embeddings[start:start + query_chunk], tf.float32)
-        rows, cols = _chunk_exclusions(exclude, start, start + int(q.shape[0]))
-        best_scores = tf.zeros([q.shape[0], 0], tf.float32)
-        best_rows = tf.zeros([q.shape[0], 0], tf.int64)
-        for c0, scores in _item_blocks(q, items, rows, cols, item_chunk):
-            # The running best hold lower rows than the block, so top_k's lower-index-first tie rule keeps
-            # catalog order across blocks.
-            scores = tf.concat([best_scores, scores], axis=1)
-            block_rows = tf.range(c0, c0 + scores.shape[1] - best_rows.shape[1], dtype=tf.int64)
-            candidates = tf.concat([best_rows, tf.broadcast_to(block_rows, [q.shape[0], len(block_rows)])], 1)
-            best_scores, at = tf.math.top_k(scores, k=min(k, int(scores.shape[1])))
-            best_rows = tf.gather(candidates, at, batch_dims=1)
-        out_scores.append(best_scores.numpy())
-        out_rows.append(best_rows.numpy())
-    if not out_scores:
-        return np.zeros([0, k], np.float32), np.zeros([0, k], np.int64)
-    return np.concatenate(out_scores), np.concatenate(out_rows)
 
 
 def ranks_from_item_scores(item_scores: np.ndarray, targets: np.ndarray,

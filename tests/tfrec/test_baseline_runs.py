@@ -97,6 +97,52 @@ def test_id_two_tower_numbers_ids_as_string_lookup_and_groups_steps_without_chan
     assert baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=2, batch_size=64, patience=None) == grouped
 
 
+def test_id_two_tower_batches_are_reshuffled_every_epoch_and_seeded():
+    import numpy as np
+
+    def epochs(times):
+        rng = np.random.default_rng(0)
+        return [[b.numpy().tolist() for b in baseline_runs._epoch_rows(50, 8, rng)] for _ in range(times)]
+
+    first, second, third = epochs(3)
+    for batches in (first, second, third):
+        assert [len(b) for b in batches] == [8] * 6 + [2]
+        assert sorted(sum(batches, [])) == list(range(50))  # every row once per epoch
+    assert first != second and second != third and first != third  # a new order every epoch
+    assert epochs(3) == [first, second, third]  # a rerun sees the same order in each epoch
+
+
+def test_id_two_tower_fit_sees_a_new_order_every_epoch_and_traces_once(smoke, monkeypatch):
+    import tensorflow as tf
+
+    cfg, data = smoke
+    epochs, traces, real = [], [], baseline_runs._epoch_rows
+
+    def record(rows):
+        epochs[-1].extend(rows.numpy().tolist())
+        return rows
+
+    def recorded(n, batch_size, rng):
+        return real(n, batch_size, rng).map(lambda rows: tf.ensure_shape(tf.py_function(record, [rows], tf.int64),
+                                                                         [None]))
+
+    fit = tf.keras.Model.fit
+
+    def counted_fit(self, *args, **kwargs):
+        epochs.append([])
+        history = fit(self, *args, **kwargs)
+        traces.append(self.train_function.experimental_get_tracing_count())
+        return history
+
+    monkeypatch.setattr(baseline_runs, "_epoch_rows", recorded)
+    monkeypatch.setattr(tf.keras.Model, "fit", counted_fit)
+    baseline_runs.id_two_tower_baseline(data, "test", [10], epochs=3, batch_size=64, patience=None)
+    assert len(epochs) == 3
+    assert all(sorted(rows) == list(range(len(data.train))) for rows in epochs)  # each fit call: every row once
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    assert traces[1:] == traces[:-1]  # a new dataset every epoch, the train step traced in the first one only
+
+
 def test_baseline_names_from_the_config_value():
     from tfrec.errors import ConfigError
 

@@ -47,6 +47,39 @@ def test_embed_runs_in_batches_with_a_terminal_only_progress_bar(capsys):
     assert "embedding the catalog" not in capsys.readouterr().err  # not a terminal: no bar in the logs
 
 
+def test_embed_traces_a_tower_once_and_sees_its_new_weights():
+    import gc
+    import weakref
+
+    import tensorflow as tf
+
+    class Tower(tf.keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.traces = 0  # Python runs only while tracing
+            self.dense = tf.keras.layers.Dense(3)
+
+        def call(self, features, training=False):
+            self.traces += 1
+            return self.dense(tf.cast(features["x"], tf.float32)[:, None])
+
+    tower, x = Tower(), np.arange(10, dtype=np.int64)
+    evaluate.embed(tower, {"x": x}, batch_size=4)  # batches of 4, 4, 2
+    traced = tower.traces
+    assert traced >= 1
+    tower.dense.kernel.assign(tower.dense.kernel * 2.0 + 1.0)  # an epoch of training in between
+    for rows in (x, x[:7]):  # the next epoch, and another sample size
+        out = evaluate.embed(tower, {"x": rows}, batch_size=4)
+        np.testing.assert_allclose(out, tower({"x": tf.constant(rows)}).numpy(), rtol=1e-6)
+    assert tower.traces == traced + 2  # the two direct calls above, no new trace inside embed
+    assert evaluate._tower_fn(tower).experimental_get_tracing_count() == traced
+
+    gone = weakref.ref(tower)
+    del tower
+    gc.collect()
+    assert gone() is None  # the cache keeps no tower alive
+
+
 def _dense_ranks(q, items, targets, exclude):
     """The whole [queries, items] matrix at once: the reference the blocked code must equal."""
     scores = q.astype(np.float32) @ items.astype(np.float32).T
@@ -79,20 +112,6 @@ def test_blocked_ranks_and_metrics_equal_the_dense_computation(ties, exclude_see
             blocked = evaluate.target_ranks(q, items, targets, exclude, query_chunk, item_chunk)
             assert blocked.tolist() == dense.tolist(), (seed, query_chunk, item_chunk)
             assert evaluate.metrics_from_ranks(blocked, [1, 5, 10]) == evaluate.metrics_from_ranks(dense, [1, 5, 10])
-
-
-@pytest.mark.parametrize("exclude_seen", [False, True])
-def test_running_top_k_equals_a_stable_sort_of_the_whole_row(exclude_seen):
-    q, items, _, exclude = _random_case(5)
-    exclude = exclude if exclude_seen else None
-    scores = q @ items.T
-    for r, skip in enumerate(exclude or []):
-        scores[r, skip] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")  # equal scores: lower row first
-    for k, item_chunk in [(1, 4), (10, 4), (10, 3), (37, 8), (50, 1000)]:
-        top_scores, top_rows = evaluate.top_k(q, items, k, exclude, query_chunk=6, item_chunk=item_chunk)
-        np.testing.assert_array_equal(top_rows, order[:, :min(k, 37)])
-        np.testing.assert_array_equal(top_scores, np.take_along_axis(scores, order[:, :min(k, 37)], axis=1))
 
 
 def test_popularity_ranks_by_sorting_equal_the_blocked_ranks():
