@@ -151,7 +151,8 @@ def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, mode
       model_queries: float32 [num_test, dim] the model's test queries; model_items: [num_items, dim].
       item_cache: the frozen item text encoder's outputs, for the ``content`` baseline (None: left out).
     Returns:
-      {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content"}}.
+      {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content", "bm25"}}
+      (``content`` with history-built queries, ``bm25`` with query text).
     """
     import dataclasses
 
@@ -169,4 +170,6 @@ def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, mode
     if item_text_encodings is not None and data.test.history is not None:
         q, items = content_embeddings(sub, "test", item_text_encodings)
         section["baselines"]["content"] = evaluate.evaluate_embeddings(q, items, sub, "test", ks, exclude_seen)
+    if cfg.data.interactions.query_column is not None:  # query text: the words of a cold item still match
+        section["baselines"]["bm25"] = bm25_baseline(sub, "test", ks, exclude_seen)
     return section

@@ -13,9 +13,9 @@ popularity, then catalog order, as the ``popularity`` baseline orders them,
 so BM25 is never weaker than popularity on a query it cannot read.
 
 Ranks follow :mod:`tfrec.evaluate`'s rule (1 + the other, not excluded items
-ordered before the target). A block of queries scores every item through
-the inverted index, so the cost is the postings of the queries' words plus
-one pass over a [queries, items] block, never a [num_queries, num_items] matrix.
+ordered before the target). Only the postings of the queries' words are
+touched, never a [num_queries, num_items] matrix: the cost grows with how many
+items the queries' words reach, not with queries x items.
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ import re
 from collections import Counter
 
 import numpy as np
-import tensorflow as tf
 
 K1, B = 1.2, 0.75
-BLOCK = 1 << 22  # query x item scores per block (32 MB as float64)
 _WORD = re.compile(r"\w+")
 
 
@@ -91,7 +89,7 @@ class BM25:
         return out.reshape(len(queries), self.num_items)
 
     def _postings(self, rows: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The postings of (query row, term) pairs as (row * num_items + item, weight) [p]."""
+        """The postings of (query row, term) pairs as (row * num_items + item, weight) [p], in pair order."""
         lengths = self.indptr[terms + 1] - self.indptr[terms]
         total = int(lengths.sum())
         # Position j of the output reads postings entry indptr[term] + (j - start of that pair's run).
@@ -104,6 +102,9 @@ class BM25:
         """1-based rank of each query's target in the whole catalog.
 
         Items are ordered by BM25 score, then by ``tie_order`` (higher first).
+        Only the items a query's words reach are scored: every other item
+        scores 0, so it is before the target only when the target scores 0
+        too and ``tie_order`` puts it first, which one count per target covers.
 
         Args:
           queries: [n] query texts.
@@ -113,46 +114,35 @@ class BM25:
         Returns:
           int64 [n].
         """
-        targets = np.asarray(targets, np.int64)
+        targets, tie = np.asarray(targets, np.int64), np.asarray(tie_order, np.int64)
+        tie_first = self.num_items - np.searchsorted(np.sort(tie), tie, side="right")  # items tie_order puts first
         q_rows, q_terms = self.query_terms(queries)
-        bounds = np.searchsorted(q_rows, np.arange(0, len(queries) + 1))  # q_rows ascends
-        chunk = max(1, BLOCK // max(self.num_items, 1))
-        tie = tf.constant(tie_order, tf.int64)
-        out = []
-        for start in range(0, len(queries), chunk):
-            stop = min(start + chunk, len(queries))
-            lo, hi = bounds[start], bounds[stop]
-            flat, weight = self._postings(q_rows[lo:hi] - start, q_terms[lo:hi])
-            ex_rows, ex_cols = _exclusions(exclude, start, stop, targets)
-            out.append(_block_ranks(tf.constant(flat), tf.constant(weight), stop - start, self.num_items, tie,
-                                    tf.constant(targets[start:stop]), tf.constant(ex_rows),
-                                    tf.constant(ex_cols)).numpy())
-        return np.concatenate(out) if out else np.zeros([0], np.int64)
-
-
-def _exclusions(exclude, start: int, stop: int, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row in the block, catalog row) int64 pairs to leave out, the targets themselves never among them."""
-    if exclude is None:
-        return np.zeros([0], np.int64), np.zeros([0], np.int64)
-    rows, cols = [], []
-    for r in range(start, stop):
-        skip = np.unique(np.asarray(exclude[r], np.int64))
-        skip = skip[skip != targets[r]]
-        rows.append(np.full(len(skip), r - start, np.int64))
-        cols.append(skip)
-    return np.concatenate(rows), np.concatenate(cols)
-
-
-@tf.function(reduce_retracing=True)
-def _block_ranks(flat, weight, num_queries, num_items, tie, targets, ex_rows, ex_cols):
-    """int64 [num_queries]: 1 + the items ordered before each target (score, then ``tie``), less exclusions."""
-    scores = tf.math.unsorted_segment_sum(weight, flat, num_queries * num_items)
-    # Items with the same words and length get the same score up to float rounding: equal after rounding.
-    scores = tf.round(tf.reshape(scores, [num_queries, num_items]) * 1e9)
-    target_score = tf.gather(scores, targets, batch_dims=1)[:, None]
-    target_tie = tf.gather(tie, targets)[:, None]
-    ahead = (scores > target_score) | ((scores == target_score) & (tie[None, :] > target_tie))
-    count = tf.reduce_sum(tf.cast(ahead, tf.int64), axis=1)
-    excluded = tf.gather_nd(ahead, tf.stack([ex_rows, ex_cols], axis=1))
-    count -= tf.math.unsorted_segment_sum(tf.cast(excluded, tf.int64), ex_rows, num_queries)
-    return count + 1
+        bounds = np.searchsorted(q_rows, np.arange(len(queries) + 1))  # q_rows ascends
+        # One query's scores: zero but where its words' postings land, put back to zero after each query.
+        score = np.zeros(self.num_items)
+        out = np.ones(len(queries), np.int64)
+        for r, target in enumerate(targets):
+            spans = [(self.indptr[t], self.indptr[t + 1]) for t in q_terms[bounds[r]:bounds[r + 1]]]
+            reached = [self.items[a:b] for a, b in spans]
+            # Added in the query's word order whatever the item: the same words and length, the same score.
+            for items, (a, b) in zip(reached, spans):
+                score[items] += self.weights[a:b]
+            t_score, t_tie = score[target], tie[target]
+            before = 0
+            if exclude is not None:
+                skip = np.unique(np.asarray(exclude[r], np.int64))
+                skip, s = skip[skip != target], score[skip[skip != target]]
+                before -= np.count_nonzero((s > t_score) | ((s == t_score) & (tie[skip] > t_tie)))
+            reached_first = 0
+            for items in reached:
+                s = score[items]
+                before += np.count_nonzero(s > t_score) + np.count_nonzero(tie[items[s == t_score]] > t_tie)
+                if t_score == 0:
+                    reached_first += np.count_nonzero(tie[items[s > 0]] > t_tie)
+                score[items] = -np.inf  # an item two words reach is counted once
+            if t_score == 0:  # a target no word reached: the unreached items tie_order puts first are before it
+                before += tie_first[target] - reached_first
+            for items in reached:
+                score[items] = 0.0
+            out[r] += before
+        return out

@@ -184,12 +184,14 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, tra
     if not ids_only:
         if wants_query_text or m.item_text_encoder in ("shared", "separate"):
             query_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
-                                            seed=cfg.train.seed, lora_rank=q.lora_rank, name="query_encoder")
+                                            seed=cfg.train.seed, lora_rank=q.lora_rank,
+                                            train_embeddings=q.train_embeddings, name="query_encoder")
         if m.item_text_encoder == "shared":
             item_encoder = query_encoder
         elif m.item_text_encoder == "separate":
             item_encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, q.trainable_layers,
-                                           seed=cfg.train.seed + 1, lora_rank=q.lora_rank, name="item_encoder")
+                                           seed=cfg.train.seed + 1, lora_rank=q.lora_rank,
+                                           train_embeddings=q.train_embeddings, name="item_encoder")
     vocabularies = {} if ids_only else {c: sorted(set(v)) for c, v in catalog.categorical.items()}
     query_tower = QueryTower(query_encoder if wants_query_text else None, m.hidden_units, m.embedding_dim,
                              m.dropout, history_encoder, history_length, name="query_tower")

@@ -9,7 +9,7 @@ from tfrec.errors import ConfigError, UserError
 
 def test_override_order_defaults_preset_file_set(tmp_path):
     assert config.Config().train.epochs == 10  # default
-    assert config.build("smoke").train.epochs == 4  # preset over default
+    assert config.build("smoke").train.epochs == 8  # preset over default
     f = tmp_path / "o.yaml"
     f.write_text("train:\n  epochs: 5\n  batch_size: 16\n")
     cfg = config.build("smoke", str(f), ["train.epochs=7"])

