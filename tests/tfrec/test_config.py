@@ -86,7 +86,7 @@ def test_sections_are_frozen_and_overrides_make_new_trees():
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.train.epochs = 3
     changed = config.override(base, ["train.epochs=3", "model.query_encoder.pooling=cls"])
-    assert (base.train.epochs, base.model.query_encoder.pooling) == (4, "mean")  # the original is untouched
+    assert (base.train.epochs, base.model.query_encoder.pooling) == (8, "mean")  # the original is untouched
     assert (changed.train.epochs, changed.model.query_encoder.pooling) == (3, "cls")
     assert changed.data is base.data  # sections nobody touched are shared, not copied
     assert config.updated(base, {"export.k": 5}).export.k == 5

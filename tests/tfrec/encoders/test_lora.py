@@ -45,7 +45,7 @@ def test_config_refuses_lora_with_trainable_layers(smoke_cfg):
     from tfrec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lora_rank.*trainable_layers to 0"):
-        smoke_cfg("model.query_encoder.lora_rank=4")  # the smoke preset fine-tunes one layer
+        smoke_cfg("model.query_encoder.lora_rank=4")  # the smoke preset fine-tunes both layers
 
 
 def test_trainer_with_lora_exports_merged_weights(tmp_path):
