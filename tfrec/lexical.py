@@ -82,20 +82,11 @@ class BM25:
         return np.array(rows, np.int64), np.array(terms, np.int64)
 
     def scores(self, queries: list[str]) -> np.ndarray:
-        """float64 [len(queries), num_items], every query against every item (for small cases and tests)."""
-        rows, terms = self.query_terms(queries)
-        flat, weight = self._postings(rows, terms)
-        out = np.bincount(flat, weight, minlength=len(queries) * self.num_items)
-        return out.reshape(len(queries), self.num_items)
-
-    def _postings(self, rows: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The postings of (query row, term) pairs as (row * num_items + item, weight) [p], in pair order."""
-        lengths = self.indptr[terms + 1] - self.indptr[terms]
-        total = int(lengths.sum())
-        # Position j of the output reads postings entry indptr[term] + (j - start of that pair's run).
-        starts = np.repeat(self.indptr[terms] - (np.cumsum(lengths) - lengths), lengths)
-        at = starts + np.arange(total, dtype=np.int64)
-        return np.repeat(rows, lengths) * self.num_items + self.items[at], self.weights[at]
+        """float64 [len(queries), num_items], every query against every item (a dense reference, for small cases)."""
+        out = np.zeros((len(queries), self.num_items))
+        for r, t in zip(*self.query_terms(queries)):
+            out[r, self.items[self.indptr[t]:self.indptr[t + 1]]] += self.weights[self.indptr[t]:self.indptr[t + 1]]
+        return out
 
     def ranks(self, queries: list[str], targets: np.ndarray, tie_order: np.ndarray,
               exclude: list[np.ndarray] | None = None) -> np.ndarray:
