@@ -1,7 +1,8 @@
 """Which baselines a run compares its model with, and with what budget; each timed and kept in the job dir.
 
-``eval.baselines`` names them (``BASELINES``): ``popularity`` and ``bm25``
-(BM25 of the query text over the item texts, :mod:`tfrec.lexical`), neither
+``eval.baselines`` names them (``BASELINES``): ``popularity``, ``bm25``
+(BM25 of the query text over the item texts, :mod:`tfrec.lexical`) and
+``content`` (the untrained text encoder's query-item similarity), none
 trained, ``id_sequence`` (an ID-only model over the same history window,
 :mod:`tfrec.baselines`) and ``id_two_tower`` (user id -> item id). A learned baseline is given the
 model's own batch size, epoch budget and early stopping on the same seeded
@@ -158,6 +159,7 @@ class Baseline:
     needs_in_memory: bool = False
     needs_history: bool = False  # queries built from each user's recent items (history_item_ids)
     needs_query_text: bool = False  # a query text column (data.interactions.query_column)
+    needs_item_text: bool = False  # item texts (data.items.text_columns)
 
 
 def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -168,6 +170,12 @@ def _bm25(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
     from tfrec.baselines import bm25_baseline
 
     return bm25_baseline(data, split, budget.ks, budget.exclude_seen)
+
+
+def _content(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+    from tfrec.baselines import content_baseline
+
+    return content_baseline(cfg, data, split, budget.ks, budget.exclude_seen)
 
 
 def _id_sequence(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -187,6 +195,7 @@ def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) 
 BASELINES: dict[str, Baseline] = {
     "popularity": Baseline(_popularity),
     "bm25": Baseline(_bm25, needs_query_text=True),
+    "content": Baseline(_content, needs_item_text=True),
     "id_sequence": Baseline(_id_sequence, needs_in_memory=True, needs_history=True),
     "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
 }
@@ -199,6 +208,8 @@ def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool, has_qu
         return "it needs data.interactions.user_id_column"
     if baseline.needs_query_text and not has_query_text:
         return "it needs query text (data.interactions.query_column)"
+    if baseline.needs_item_text and not any(data.catalog.texts):
+        return "it needs item text (data.items.text_columns)"
     if baseline.needs_history and data.train.history is None:
         return "it needs history-built queries (data.interactions.query_history_items)"
     if baseline.needs_in_memory and data.stream is not None:

@@ -11,7 +11,9 @@ categorical features and the shared item tower add.
 
 ``bm25`` (:mod:`tfrec.lexical`, no training) ranks the catalog by BM25 of the
 query text against the item texts, popularity breaking ties; it is what a
-search team would run before any model. ``popularity`` is in
+search team would run before any model. ``content`` (no training) searches
+with the model's text encoder as it comes: a pretrained sentence encoder's
+query against item similarity. ``popularity`` is in
 :mod:`tfrec.evaluate` (no training).
 """
 
@@ -139,6 +141,36 @@ def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.
     mask = (history >= 0)[..., None]
     queries = (items[np.maximum(history, 0)] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
     return queries.astype(np.float32), items.astype(np.float32)
+
+
+def content_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False,
+                     encoder=None) -> dict:
+    """Metrics of the ``content`` baseline on ``split``: search with the text encoder as it comes, untrained.
+
+    The run's ``model.query_encoder`` checkpoint, untrained (a pretrained
+    sentence encoder such as the packaged MiniLM, as a user would try it
+    before training anything; ``random://tiny`` gives a freshly initialised
+    random one), embeds each item's text and each query: its text when the
+    data has query text, else its history items' text embeddings, averaged
+    (:func:`content_embeddings`). Items are ranked by cosine similarity.
+
+    Args:
+      encoder: a :class:`tfrec.encoders.text.BertTextEncoder` to use instead (None: built from ``cfg``).
+    """
+    from tfrec.encoders.text import BertTextEncoder
+
+    q = cfg.model.query_encoder
+    if encoder is None:
+        encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, 0, seed=cfg.train.seed,
+                                  name="content_encoder")
+    item_text_encodings = encoder.encode_texts(data.catalog.texts)
+    if cfg.data.interactions.query_column is not None:
+        queries = encoder.encode_texts(getattr(data, split).query_text)
+        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
+    else:
+        queries, items = content_embeddings(data, split, item_text_encodings)
+    return evaluate.evaluate_embeddings(queries, items, data, split, ks, exclude_seen)
 
 
 def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, model_items: np.ndarray,

@@ -149,7 +149,7 @@ def test_baseline_names_from_the_config_value():
     assert baseline_runs.baseline_names(True) == list(baseline_runs.BASELINES)
     assert baseline_runs.baseline_names(False) == [] == baseline_runs.baseline_names([])
     assert baseline_runs.baseline_names(["id_two_tower", "popularity"]) == ["id_two_tower", "popularity"]
-    with pytest.raises(ConfigError, match="unknown baseline 'pop'; expected some of popularity, bm25, id_sequence, id_two_tower"):
+    with pytest.raises(ConfigError, match="unknown baseline 'pop'; expected some of popularity, bm25, content, id_sequence, id_two_tower"):
         baseline_runs.baseline_names(["pop"])
 
 
@@ -159,7 +159,7 @@ def test_config_takes_baselines_as_names_or_a_switch_and_a_validation_sample_siz
     assert config_lib.build("smoke", None, ["eval.baselines=false"]).eval.baselines is False
     assert config_lib.build("smoke", None, ["eval.baselines=[popularity]"]).eval.baselines == ["popularity"]
     default = config_lib.build("smoke", None, [])
-    assert default.eval.baselines == ["popularity", "bm25", "id_sequence", "id_two_tower"] and default.eval.validation_max_queries == 10000
+    assert default.eval.baselines == ["popularity", "bm25", "content", "id_sequence", "id_two_tower"] and default.eval.validation_max_queries == 10000
     assert config_lib.build("smoke", None, ["eval.validation_max_queries=null"]).eval.validation_max_queries is None
     with pytest.raises(ConfigError, match="eval.baselines"):
         config_lib.build("smoke", None, ["eval.baselines=7"])

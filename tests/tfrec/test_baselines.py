@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tfrec import baselines
+from tfrec import config
 from tfrec.data import dataset, pipeline
 from tests.tfrec.data.test_history_items import history_cfg
 
@@ -39,3 +40,48 @@ def test_cold_section_counts_cold_targets(tmp_path):
     assert section["items"] == 1 and section["targets"] == 1
     assert set(section["baselines"]) == {"popularity", "content"} and "recall@4" in section["model"]
     assert section["baselines"]["popularity"]["recall@1"] == 0.0  # a cold item has no training count
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("queries", ["text", "history"])
+def test_content_baseline_searches_with_the_untrained_encoder(tmp_path, monkeypatch, queries):
+    """Text queries: the query's own embedding; history queries: the mean of its items' (content_embeddings).
+    Either way with the run's checkpoint as it comes, untrained."""
+    from tfrec import evaluate
+    from tfrec.encoders import text
+
+    cfg = history_cfg(tmp_path, n_users=6, per_user=5, depth=3, **{"eval.ks": [1, 4]})
+    if queries == "text":
+        cfg = config.updated(cfg, {"data.interactions.query_column": "query",
+                                   "data.interactions.query_history_items": None})
+    data = dataset.load(cfg.data)
+    encoder = text.BertTextEncoder("random://tiny", 16, "mean", 0, seed=0)
+    items = encoder.encode_texts(data.catalog.texts)
+    if queries == "text":
+        want_q, want_items = _unit(encoder.encode_texts(data.test.query_text)), _unit(items)
+    else:
+        want_q, want_items = baselines.content_embeddings(data, "test", items)
+    want = evaluate.evaluate_embeddings(want_q, want_items, data, "test", [1, 4])
+    assert baselines.content_baseline(cfg, data, "test", [1, 4], encoder=encoder) == pytest.approx(want)
+
+    built = []  # without an encoder: the run's checkpoint, frozen, as configured
+    monkeypatch.setattr(text, "BertTextEncoder", lambda *args, **kw: built.append((args, kw)) or encoder)
+    assert baselines.content_baseline(cfg, data, "test", [1, 4]) == pytest.approx(want)
+    q = cfg.model.query_encoder
+    assert built[0][0] == (q.checkpoint, q.max_length, q.pooling, 0)
+
+
+def test_content_baseline_needs_item_text(tmp_path):
+    import dataclasses
+
+    from tfrec import baseline_runs
+
+    data = dataset.load(history_cfg(tmp_path).data)
+    content = baseline_runs.BASELINES["content"]
+    assert baseline_runs.unavailable(content, data, has_users=True) is None
+    textless = dataclasses.replace(data, catalog=dataclasses.replace(data.catalog, texts=[""] * len(data.catalog)))
+    assert baseline_runs.unavailable(content, textless, has_users=True) == (
+        "it needs item text (data.items.text_columns)")
