@@ -99,7 +99,7 @@ def test_interrupted_export_publishes_nothing(trained, monkeypatch):
 
 
 def test_reindex_publishes_a_new_catalog(trained, tmp_path):
-    old = (trained / "synthetic" / "smoke" / "items.csv").read_text().splitlines()
+    old = (trained / "synthetic" / "smoke-v2" / "items.csv").read_text().splitlines()
     new_items = old + ["new0001,haunted ghost scream,horror", "new0002,jazz piano song,music"]
     (tmp_path / "items.csv").write_text("\n".join(new_items) + "\n")
     base = trained / "export" / "smoke"

@@ -2,7 +2,8 @@
 
 * :func:`write_smoke` (the smoke preset): ``synthetic://smoke/items.csv`` and
   ``synthetic://smoke/interactions.csv``, written under
-  ``base_dir/synthetic/smoke/`` on first use. Items belong to one of 8 genres
+  ``base_dir/synthetic/smoke-v2/`` on first use (the version changes with the
+  data, so files an older release wrote are never read as today's). Items belong to one of 8 genres
   and have 3-word titles drawn from their genre's words; each query names two
   words of the item it leads to, half of them by a synonym the titles never
   use (as searchers do), so a text two-tower can learn it and BM25 only in part.
@@ -245,6 +246,9 @@ def _examples(features: dict):
     return encode("Example", {"features": encode("Features", {"feature": tf.stack(entries, axis=1)})})
 
 
+SMOKE_VERSION = 2  # 2: queries use synonyms (SYNONYMS); bump whenever write_smoke writes other rows
+
+
 def materialize(path: str, base_dir: str | None) -> str:
     """Resolves ``synthetic://NAME/FILE`` to a real file, generating it if needed."""
     name, _, file = path[len("synthetic://"):].partition("/")
@@ -257,7 +261,7 @@ def materialize(path: str, base_dir: str | None) -> str:
     if "://" in base:  # a tf.io.gfile folder (gs://, ram://): generated locally, then copied there
         import tensorflow as tf
 
-        target = f"{base.rstrip('/')}/synthetic/{name}/{file}"
+        target = f"{base.rstrip('/')}/synthetic/{name}-v{SMOKE_VERSION}/{file}"
         if not tf.io.gfile.exists(target):
             with tempfile.TemporaryDirectory() as local:
                 write_smoke(local)
@@ -266,7 +270,7 @@ def materialize(path: str, base_dir: str | None) -> str:
                     tf.io.gfile.copy(os.path.join(local, generated), target.rsplit("/", 1)[0] + "/" + generated,
                                      overwrite=True)
         return target
-    folder = os.path.join(base, "synthetic", name)
+    folder = os.path.join(base, "synthetic", f"{name}-v{SMOKE_VERSION}")
     target = os.path.join(folder, file)
     if not os.path.exists(target):
         write_smoke(folder)

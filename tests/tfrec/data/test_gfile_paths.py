@@ -31,7 +31,7 @@ def test_data_on_ram_reads_like_local_data(tmp_path):
 
 def test_synthetic_data_generated_into_a_ram_job_dir():
     path = synthetic.materialize("synthetic://smoke/items.csv", "ram://job")
-    assert path == "ram://job/synthetic/smoke/items.csv"
-    assert tf.io.gfile.exists(path) and tf.io.gfile.exists("ram://job/synthetic/smoke/interactions.csv")
+    assert path == "ram://job/synthetic/smoke-v2/items.csv"
+    assert tf.io.gfile.exists(path) and tf.io.gfile.exists("ram://job/synthetic/smoke-v2/interactions.csv")
     catalog, _ = dataset.load_catalog(config.build("smoke").data, base_dir="ram://job")
     assert len(catalog) == 160

@@ -80,3 +80,17 @@ def test_shop_training_shards_hold_the_training_rows_and_a_fixed_held_out_sample
     assert len(val) == len(test) == 10 == small["test"] and small["train"] == 580
     assert [r["user_id"] for r in val] == [r["user_id"] for r in test]
     assert all(int(v["timestamp"]) < int(t["timestamp"]) for v, t in zip(val, test))
+
+
+def test_smoke_files_of_an_older_release_are_not_read(tmp_path):
+    stale = tmp_path / "synthetic" / "smoke"  # where releases before SMOKE_VERSION 2 wrote them
+    stale.mkdir(parents=True)
+    (stale / "interactions.csv").write_text("user_id,item_id,query,rating,timestamp\nu,i,old,1,1\n")
+    path = synthetic.materialize("synthetic://smoke/interactions.csv", str(tmp_path))
+    assert path == str(tmp_path / "synthetic" / f"smoke-v{synthetic.SMOKE_VERSION}" / "interactions.csv")
+    rows = open(path).read().splitlines()
+    assert len(rows) == 1 + 60 * 16 and "old" not in rows[1]
+    queries = [r.split(",")[2].split()[2:] for r in rows[1:]]
+    synonyms = set(synthetic.SYNONYMS.values())
+    share = sum(w in synonyms for q in queries for w in q) / (2 * len(queries))
+    assert 0.4 < share < 0.6  # each query word is its synonym half the time
