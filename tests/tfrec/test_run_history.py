@@ -13,7 +13,7 @@ def test_fit_with_history_and_cold_items(tmp_path):
     run = tfrec.fit(config, tmp_path / "job")
     report = json.loads((tmp_path / "job" / "eval.json").read_text())
     assert report == run.metrics
-    assert set(report["baselines"]) == {"popularity", "id_sequence", "id_two_tower"}  # eval.baselines default
+    assert set(report["baselines"]) == {"popularity", "content", "id_sequence", "id_two_tower"}  # eval.baselines default
     assert set(report["baselines"]["id_sequence"]) == set(report["model"])
     cold = report["cold_items"]
     assert cold["items"] == 16 and report["data"]["counts"]["cold_items"] == 16  # 10% of 160 items

@@ -21,7 +21,7 @@ def test_artefacts(smoke_run):
     assert (job / "params.yaml").is_file()
     report = json.loads((job / "eval.json").read_text())
     assert set(report["model"]) >= {"recall@10", "ndcg@10", "mrr"}
-    assert set(report["baselines"]) == {"popularity", "bm25", "id_two_tower"}
+    assert set(report["baselines"]) == {"popularity", "bm25", "content", "id_two_tower"}
     assert report["data"]["counts"]["test"] == 60
     events = list((job / "tensorboard").rglob("events.out.tfevents.*"))
     assert any("train" in str(e) for e in events) and any("hparams" in str(e) for e in events)
@@ -35,9 +35,10 @@ def test_artefacts(smoke_run):
 def test_model_beats_every_baseline_on_text_only_queries(smoke_run):
     """Each smoke query names two words of its item's title, half of them by a synonym no title uses: the text
     two-tower must learn both, and so rank the target higher than popularity, the user-id model (which knows
-    the user's favourite genres) and BM25 over the item texts (which reads the exact words only)."""
+    the user's favourite genres), BM25 over the item texts (which reads the exact words only) and the untrained
+    encoder (content)."""
     report = json.loads((smoke_run / "eval.json").read_text())
-    assert set(report["baselines"]) == {"popularity", "bm25", "id_two_tower"}
+    assert set(report["baselines"]) == {"popularity", "bm25", "content", "id_two_tower"}
     for name, baseline in report["baselines"].items():
         for metric in ("recall@10", "ndcg@10", "mrr"):
             assert report["model"][metric] > baseline[metric], (name, metric, report["model"], baseline)
