@@ -70,7 +70,7 @@ def test_smoke_data_set_loads_the_same_from_shards(tmp_path):
     cfg = config.build("smoke")
     inter = synthetic.materialize(cfg.data.interactions.path, str(tmp_path))
     items = synthetic.materialize(cfg.data.items.path, str(tmp_path))
-    want = dataset.load(cfg.data)
+    want = dataset.load(cfg.data, base_dir=str(tmp_path))  # the files materialize just wrote
     for src, prefix in ((inter, "inter"), (items, "items")):
         assert to_tfrecord.main(["--input", src, "--output", str(tmp_path / "tfr" / prefix), "--shards", "3"]) == 0
     cfg = config.updated(cfg, {"data.interactions.path": str(tmp_path / "tfr" / "inter-*.tfrecord"),
