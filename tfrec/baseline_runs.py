@@ -160,6 +160,7 @@ class Baseline:
     needs_history: bool = False  # queries built from each user's recent items (history_item_ids)
     needs_query_text: bool = False  # a query text column (data.interactions.query_column)
     needs_item_text: bool = False  # item texts (data.items.text_columns)
+    reads_text_caches: bool = False  # run(..., text_caches=(query_cache, item_cache)): the frozen encoders' outputs
 
 
 def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -172,10 +173,12 @@ def _bm25(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
     return bm25_baseline(data, split, budget.ks, budget.exclude_seen)
 
 
-def _content(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
+def _content(cfg, data: RetrievalData, split: str, budget: BaselineBudget, text_caches=None) -> dict:
     from tfrec.baselines import content_baseline
 
-    return content_baseline(cfg, data, split, budget.ks, budget.exclude_seen)
+    query_cache, item_cache = text_caches or (None, None)
+    return content_baseline(cfg, data, split, budget.ks, budget.exclude_seen, query_cache=query_cache,
+                            item_cache=item_cache)
 
 
 def _id_sequence(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
@@ -195,7 +198,7 @@ def _id_two_tower(cfg, data: RetrievalData, split: str, budget: BaselineBudget) 
 BASELINES: dict[str, Baseline] = {
     "popularity": Baseline(_popularity),
     "bm25": Baseline(_bm25, needs_query_text=True),
-    "content": Baseline(_content, needs_item_text=True),
+    "content": Baseline(_content, needs_item_text=True, reads_text_caches=True),
     "id_sequence": Baseline(_id_sequence, needs_in_memory=True, needs_history=True),
     "id_two_tower": Baseline(_id_two_tower, needs_users=True, needs_in_memory=True),
 }
@@ -229,7 +232,8 @@ def baseline_names(choice: bool | list[str]) -> list[str]:
     return list(dict.fromkeys(choice))
 
 
-def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) -> dict[str, dict]:
+def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None, text_caches=None
+                  ) -> dict[str, dict]:
     """Every baseline ``cfg.eval.baselines`` names, on ``split``, each with the model's budget.
 
     Args:
@@ -237,6 +241,9 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) 
       times: a :class:`tfrec.timings.StageTimes` (each baseline is stage ``baseline:<name>``), or None.
       cache: a :class:`tfrec.job_cache.JobCache`: a baseline finished by an earlier run of the same
         config and data is reused (the log says so), or None.
+      text_caches: ``(query_cache, item_cache)``, the run's frozen encoder outputs
+        (:class:`tfrec.data.pipeline.TextCache` or None each): ``content`` reads them instead of encoding
+        the texts again.
     Returns:
       name -> metrics, for the baselines that could run.
     """
@@ -260,7 +267,8 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None) 
         started = time.perf_counter()
         stage = times.stage(f"baseline:{name}", examples=data.num_train) if times else contextlib.nullcontext()
         with stage:
-            compute = lambda: baseline.run(cfg, validation, split, budget)  # noqa: E731  (validation: sampled)
+            extra = {"text_caches": text_caches} if baseline.reads_text_caches else {}
+            compute = lambda: baseline.run(cfg, validation, split, budget, **extra)  # noqa: E731  (validation: sampled)
             metrics, reused = cache.baseline(name, identity, compute) if cache else (compute(), False)
         log.info("eval: %s baseline %s", name, "reused from the job dir's cache" if reused
                  else f"in {time.perf_counter() - started:.0f}s")

@@ -144,7 +144,8 @@ def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.
 
 
 def content_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False,
-                     encoder=None) -> dict:
+                     encoder=None, query_cache: pipeline.TextCache | None = None,
+                     item_cache: pipeline.TextCache | None = None) -> dict:
     """Metrics of the ``content`` baseline on ``split``: search with the text encoder as it comes, untrained.
 
     The run's ``model.query_encoder`` checkpoint, untrained (a pretrained
@@ -156,16 +157,24 @@ def content_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclud
 
     Args:
       encoder: a :class:`tfrec.encoders.text.BertTextEncoder` to use instead (None: built from ``cfg``).
+      query_cache, item_cache: the run's frozen encoder outputs (the untrained checkpoint's), read instead of
+        encoding again; used only with ``model.item_text_encoder: shared`` (one encoder for both).
     """
     from tfrec.encoders.text import BertTextEncoder
 
-    q = cfg.model.query_encoder
-    if encoder is None:
+    q, has_text = cfg.model.query_encoder, cfg.data.interactions.query_column is not None
+    if cfg.model.item_text_encoder != "shared":
+        query_cache = item_cache = None
+    if encoder is None and (item_cache is None or (has_text and query_cache is None)):
         encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, 0, seed=cfg.train.seed,
                                   name="content_encoder")
-    item_text_encodings = encoder.encode_texts(data.catalog.texts)
-    if cfg.data.interactions.query_column is not None:
-        queries = encoder.encode_texts(getattr(data, split).query_text)
+
+    def encode(texts: list[str], cache: pipeline.TextCache | None) -> np.ndarray:
+        return cache.lookup(texts) if cache is not None else encoder.encode_texts(texts)
+
+    item_text_encodings = encode(data.catalog.texts, item_cache)
+    if has_text:
+        queries = encode(getattr(data, split).query_text, query_cache)
         queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
     else:

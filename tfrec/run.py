@@ -278,7 +278,8 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     with timings.stage("evaluate", examples=len(getattr(data, split))):
         q, item_embeddings = embed_split(model, data, features, split)
         results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-    baselines = baseline_runs.run_baselines(cfg, data, split, timings.current(), job_cache.current())
+    baselines = baseline_runs.run_baselines(cfg, data, split, timings.current(), job_cache.current(),
+                                            (features.query_cache, features.item_cache))
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
     ranking = None

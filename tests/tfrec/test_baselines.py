@@ -67,6 +67,11 @@ def test_content_baseline_searches_with_the_untrained_encoder(tmp_path, monkeypa
     want = evaluate.evaluate_embeddings(want_q, want_items, data, "test", [1, 4])
     assert baselines.content_baseline(cfg, data, "test", [1, 4], encoder=encoder) == pytest.approx(want)
 
+    # The run's frozen encoder outputs are read, not encoded again (this encoder would fail if it were called).
+    caches = {"item_cache": pipeline.TextCache(data.catalog.texts, encoder.encode_texts),
+              "query_cache": pipeline.TextCache(data.test.query_text, encoder.encode_texts)}
+    assert baselines.content_baseline(cfg, data, "test", [1, 4], encoder=object(), **caches) == pytest.approx(want)
+
     built = []  # without an encoder: the run's checkpoint, frozen, as configured
     monkeypatch.setattr(text, "BertTextEncoder", lambda *args, **kw: built.append((args, kw)) or encoder)
     assert baselines.content_baseline(cfg, data, "test", [1, 4]) == pytest.approx(want)
