@@ -26,7 +26,10 @@ baseline, index, export); a trainer without it is timed from its log lines
 exponent: the least-squares slope of log(seconds) on log(interactions) over
 the sizes (1 = linear; items grow with interactions here), and per size
 ``ratio evaluation_and_baselines/training: X`` (evaluate plus every baseline,
-over all training epochs with their validation; <= 1 is the goal). It writes
+over all training epochs with their validation) and
+``ratio largest_evaluation_or_baseline_stage/training: X (stage)`` (the
+costliest of them alone; the rule is that no stage costs more than training,
+so <= 1 is the goal). It writes
 all of it to ``--out/scale.json`` and ``--out/scale.png`` when matplotlib is
 installed.
 """
@@ -50,8 +53,6 @@ sys.path.insert(0, str(REPO))
 DEFAULT_SIZES = "1e5x1e4,1e6x1e5"
 LARGE_SIZES = "1e7x1e6"
 HELD_OUT_USERS = 50_000  # --stream: validation and test rows (one per user each), fixed so only training grows
-STAGES = ["read", "encode", "train", "validation", "evaluate", "baseline:popularity", "baseline:id_two_tower",
-          "index", "export"]
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -197,6 +198,18 @@ def evaluation_ratio(timings: dict) -> float | None:
     return spent / train
 
 
+def largest_stage_ratio(timings: dict) -> tuple[str, float] | None:
+    """The costliest of evaluate and each baseline, and its seconds / training seconds: the rule is that no
+    such stage costs more than training (:func:`evaluation_ratio` sums them all, a stricter summary)."""
+    stages = timings["stages"]
+    train = stages.get("train", {}).get("seconds")
+    spent = {k: v["seconds"] for k, v in stages.items() if k == "evaluate" or k.startswith("baseline:")}
+    if not train or not spent:
+        return None
+    name = max(spent, key=spent.get)
+    return name, spent[name] / train
+
+
 def size_name(n: int) -> str:
     """10000000 -> "1e7", 300000 -> "3e5"."""
     mantissa, exponent = f"{n:.0e}".split("e")
@@ -293,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             run["evaluation_over_training"] = round(ratio, 3)
             print(f"ratio evaluation_and_baselines/training at {run['interactions']:.0e}x{run['items']:.0e}: "
                   f"{ratio:.2f}")
+        largest = largest_stage_ratio(run["timings"])
+        if largest is not None:
+            run["largest_stage_over_training"] = [largest[0], round(largest[1], 3)]
+            print(f"ratio largest_evaluation_or_baseline_stage/training at {run['interactions']:.0e}x"
+                  f"{run['items']:.0e}: {largest[1]:.2f} ({largest[0]})")
     if args.stream and len(runs) > 1:
         ratio_line = peak_rss_ratio(runs[0], runs[-1])
         runs[-1]["peak_rss_ratio"] = ratio_line

@@ -41,6 +41,8 @@ def test_evaluation_ratio_counts_evaluate_and_every_baseline_over_training():
                           "baseline:id_two_tower": {"seconds": 45.0}, "export": {"seconds": 60.0}}}
     assert scale.evaluation_ratio(timings) == 0.8
     assert scale.evaluation_ratio({"stages": {"evaluate": {"seconds": 1.0}}}) is None
+    assert scale.largest_stage_ratio(timings) == ("baseline:id_two_tower", 0.45)  # export is not counted
+    assert scale.largest_stage_ratio({"stages": {"train": {"seconds": 1.0}}}) is None
 
 
 def test_peak_rss_ratio_compares_the_training_peaks():
