@@ -58,8 +58,8 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
     # Baselines by name (tfrec.baseline_runs.BASELINES: popularity, bm25, content, id_sequence, id_two_tower); the
     # learned ones are trained with the model's batch size, epochs and early stopping, never more. One a data set
-    # cannot run (bm25 without query text, id_sequence without history-built queries, id_two_tower without user
-    # ids) is skipped with a log line. true = all, false = none.
+    # cannot run (bm25 without query text, content without item text, id_sequence without history-built queries,
+    # id_two_tower without user ids) is skipped with a log line. true = all, false = none.
     baselines: Union[bool, list[str]] = field(
         default_factory=lambda: ["popularity", "bm25", "content", "id_sequence", "id_two_tower"])
     # Validation while training (and the baselines' early stopping) on a seeded sample of at most this many

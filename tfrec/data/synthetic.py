@@ -3,10 +3,11 @@
 * :func:`write_smoke` (the smoke preset): ``synthetic://smoke/items.csv`` and
   ``synthetic://smoke/interactions.csv``, written under
   ``base_dir/synthetic/smoke-v2/`` on first use (the version changes with the
-  data, so files an older release wrote are never read as today's). Items belong to one of 8 genres
-  and have 3-word titles drawn from their genre's words; each query names two
-  words of the item it leads to, half of them by a synonym the titles never
-  use (as searchers do), so a text two-tower can learn it and BM25 only in part.
+  data, so files an older release wrote are never read as today's). Items
+  belong to one of 8 genres and have 3-word titles drawn from their genre's
+  words; each query names two words of the item it leads to, half of them by
+  a synonym the titles never use (as searchers do), so a text two-tower can
+  learn it and BM25 only in part.
 * :func:`write_shop` (``bench/scale.py``): a shop of any size, vectorised so
   10^7 interactions take seconds: Zipf-like item popularity inside each
   category, users with two favourite categories, per-user time-ordered
