@@ -188,22 +188,23 @@ def growth_exponents(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _evaluation_stages(timings: dict) -> tuple[float | None, dict[str, float]]:
+    """(training seconds, all epochs with their validation; evaluate and each baseline -> seconds)."""
+    stages = timings["stages"]
+    spent = {k: v["seconds"] for k, v in stages.items() if k == "evaluate" or k.startswith("baseline:")}
+    return stages.get("train", {}).get("seconds"), spent
+
+
 def evaluation_ratio(timings: dict) -> float | None:
     """(evaluate + every baseline) seconds / training seconds (all epochs, validation included)."""
-    stages = timings["stages"]
-    train = stages.get("train", {}).get("seconds")
-    if not train:
-        return None
-    spent = sum(v["seconds"] for k, v in stages.items() if k == "evaluate" or k.startswith("baseline:"))
-    return spent / train
+    train, spent = _evaluation_stages(timings)
+    return sum(spent.values()) / train if train else None
 
 
 def largest_stage_ratio(timings: dict) -> tuple[str, float] | None:
     """The costliest of evaluate and each baseline, and its seconds / training seconds: the rule is that no
     such stage costs more than training (:func:`evaluation_ratio` sums them all, a stricter summary)."""
-    stages = timings["stages"]
-    train = stages.get("train", {}).get("seconds")
-    spent = {k: v["seconds"] for k, v in stages.items() if k == "evaluate" or k.startswith("baseline:")}
+    train, spent = _evaluation_stages(timings)
     if not train or not spent:
         return None
     name = max(spent, key=spent.get)

@@ -121,6 +121,11 @@ class _KeepBest(tf.keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """[n, d] rows scaled to unit length (all-zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
     """The ``content`` baseline: no training, the text encoder as it comes.
@@ -136,7 +141,7 @@ def content_embeddings(data: RetrievalData, split: str, item_text_encodings: np.
     Returns:
       (queries [n, hidden], items [num_items, hidden]).
     """
-    items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
+    items = _unit_rows(item_text_encodings)
     history = getattr(data, split).history
     mask = (history >= 0)[..., None]
     queries = (items[np.maximum(history, 0)] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
@@ -174,9 +179,8 @@ def content_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclud
 
     item_text_encodings = encode(data.catalog.texts, item_cache)
     if has_text:
-        queries = encode(getattr(data, split).query_text, query_cache)
-        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        items = item_text_encodings / np.maximum(np.linalg.norm(item_text_encodings, axis=1, keepdims=True), 1e-12)
+        queries = _unit_rows(encode(getattr(data, split).query_text, query_cache))
+        items = _unit_rows(item_text_encodings)
     else:
         queries, items = content_embeddings(data, split, item_text_encodings)
     return evaluate.evaluate_embeddings(queries, items, data, split, ks, exclude_seen)

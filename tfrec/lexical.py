@@ -81,13 +81,6 @@ class BM25:
                     terms.append(t)
         return np.array(rows, np.int64), np.array(terms, np.int64)
 
-    def scores(self, queries: list[str]) -> np.ndarray:
-        """float64 [len(queries), num_items], every query against every item (a dense reference, for small cases)."""
-        out = np.zeros((len(queries), self.num_items))
-        for r, t in zip(*self.query_terms(queries)):
-            out[r, self.items[self.indptr[t]:self.indptr[t + 1]]] += self.weights[self.indptr[t]:self.indptr[t + 1]]
-        return out
-
     def ranks(self, queries: list[str], targets: np.ndarray, tie_order: np.ndarray,
               exclude: list[np.ndarray] | None = None) -> np.ndarray:
         """1-based rank of each query's target in the whole catalog.
