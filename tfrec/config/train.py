@@ -90,9 +90,16 @@ class ExportConfig:
     k: int = 100
     index: Literal["brute_force", "ivf", "scann", "all"] = "brute_force"
     min_recall: float = 0.95
+    # retrieve (and retrieve_and_rank) leave the request's own history_item_ids out of their results, as
+    # eval.exclude_seen leaves a user's seen items out of the ranking. auto = the run's eval.exclude_seen; false
+    # for a shop where people buy the same things again. Only for history-built queries.
+    exclude_history: Union[Literal["auto"], bool] = "auto"
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
+        check(self.exclude_history is not True or cfg.data.interactions.query_history_items is not None,
+              "export.exclude_history", "true needs history-built queries (data.interactions.query_history_items); "
+              "a query of text only sends no history to leave out")
         check(bool(self.model_name) and self.model_name.replace("_", "").replace("-", "").isalnum(),
               "export.model_name", "letters, digits, '-' and '_' only")
         check(self.k >= 1, "export.k", "must be >= 1")

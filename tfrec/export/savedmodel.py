@@ -11,7 +11,10 @@ Signatures of every SavedModel (tokenisation is inside the graph):
 
 * ``serving_default`` = ``retrieve``: the query inputs, optional
   ``exclude_item_ids`` string [batch, e] ("" padded; default: none) ->
-  ``item_ids`` string [batch, k], ``scores`` float32 [batch, k].
+  ``item_ids`` string [batch, k], ``scores`` float32 [batch, k]. With
+  ``export.exclude_history`` on (``auto``: when the run was evaluated with
+  ``eval.exclude_seen``), the request's own ``history_item_ids`` are left out
+  of the results too, as the evaluation left the user's seen items out.
   The query inputs are what the query tower reads: ``query_text`` string
   [batch] and/or ``history_item_ids`` string [batch, h] (the user's recent
   item ids, most recent first, "" padded). A model with both takes either or
@@ -49,6 +52,7 @@ import tensorflow as tf
 from tfrec import config as config_lib
 from tfrec import evaluate, fileio
 from tfrec import index as index_lib
+from tfrec.index.base import with_history
 from tfrec import timings
 from tfrec.errors import UserError
 from tfrec.export import layout
@@ -92,12 +96,17 @@ class RetrievalModule(tf.Module):
       categorical_columns: the item tower's categorical columns.
       ranking_head: :class:`tfrec.ranking.RankingHead`, or None (no ranking signatures).
       catalog: :class:`tfrec.export.catalog_lookup.CatalogLookup` (item id -> embedding), with ``ranking_head``.
+      exclude_history: ``retrieve`` and ``retrieve_and_rank`` never return the request's own
+        ``history_item_ids`` (added to its ``exclude_item_ids``); needs a query tower that reads the history.
     """
 
     def __init__(self, query_tower, item_tower, index, categorical_columns: list[str], ranking_head=None,
-                 catalog=None):
+                 catalog=None, exclude_history: bool = False):
         super().__init__(name="tfrec_retrieval")
+        if exclude_history and query_tower.history_encoder is None:
+            raise ValueError("exclude_history needs a query tower that reads history_item_ids")
         self.query_tower, self.item_tower, self.index = query_tower, item_tower, index
+        self.exclude_history = bool(exclude_history)
         self.categorical_columns = list(categorical_columns)
         item_spec = {"item_id": tf.TensorSpec([None], tf.string, name="item_id"),
                      "item_text": tf.TensorSpec([None], tf.string, name="item_text")}
@@ -160,15 +169,19 @@ class RetrievalModule(tf.Module):
     def _query(self, features: dict) -> tf.Tensor:
         return self.query_tower(features, training=False)
 
-    def _search(self, query: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _search(self, query: tf.Tensor, features: dict, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The index's top k for ``query`` [batch, d], without ``exclude_item_ids`` [1 or batch, e] (and the
+        history, with ``exclude_history``): (scores float32 [batch, k], item_ids string [batch, k])."""
         batch = tf.shape(query)[0]
         exclude = tf.broadcast_to(exclude_item_ids, tf.stack([batch, tf.shape(exclude_item_ids)[1]]))
+        if self.exclude_history:
+            exclude = with_history(features["history_item_ids"], exclude)
         # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
         # mixed up methods of the three index classes when all are exported in one process.
         return tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
 
     def _retrieve(self, features, inputs):
-        scores, item_ids = self._search(self._query(features), inputs["exclude_item_ids"])
+        scores, item_ids = self._search(self._query(features), features, inputs["exclude_item_ids"])
         return {"item_ids": item_ids, "scores": scores}
 
     def _embed_query(self, features, inputs):
@@ -194,7 +207,7 @@ class RetrievalModule(tf.Module):
 
     def _retrieve_and_rank(self, features, inputs):
         query = self._query(features)  # once, for both stages
-        retrieval_scores, item_ids = self._search(query, inputs["exclude_item_ids"])
+        retrieval_scores, item_ids = self._search(query, features, inputs["exclude_item_ids"])
         ranking_scores = rank_candidates(self.ranking_head, self.catalog, query, item_ids,
                                          self._ranking_history(features))
         ranking_scores, item_ids, retrieval_scores = rerank(ranking_scores, item_ids, retrieval_scores)
@@ -208,6 +221,16 @@ class RetrievalModule(tf.Module):
         if self.ranking_head is not None:
             out.update(rank=self.rank, retrieve_and_rank=self.retrieve_and_rank)
         return out
+
+
+def excludes_history(cfg: config_lib.Config) -> tuple[bool, str]:
+    """Whether the export leaves each request's history items out of its results, and why (for the log)."""
+    if cfg.data.interactions.query_history_items is None:
+        return False, "queries are text only"
+    setting = cfg.export.exclude_history
+    if setting == "auto":
+        return cfg.eval.exclude_seen, f"export.exclude_history=auto follows eval.exclude_seen={cfg.eval.exclude_seen}"
+    return setting, f"export.exclude_history={str(setting).lower()}"
 
 
 def _index_kinds(choice: str) -> list[str]:
@@ -304,12 +327,17 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     ranking_head, catalog = getattr(model, "ranking_head", None), None
     if ranking_head is not None:  # one lookup table, shared by every index kind's module
         catalog = CatalogLookup(data.catalog.item_ids, item_embeddings, data.catalog.categorical)
+    exclude_history, why = excludes_history(cfg)
+    if model.query_tower.history_encoder is not None:
+        log.info("export: retrieve %s the request's history_item_ids in its results (%s)",
+                 "leaves out" if exclude_history else "keeps", why)
     published = []
     for kind, name, idx, info in built:
         t0 = time.time()
         module = RetrievalModule(model.query_tower, model.item_tower, idx, list(data.catalog.categorical),
-                                 ranking_head, catalog)
-        report = {"model_name": name, "version": version, "index": info, "data": data.counts,
+                                 ranking_head, catalog, exclude_history=exclude_history)
+        report = {"model_name": name, "version": version, "index": info, "exclude_history": exclude_history,
+                  "exclude_history_reason": why, "data": data.counts,
                   "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if idx.kind == "scann" else None

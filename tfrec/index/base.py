@@ -56,6 +56,23 @@ def as_item_ids(item_ids: np.ndarray | tf.Tensor | Sequence[str], num_items: int
     return np.array(ids, dtype=object)
 
 
+def with_history(history_item_ids: tf.Tensor, exclude_item_ids: tf.Tensor) -> tf.Tensor:
+    """One exclusion list per row: a request's history items, then its ``exclude_item_ids``.
+
+    The history's width counts in ``e``, so ``k`` results remain after the over-fetch;
+    its "" padding, and any id not in the catalog, matches no item.
+
+    Args:
+      history_item_ids: string ``[batch, h]``, "" padded.
+      exclude_item_ids: string ``[batch, e]``, "" padded.
+
+    Returns:
+      string ``[batch, h + e]``.
+    """
+    return tf.concat([tf.convert_to_tensor(history_item_ids, tf.string),
+                      tf.convert_to_tensor(exclude_item_ids, tf.string)], axis=1)
+
+
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
