@@ -27,6 +27,11 @@ Command line (prints rank, item id, score and the item's text when known)::
 Item texts come from ``--items`` (TSV ``item_id<TAB>text``), else from the newest
 version's ``assets.extra/items.tsv`` under ``--model_base_path`` or
 ``--job-dir``/export/<model_name>; without them only ids and scores are printed.
+
+A run evaluated with seen items left out (``eval.exclude_seen``) exports a ``retrieve`` that leaves
+the request's own ``history_item_ids`` out of its results (``export.exclude_history``); ``exclude``
+adds to them. With ``--job-dir`` or ``--model_base_path`` the printout says which the export does,
+read from its ``assets.extra/export_report.json``.
 """
 
 from __future__ import annotations
@@ -160,7 +165,8 @@ class _Client:
         Args:
           queries: query texts (None: a model that reads the history only).
           k: keep at most this many of the server's results per query.
-          exclude: per query, item ids that must not be returned (``None``: none).
+          exclude: per query, item ids that must not be returned (``None``: none); an export with
+            ``export.exclude_history`` on also leaves out the ``history`` sent.
           signature_name: a signature with ``item_ids`` and ``scores`` (or, ``retrieve_and_rank``,
             ``ranking_scores``) outputs.
           history: per query, the user's recent item ids, most recent first (lists may differ in length);
@@ -372,8 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     items_path = args.items or item_texts.find_items_file(args.model_base_path, args.job_dir, model_name)
     texts = item_texts.read_items(items_path) if items_path else {}
+    note = item_texts.history_note(item_texts.read_export_report(args.model_base_path, args.job_dir, model_name))
     for query, pairs in zip(args.query or [None], results):
-        print(f"query: {query}" if query is not None else f"history: {' '.join(args.history)}")
+        if args.history:
+            print(f"history: {' '.join(args.history)}" + (f" ({note})" if note else ""))
+        if query is not None:
+            print(f"query: {query}")
         for rank, (item_id, score) in enumerate(pairs, 1):
             text = f"  {texts[item_id]}" if item_id in texts else ""
             print(f"{rank:4d}  {item_id}  {score:.4f}{text}")

@@ -12,6 +12,7 @@ reports every failure with its error.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -54,6 +55,7 @@ class ServedModel:
             self.signature_defs, preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True)
         self.loaded = tf.saved_model.load(str(path))
+        self.exclude_history = _exclude_history(path, self.signature_defs)
         self.signatures = {
             k: Signature(k, fn, {n: tf.make_ndarray(t) for n, t in
                                  self.signature_defs.signature_def[k].defaults.items()})
@@ -66,6 +68,19 @@ class ServedModel:
                 sig(sig.complete({n: _dummy(sig.inputs[n]) for n in sig.required})[0])
             except Exception as e:  # noqa: BLE001 - dummy inputs may be meaningless
                 log.debug("warm-up of %s/%s skipped: %s", name, sig.name, one_line(e))
+
+
+def _exclude_history(path: Path, signature_defs) -> bool | None:
+    """The export's ``export.exclude_history`` (its ``assets.extra/export_report.json``): whether retrieve
+    leaves the request's ``history_item_ids`` out; None without a history input or a tfrec report."""
+    report = path / "assets.extra" / "export_report.json"
+    history = any("history_item_ids" in sig.inputs for sig in signature_defs.signature_def.values())
+    if not history or not report.is_file():
+        return None
+    try:
+        return json.loads(report.read_text()).get("exclude_history")
+    except ValueError:  # a report that is not JSON says nothing; the model itself still serves
+        return None
 
 
 def register_custom_ops(scann: bool) -> None:
@@ -199,9 +214,12 @@ class ModelRegistry:
         self._failed[name].pop(latest, None)
         self.models[name] = model  # the swap: later requests see the new version
         self._on_load(name, "ok", latest)
-        log.info("model %s version %d loaded from %s in %.2fs (%s)", name, latest, path,
+        history = {True: "; retrieve leaves each request's history_item_ids out of its results "
+                         "(export.exclude_history)", False: "; retrieve may return the request's history_item_ids "
+                         "(export.exclude_history is off)"}.get(model.exclude_history, "")
+        log.info("model %s version %d loaded from %s in %.2fs (%s)%s", name, latest, path,
                  time.perf_counter() - start,
-                 f"swapped from version {current.version}" if current else "first version")
+                 f"swapped from version {current.version}" if current else "first version", history)
 
     def model(self, name: str, version: int | None = None) -> ServedModel:
         """The served model; RequestError NOT_FOUND (or INVALID_ARGUMENT for a bad name)."""
