@@ -12,7 +12,8 @@ candidates, drops the excluded ones and keeps the best ``k'``; since at most
 ``e`` of the over-fetched candidates can be excluded, ``k'`` good results
 remain whenever the catalog (or the approximate candidate set) has them.
 That is why item ids must be unique and non-empty: a duplicated id could hide
-more than ``e`` candidates, and ``""`` is the padding value.
+more than ``e`` candidates, and ``""`` is the padding value. A request's history
+joins its exclusions with :func:`with_history` (the export's ``exclude_history``).
 """
 
 from __future__ import annotations
