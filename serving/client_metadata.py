@@ -11,7 +11,7 @@ TF Serving answers ``GET /v1/models/NAME[/versions/V]/metadata`` (REST) and
                              "outputs": {...}, "method_name": "tensorflow/serving/predict"}}}}}
 
 gRPC's map, turned into a dict with ``json_format.MessageToDict``, has the same shape. TF Serving has
-no call that lists its models (tensorflow/serving issue 795), so the candidate names come from the
+no call that lists its models (tensorflow/serving#795), so the candidate names come from the
 ``models.config`` the server was started with; each is then asked for its metadata.
 """
 

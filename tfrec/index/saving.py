@@ -1,7 +1,8 @@
 """Saving and loading an index on its own (tests, benchmarks, debugging).
 
-Production exports put the index inside the lead's retrieval module; this is
-the minimal equivalent: :class:`SearchModule` holds one index and exposes
+Production exports put the index inside the retrieval module of
+:mod:`tfrec.export.savedmodel`; this is the minimal equivalent:
+:class:`SearchModule` holds one index and exposes
 
 * ``search(query_embeddings float32 [B, d], exclude_item_ids string [B, e])
   -> (scores float32 [B, k'], item_ids string [B, k'])`` as a ``tf.function``;
