@@ -55,13 +55,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def features(self) -> dict[str, np.ndarray]:
-        """Item-tower inputs for the whole catalog: each value [num_items] string."""
-        out = {"item_id": np.array(self.item_ids, dtype=object), "item_text": np.array(self.texts, dtype=object)}
-        for col, values in self.categorical.items():
-            out[f"item_{col}"] = np.array(values, dtype=object)
-        return out
-
 
 @dataclass
 class Examples:
