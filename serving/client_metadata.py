@@ -20,6 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tfrec.export import layout
+
 # {signature: {"inputs": {tensor: (dtype, shape)}, "outputs": {...}}}; dtype as TF names it ("string",
 # "float32"...); shape: a list of ints with None for an unknown size, or None for an unknown rank.
 Signatures = dict[str, dict[str, dict[str, tuple[str, list[int | None] | None]]]]
@@ -89,8 +91,6 @@ def listing(client, error_type: type[Exception]) -> tuple[list[str], int]:
 
 def config_model_names(path: str | Path) -> list[str]:
     """The model names of a ``models.config`` (text-format ModelServerConfig), in file order."""
-    from tfrec.export import layout
-
     return list(layout.read_models_config(path))
 
 

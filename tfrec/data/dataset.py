@@ -236,7 +236,7 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
-        from tfrec.data import stream
+        from tfrec.data import stream  # heavy: tensorflow, for streamed training shards only
 
         info = stream.scan(cfg, catalog, base_dir)
         n += info.rows

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfrec.index.scann_index import save_options
+
 
 def save_options_for(index: tf.Module) -> tf.saved_model.SaveOptions | None:
     """``SaveOptions`` a SavedModel containing ``index`` needs (None = defaults)."""
     if getattr(index, "kind", None) == "scann":
-        from tfrec.index.scann_index import save_options
-
         return save_options()
     return None
 
@@ -72,7 +72,7 @@ def save(index: tf.Module, path: str | Path) -> None:
 def load_saved_model(path: str | Path):
     """``tf.saved_model.load`` that first registers ScaNN's ops if available."""
     try:
-        import scann  # noqa: F401  (registers Scann>* ops needed by ScaNN indexes)
+        import scann  # noqa: F401  (optional: registers the Scann>* ops of ScaNN indexes)
     except ImportError:
         pass  # fine unless the SavedModel holds a ScaNN index; TF then says so
     return tf.saved_model.load(str(path))
