@@ -53,6 +53,7 @@ from bench.load_clients import QUERIES, GrpcCaller, Record, RestCaller, is_refus
 from bench.load_clients import rss_mb, start_server, warm_up  # noqa: E402
 from bench.load_mix import mix_lines, run_mix, run_soak, soak_lines  # noqa: E402
 from tfrec.export import layout  # noqa: E402
+from tests.helpers.tiny_model import write_tiny_model  # noqa: E402
 
 SURE_IN_FLIGHT_S = 0.1  # a request sent this long before SIGTERM has surely reached the server
 
@@ -206,7 +207,6 @@ def main() -> None:
             layout.publish_version(base, lambda d: shutil.copytree(original, d, dirs_exist_ok=True))
             shutil.copytree(original, src)
         else:
-            from tests.helpers.tiny_model import write_tiny_model
             layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
             write_tiny_model(src, seed=2)
         limits = (args.max_exclusions, args.max_batch_size)

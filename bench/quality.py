@@ -24,17 +24,16 @@ import tfrec  # noqa: F401  (environment first)
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate
+from tfrec import evaluate, training
 from tfrec.data import dataset, pipeline
 from tfrec.encoders.history import make_history_encoder
+from tfrec.encoders.text import BertTextEncoder
 from tfrec.models import TwoTowerModel
 from tfrec.tasks import RetrievalTask
 from tfrec.towers import ItemTower, QueryTower
 
 
 def item_text_cache(cfg, catalog, path: str) -> pipeline.TextCache:
-    from tfrec.encoders.text import BertTextEncoder
-
     q = cfg.model.query_encoder
     encoder = BertTextEncoder(q.checkpoint, q.max_length, q.pooling, 0, name="item_encoder")
     cache = pipeline.TextCache.__new__(pipeline.TextCache)
@@ -70,8 +69,6 @@ def build(args, data, with_text: bool, cache, encoder, seed: int):
     task.set_catalog_probability(data.item_probability())
     model = TwoTowerModel(query_tower, item_tower, task)
     if args.adamw:  # the trainer's optimiser: AdamW, warm-up and linear decay over all epochs
-        from tfrec import training
-
         steps = len(data.train) // args.batch
         model.compile(optimizer=training.make_optimizer(args.lr, steps * args.epochs, 0.05, 1e-4, "adamw"))
     else:

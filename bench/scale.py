@@ -50,6 +50,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tfrec.timings import NESTED  # noqa: E402  (light: no TensorFlow in the benchmark's own process)
+
 DEFAULT_SIZES = "1e5x1e4,1e6x1e5"
 LARGE_SIZES = "1e7x1e6"
 HELD_OUT_USERS = 50_000  # --stream: validation and test rows (one per user each), fixed so only training grows
@@ -155,8 +157,6 @@ def examples_for(stage: str, counts: dict) -> int | None:
 
 def rows_for_run(interactions: int, items: int, timings: dict, wall: float, peak_mb: float, counts: dict) -> list:
     rows = []
-    from tfrec.timings import NESTED
-
     total = sum(v["seconds"] for k, v in timings["stages"].items() if k not in NESTED) or wall
     for stage, v in timings["stages"].items():
         calls = max(v.get("calls", 1), 1)
@@ -246,7 +246,7 @@ def format_table(rows: list[dict], exponents: dict[str, float]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> bool:
-    try:
+    try:  # optional: the table is the result, the plot an extra
         import matplotlib
 
         matplotlib.use("Agg")

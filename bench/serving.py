@@ -41,6 +41,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 from tfrec.export import layout  # noqa: E402
 from serving.models import register_custom_ops  # noqa: E402
 from tests.helpers.spawn import spawn_server as spawn  # noqa: E402
+from tests.helpers.tiny_model import write_tiny_model  # noqa: E402
 
 QUERY = "a space opera with a heist"
 
@@ -129,7 +130,6 @@ def main() -> None:
     if args.model_base_path:
         base = Path(args.model_base_path)
     else:
-        from tests.helpers.tiny_model import write_tiny_model
         base = Path(tmp.name) / args.model_name
         layout.publish_version(base, lambda d: write_tiny_model(d, seed=1))
     version = layout.latest_version(base)

@@ -72,11 +72,14 @@ TensorBoard) is left out for all.
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import logging
 import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -449,10 +452,6 @@ def section_finetune(cfg, data, examples, caches, num_layers, lora_rank, lora_lr
 def section_input(cfg, data, examples, caches, steps, rounds, shards: int = 8) -> None:
     """In-memory features against the same examples streamed from TFRecord shards (frozen, cached encoders:
     the fastest steps, where input speed shows)."""
-    import csv
-    import dataclasses
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="tfrec-bench-") as tmp:
         with open(f"{tmp}/train.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)

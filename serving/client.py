@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 import serving  # noqa: F401  (tfrec's environment before any tensorflow import)
 from serving import client_metadata, item_texts
@@ -269,6 +270,7 @@ class GrpcClient(_Client):
 
     def __init__(self, host: str, port: int, model_name: str, version: int | None = None,
                  timeout: float = 30.0, known_models: list[str] | None = None):
+        # heavy: gRPC and the TF Serving protos (which load TensorFlow) for gRPC only; RestClient stays light
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -280,7 +282,7 @@ class GrpcClient(_Client):
     def predict(self, inputs: dict[str, Any], signature_name: str = DEFAULT_SIGNATURE
                 ) -> dict[str, np.ndarray]:
         """Runs a signature on named inputs; raises ServingError with the gRPC code name."""
-        import grpc
+        import grpc  # heavy: as in __init__
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -299,8 +301,7 @@ class GrpcClient(_Client):
 
     def _signature_def(self, model_name: str) -> tuple[int, dict[str, Any]]:
         """``GetModelMetadata`` with ``metadata_field: "signature_def"``; its Any holds a SignatureDefMap."""
-        import grpc
-        from google.protobuf import json_format
+        import grpc  # heavy: as in __init__
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])

@@ -11,7 +11,7 @@ TF Serving answers ``GET /v1/models/NAME[/versions/V]/metadata`` (REST) and
                              "outputs": {...}, "method_name": "tensorflow/serving/predict"}}}}}
 
 gRPC's map, turned into a dict with ``json_format.MessageToDict``, has the same shape. TF Serving has
-no call that lists its models (tensorflow/serving issue 795), so the candidate names come from the
+no call that lists its models (tensorflow/serving#795), so the candidate names come from the
 ``models.config`` the server was started with; each is then asked for its metadata.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from tfrec.export import layout
 
 # {signature: {"inputs": {tensor: (dtype, shape)}, "outputs": {...}}}; dtype as TF names it ("string",
 # "float32"...); shape: a list of ints with None for an unknown size, or None for an unknown rank.
@@ -89,8 +91,6 @@ def listing(client, error_type: type[Exception]) -> tuple[list[str], int]:
 
 def config_model_names(path: str | Path) -> list[str]:
     """The model names of a ``models.config`` (text-format ModelServerConfig), in file order."""
-    from tfrec.export import layout
-
     return list(layout.read_models_config(path))
 
 

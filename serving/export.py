@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 import serving  # noqa: F401  (environment first)
 from tfrec.cli import setup_logging
 from tfrec.cli import run_main
@@ -27,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
 
     def run() -> None:
-        import numpy as np
-
+        # heavy: TensorFlow and the model code load after the arguments parse, so --help is instant
         from tfrec import evaluate
         from tfrec.data import pipeline
         from tfrec.export.savedmodel import export_run, load_trained

@@ -86,11 +86,11 @@ def _exclude_history(path: Path, signature_defs) -> bool | None:
 def register_custom_ops(scann: bool) -> None:
     """Imports the op libraries tfrec models use (stock TF Serving links text ops in too)."""
     try:
-        import tensorflow_text  # noqa: F401  (FastBertNormalize, FastWordpieceTokenize...)
+        import tensorflow_text  # noqa: F401  (optional: FastBertNormalize, FastWordpieceTokenize...)
     except ImportError:
         pass
     if scann:
-        import scann as _scann  # noqa: F401  (the Scann>* ops of ScaNN indexes)
+        import scann as _scann  # noqa: F401  (optional: the Scann>* ops of ScaNN indexes)
 
 
 def _dummy(spec: tf.TensorSpec) -> np.ndarray:

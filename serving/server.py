@@ -45,6 +45,7 @@ from pathlib import Path
 
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import grpc
+import tensorflow as tf
 
 from tfrec.export import layout
 from serving.grpc_service import add_services
@@ -273,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
                  args.model_base_path)
     _tune_malloc()
     try:
-        import tensorflow as tf
-
         if args.tensorflow_intra_op_parallelism:
             tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
         if args.tensorflow_inter_op_parallelism:

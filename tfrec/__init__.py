@@ -19,6 +19,7 @@ TensorFlow only uses when ``TF_USE_LEGACY_KERAS=1`` is set before its first
 import. TensorFlow's C++ log noise is turned down unless the user set a level.
 """
 
+import importlib as _importlib
 import os as _os
 import sys as _sys
 
@@ -42,9 +43,7 @@ __all__ = sorted(_API)
 
 def __getattr__(name: str):
     if name in _API:
-        import importlib
-
-        return getattr(importlib.import_module(_API[name]), name)
+        return getattr(_importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'tfrec' has no attribute '{name}'")
 
 

@@ -15,6 +15,7 @@ return a ``Path`` for a local path and a ``str`` for a URL.
 
 from __future__ import annotations
 
+import glob as glob_lib
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def _gfile():
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: only URLs need it, and this module must stay light for the CLIs and the config
 
     return tf.io.gfile
 
@@ -81,6 +82,11 @@ def listdir(path: str | os.PathLike) -> list[str]:
     if is_url(path):
         return [name.rstrip("/") for name in _gfile().listdir(str(path))]
     return os.listdir(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The files matching ``pattern`` (``*``, ``?``, ``[...]``), sorted; through ``tf.io.gfile`` on a URL."""
+    return sorted(_gfile().glob(pattern) if is_url(pattern) else glob_lib.glob(pattern))
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -196,6 +202,6 @@ def copy_tree(source: str | os.PathLike, target: str | os.PathLike, last: str | 
 
 
 def _errors():
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: see _gfile
 
     return tf.errors

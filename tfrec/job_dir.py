@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import tensorflow as tf
+
 from tfrec import config as config_lib
 from tfrec import fileio, training
 from tfrec.config import Config
@@ -13,8 +15,6 @@ from tfrec.errors import UserError
 def prepare(cfg: Config, job: str | os.PathLike, write_params: bool = True) -> None:
     """Creates ``job`` (a local folder or a ``tf.io.gfile`` URL), refuses one holding a different run, and
     writes ``params.yaml``."""
-    import tensorflow as tf
-
     try:
         fileio.makedirs(job)
         check(job, cfg)

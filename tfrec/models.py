@@ -5,6 +5,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec.encoders.history import make_history_encoder
+from tfrec.encoders.text import BertTextEncoder
+from tfrec.ranking import RankingHead, RankingTask
 from tfrec.tasks import RetrievalTask
 from tfrec.towers import ItemTower, QueryTower
 
@@ -167,9 +170,6 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, tra
       trained_items: bool [num_items], items with training interactions; the others are never negatives
         (sampled, mixed, full): like a new item, nothing about them is known at training time.
     """
-    from tfrec.encoders.history import make_history_encoder
-    from tfrec.encoders.text import BertTextEncoder
-
     m = cfg.model
     q = m.query_encoder
     ic = cfg.data.interactions
@@ -211,8 +211,6 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, tra
     rk = cfg.ranking
     ranking_head = ranking = None
     if rk.weight > 0 and not ids_only:
-        from tfrec.ranking import RankingHead, RankingTask
-
         ranking_head = RankingHead(
             rk.head, rk.hidden_units, rk.objective, rk.cross_layers, rk.projection_dim,
             vocabularies if "categorical" in rk.extra_features else None, m.categorical_embedding_dim,

@@ -35,7 +35,6 @@ from tfrec.encoders.rated_history import RatedHistory
 
 HEAD_KINDS = ("mlp", "dcn")
 OBJECTIVES = ("regression", "binary")
-EXTRA_FEATURES = ("categorical", "retrieval_score", "rated_history")
 
 
 # --------------------------------------------------------------------- head

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 from tfrec import fileio
+from tfrec.errors import UserError
 
 log = logging.getLogger("tfrec")
 
@@ -83,9 +84,7 @@ def check_scheme(path: str) -> None:
     """Refuses a URL whose scheme ``tf.io.gfile`` cannot write (a one-line :class:`UserError`)."""
     if not fileio.is_url(path):
         return
-    import tensorflow as tf
-
-    from tfrec.errors import UserError
+    import tensorflow as tf  # heavy: only a URL job dir needs it; trainer.task's --help stays fast
 
     scheme = path.split("://", 1)[0]
     registered = sorted(s for s in tf.io.gfile.get_registered_schemes() if s)
@@ -125,7 +124,7 @@ def report_tuning_metric(metric: str, value: float, step: int) -> bool:
     """
     if not (os.environ.get("CLOUD_ML_HP_METRIC_FILE") or os.environ.get("CLOUD_ML_TRIAL_ID")):
         return False
-    import hypertune  # cloudml-hypertune
+    import hypertune  # optional (cloudml-hypertune): installed on Vertex AI tuning jobs only
 
     hypertune.HyperTune().report_hyperparameter_tuning_metric(
         hyperparameter_metric_tag=metric_tag(metric), metric_value=float(value), global_step=int(step))

@@ -55,11 +55,22 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
         assert name in shown.stdout
     import scann  # noqa: F401  (registers ScaNN's ops for the _scann model)
 
+    # The model's own top 10 without item0001, from the Python towers: the exact index serves exactly these;
+    # every index serves each item with its true score, best first.
+    query = model.query_tower({"query_text": tf.constant(["looking for ghost"])}).numpy()[0]
+    true_scores = dict(zip(data.catalog.item_ids, items @ query))
+    del true_scores["item0001"]
+    want = sorted(true_scores, key=true_scores.get, reverse=True)[:10]
     for path in paths:
         loaded = tf.saved_model.load(str(path))
         out = loaded.signatures["serving_default"](query_text=tf.constant(["looking for ghost"]),
                                                    exclude_item_ids=tf.constant([["item0001"]]))
-        assert out["item_ids"].shape == (1, 10) and b"item0001" not in out["item_ids"].numpy()[0]
+        got, scores = out["item_ids"].numpy()[0].astype(str).tolist(), out["scores"].numpy()[0]
+        assert len(got) == 10 and "item0001" not in got
+        np.testing.assert_allclose(scores, [true_scores[i] for i in got], rtol=1e-4, atol=1e-5)
+        assert (np.diff(scores) <= 1e-6).all()
+        if path.parent.name == "smoke":
+            assert got == want
 
 
 def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys):

@@ -75,7 +75,9 @@ def test_rest_columnar_format_and_single_output_signatures(server, direct):
         np.testing.assert_allclose(body[key], want, rtol=1e-6)
     status, body = http(server.rest_port, "/v1/models/tiny:predict", {
         "signature_name": "embed_item", "instances": [{"item_id": "x", "item_text": "y"}]})
-    assert status == 200 and np.asarray(body["predictions"]).shape == (1, 8)
+    want = direct["embed_item"](item_id=tf.constant(["x"]), item_text=tf.constant(["y"]))["embedding"].numpy()
+    assert status == 200 and want.shape == (1, 8)
+    np.testing.assert_allclose(body["predictions"], want, rtol=1e-5, atol=1e-6)
 
 
 def test_inputs_with_signature_defaults_may_be_omitted(server, direct):

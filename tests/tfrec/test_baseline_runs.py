@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 
@@ -7,6 +8,7 @@ from tfrec import config as config_lib
 from tfrec.data import dataset
 from tfrec.job_cache import JobCache
 from tfrec.timings import StageTimes
+from tests.tfrec.data.test_dataset import make_cfg, rows
 
 
 SETS = ["train.batch_size=64", "train.epochs=3", "train.early_stopping_patience=1", "eval.validation_max_queries=20",
@@ -33,7 +35,7 @@ def test_baselines_get_the_models_budget_a_seeded_validation_sample_and_are_reus
     with caplog.at_level("INFO", logger="tfrec"):
         out = baseline_runs.run_baselines(cfg, data, "test", times, JobCache(tmp_path))
     assert out["id_two_tower"] == {"recall@10": 0.25}
-    assert out["popularity"] == evaluate.popularity_baseline(data, "test", cfg.eval.ks)
+    assert set(out["popularity"]) == {"recall@1", "recall@5", "recall@10", "ndcg@1", "ndcg@5", "ndcg@10", "mrr"}
     n_val, split, budget = seen[0]
     assert (n_val, split) == (20, "test")  # 60 validation queries, cut to the seeded 20
     assert (budget.batch_size, budget.epochs, budget.patience, budget.seed) == (64, 3, 1, cfg.train.seed)
@@ -55,6 +57,25 @@ def test_baselines_get_the_models_budget_a_seeded_validation_sample_and_are_reus
     with caplog.at_level("INFO", logger="tfrec"):
         assert baseline_runs.run_baselines(cfg, data, "test") == {}
     assert "no id_two_tower baseline (it needs data.interactions.user_id_column)" in caplog.text
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_popularity_by_hand(tmp_path, exclude_seen):
+    # rows(): u0 sees i1 i2 i3 i4, u1 i2 i3 i4 i1, u2 i3 i4 i1 i2; the last goes to test, the one before to
+    # validation. Training counts: i1 1, i2 2, i3 2, i4 1; equal counts in catalog order: i2 > i3 > i1 > i4.
+    # Test targets u0 i4, u1 i1, u2 i2: ranks 4, 3, 1.
+    # Leaving out what each user saw in training (u0 i1 i2, u1 i2 i3, u2 i3 i4): ranks 2, 1, 1.
+    cfg = config_lib.updated(make_cfg(tmp_path, rows()), {
+        "eval.baselines": ["popularity"], "eval.ks": [1, 3], "eval.exclude_seen": exclude_seen})
+    data = dataset.load(cfg.data)
+    got = baseline_runs.run_baselines(cfg, data, "test")["popularity"]
+    if exclude_seen:
+        want = {"recall@1": 2 / 3, "recall@3": 1.0, "ndcg@1": 2 / 3, "ndcg@3": (1 / math.log2(3) + 2) / 3,
+                "mrr": (1 / 2 + 2) / 3}
+    else:
+        want = {"recall@1": 1 / 3, "recall@3": 2 / 3, "ndcg@1": 1 / 3, "ndcg@3": (1 / 2 + 1) / 3,
+                "mrr": (1 / 4 + 1 / 3 + 1) / 3}
+    assert got == pytest.approx(want)
 
 
 def test_id_two_tower_stops_after_patience_epochs_without_improvement(smoke, monkeypatch):

@@ -23,9 +23,15 @@ def test_bad_values_name_the_key(sets, key):
     assert key in message and "\n" not in message
 
 
-def test_defaults_and_the_movielens_preset():
-    cfg = config.build("smoke")
-    assert (cfg.retrieval.negatives, cfg.model.history_encoder, cfg.eval.cold_items_fraction) == (
-        "in_batch", "attention", None)
-    ml = config.build("movielens", None, ["eval.cold_items_fraction=0.1", "retrieval.negatives=mixed"])
-    assert ml.eval.cold_items_fraction == 0.1 and ml.retrieval.negatives == "mixed"
+@pytest.mark.parametrize("sets", [
+    ["model.history_encoder=gru"],
+    ["retrieval.num_sampled=1"],
+    ["retrieval.sampling=uniform"],
+    ["data.interactions.query_history_items=1"],
+    ["eval.cold_items_fraction=0.49"],
+    ["eval.cold_items_fraction=0.01"],
+    ["retrieval.negatives=in_batch", "retrieval.cross_replica_negatives=true"],
+])
+def test_values_just_inside_each_rule_pass(sets):
+    """The other side of each refusal above: a rule drawn too tight would refuse these."""
+    config.build("movielens", None, sets)

@@ -64,4 +64,9 @@ def test_train_evaluate_export_then_serve(smoke):
     served = tfrec.load_export(published)
     out = served.signatures["serving_default"](query_text=tf.constant(data.test.query_text[:2]),
                                                exclude_item_ids=tf.zeros([2, 0], tf.string))
-    assert out["item_ids"].shape == (2, cfg.export.k)
+    # The served top k is the evaluation's own: the best k catalog rows of its query and item embeddings.
+    best = np.argsort(-scores[:2], axis=1, kind="stable")[:, :cfg.export.k]
+    want = np.array(data.catalog.item_ids)[best]
+    np.testing.assert_array_equal(out["item_ids"].numpy().astype(str), want)
+    np.testing.assert_allclose(out["scores"].numpy(), np.take_along_axis(scores[:2], best, axis=1),
+                               rtol=1e-4, atol=1e-5)

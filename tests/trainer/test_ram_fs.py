@@ -1,4 +1,4 @@
-"""A whole run with its job dir and its data on ``ram://`` (issue 13): every output goes through tf.io.gfile.
+"""A whole run with its job dir and its data on ``ram://``: every output goes through tf.io.gfile.
 
 ``ram://`` is TensorFlow's in-memory file system and lives in one process, so the CLI's entry function
 (``trainer.task.main``) runs in this process. Whatever pathlib or ``open`` would write by mistake lands in the

@@ -1,4 +1,4 @@
-"""A rerun of the same command reuses what the killed run finished (issue 15), and validates on the same sample.
+"""A rerun of the same command reuses what the killed run finished, and validates on the same sample.
 
 Real ``python -m trainer.task`` subprocesses on the smoke preset with a frozen encoder (so encodings are cached,
 and a resumed run's weights equal an uninterrupted run's; see ``test_faults.py``), validating on a seeded sample of

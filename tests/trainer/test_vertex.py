@@ -1,4 +1,4 @@
-"""Vertex AI custom training: the AIP_* folders and the tuning metric (the issue's done-when line)."""
+"""Vertex AI custom training: the AIP_* folders and the tuning metric."""
 
 import json
 import os

@@ -55,13 +55,6 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.item_ids)
 
-    def features(self) -> dict[str, np.ndarray]:
-        """Item-tower inputs for the whole catalog: each value [num_items] string."""
-        out = {"item_id": np.array(self.item_ids, dtype=object), "item_text": np.array(self.texts, dtype=object)}
-        for col, values in self.categorical.items():
-            out[f"item_{col}"] = np.array(values, dtype=object)
-        return out
-
 
 @dataclass
 class Examples:
@@ -243,7 +236,7 @@ def load(cfg: DataConfig, base_dir: str | None = None) -> RetrievalData:
     parts = {name: full.take(idx) for name, idx in split.items()}
     info = None
     if ic.streaming:
-        from tfrec.data import stream
+        from tfrec.data import stream  # heavy: tensorflow, for streamed training shards only
 
         info = stream.scan(cfg, catalog, base_dir)
         n += info.rows

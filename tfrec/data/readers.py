@@ -12,18 +12,18 @@ extension. A path may be a glob naming shards, ``pkg://PACKAGE/rel/path``
 from __future__ import annotations
 
 import csv
-import glob
 import importlib.util
 import io
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from tfrec import fileio
+from tfrec.data import synthetic
 from tfrec.errors import DataError
 
 log = logging.getLogger("tfrec")
@@ -64,45 +64,6 @@ class Table:
         return DataError(file, message, row=row, column=column)
 
 
-def is_url(path: str) -> bool:
-    """A path for ``tf.io.gfile`` (``gs://``, ``ram://``...) rather than the local file system."""
-    return "://" in path
-
-
-def exists(file: str) -> bool:
-    if is_url(file):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(file)
-    return os.path.exists(file)
-
-
-def is_folder(file: str) -> bool:
-    if is_url(file):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(file)
-    return os.path.isdir(file)
-
-
-def read_bytes(file: str) -> bytes:
-    """A whole file's bytes, local or through ``tf.io.gfile``."""
-    if is_url(file):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(file, "rb") as f:
-            return f.read()
-    return Path(file).read_bytes()
-
-
-def size(file: str) -> int:
-    if is_url(file):
-        import tensorflow as tf
-
-        return tf.io.gfile.stat(file).length
-    return os.path.getsize(file)
-
-
 def resolve_path(path: str, base_dir: str | None = None) -> list[str]:
     """Expands pkg://, synthetic:// and globs into a sorted list of files."""
     if path.startswith("pkg://"):
@@ -112,16 +73,9 @@ def resolve_path(path: str, base_dir: str | None = None) -> list[str]:
             raise DataError(path, f"package '{package}' is not installed (run `make install`)")
         return [str(Path(list(spec.submodule_search_locations)[0]) / rel)]
     if path.startswith("synthetic://"):
-        from tfrec.data import synthetic
-
         return [synthetic.materialize(path, base_dir)]
     if any(ch in path for ch in "*?["):
-        if is_url(path):
-            import tensorflow as tf
-
-            files = sorted(tf.io.gfile.glob(path))
-        else:
-            files = sorted(glob.glob(path))
+        files = fileio.glob(path)
         if not files:
             raise DataError(path, "no files match this glob")
         return files
@@ -152,7 +106,7 @@ def _decode(file: str, raw: bytes) -> str:
 
 def _read_delimited(file: str, fmt: str, skip: "_Skipper") -> tuple[list[str], list[list[str]], list[int]]:
     delimiter = "," if fmt == "csv" else "\t"
-    text = _decode(file, read_bytes(file))
+    text = _decode(file, fileio.read_bytes(file))
     if not text.strip():
         raise DataError(file, "file is empty; expected a header row and data rows")
     # RecBole files are tab-separated with no quoting; csv quoting rules apply otherwise.
@@ -210,7 +164,7 @@ def _read_delimited(file: str, fmt: str, skip: "_Skipper") -> tuple[list[str], l
 
 
 def _read_jsonl(file: str, skip: "_Skipper") -> tuple[list[str], list[dict], list[int]]:
-    text = _decode(file, read_bytes(file))
+    text = _decode(file, fileio.read_bytes(file))
     if not text.strip():
         raise DataError(file, "file is empty; expected one JSON object per line")
     records, lines, keys = [], [], {}
@@ -232,9 +186,9 @@ def _read_jsonl(file: str, skip: "_Skipper") -> tuple[list[str], list[dict], lis
 
 
 def _read_tfrecord(file: str, skip: "_Skipper") -> tuple[list[str], list[dict], list[int]]:
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: only TFRecord input needs it; CSV and JSONL reading stays TensorFlow-free
 
-    if size(file) == 0:
+    if tf.io.gfile.stat(file).length == 0:
         raise DataError(file, "file is empty; expected TFRecord files of tf.train.Example")
     records, lines, keys = [], [], {}
     try:
@@ -294,9 +248,9 @@ def read_table(path: str, fmt: str = "auto", required: Iterable[str] = (), max_e
     """
     files = resolve_path(path, base_dir)
     for file in files:
-        if not exists(file):
+        if not fileio.exists(file):
             raise DataError(file, "file not found")
-        if is_folder(file):
+        if fileio.isdir(file):
             raise DataError(file, "is a folder; expected a file or a glob such as folder/*.csv")
     fmt = detect_format(files, fmt)
     skip = _Skipper(max_error_rows)

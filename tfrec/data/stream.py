@@ -24,12 +24,15 @@ Two passes over the shards:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
+from tfrec.data.readers import resolve_path
 from tfrec.errors import DataError
 
 log = logging.getLogger("tfrec")
@@ -109,8 +112,6 @@ def _parse(info: StreamInfo, records: tf.Tensor) -> dict:
 
 def _record_error(file: str, info: StreamInfo, records: np.ndarray, first_row: int) -> DataError:
     """Finds the record of a batch that does not parse and names it, its feature and what was expected."""
-    import re
-
     want = {tf.string: "one string", tf.int64: "one integer", tf.float32: "one number"}
     for j, record in enumerate(records):
         try:
@@ -140,10 +141,6 @@ def scan(cfg, catalog, base_dir: str | None = None) -> StreamInfo:
       cfg: :class:`tfrec.config.DataConfig`.
       catalog: :class:`tfrec.data.dataset.Catalog`.
     """
-    from tqdm.auto import tqdm
-
-    from tfrec.data.readers import resolve_path
-
     ic = cfg.interactions
     files = resolve_path(ic.path, base_dir)
     roles = {"query": ic.query_column, "item": ic.item_id_column, "label": ic.label_column}

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tfrec import fileio
+from tfrec.data.to_tfrecord import shard_paths
+from tfrec.errors import DataError
+
 GENRES = {
     "space": "rocket star orbit galaxy comet alien planet moon",
     "crime": "detective murder heist gangster police alibi clue thief",
@@ -206,9 +210,7 @@ def write_shop(folder: str, num_interactions: int, num_items: int, seed: int = 0
 def _write_shards(folder: Path, shards: int, rows: dict[str, np.ndarray], quals: list[str]) -> None:
     """Training rows -> ``folder/train-0000i-of-0000N.tfrecord`` of tf.train.Example (user_id, item_id, query:
     bytes; rating, timestamp: int64), each value [n] (``words`` [n, 2]) as :func:`write_shop` drew them."""
-    import tensorflow as tf
-
-    from tfrec.data.to_tfrecord import shard_paths
+    import tensorflow as tf  # heavy: only streamed shops need TFRecords; the smoke CSVs stay TensorFlow-free
 
     folder.mkdir(parents=True)
     bounds = np.linspace(0, len(rows["item"]), shards + 1).astype(int)
@@ -231,7 +233,7 @@ def _write_shards(folder: Path, shards: int, rows: dict[str, np.ndarray], quals:
 def _examples(features: dict):
     """{name: string or int64 [n]} -> serialized ``tf.train.Example`` string [n], built with ``tf.io.encode_proto``
     message by message (BytesList/Int64List, Feature, the map entry, Features, Example), all rows at once."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: as in _write_shards
 
     def encode(message: str, fields: dict):
         values = [tf.reshape(v, [-1, 1]) if v.shape.rank == 1 else v for v in fields.values()]
@@ -254,22 +256,18 @@ def materialize(path: str, base_dir: str | None) -> str:
     """Resolves ``synthetic://NAME/FILE`` to a real file, generating it if needed."""
     name, _, file = path[len("synthetic://"):].partition("/")
     if name != "smoke" or file not in ("items.csv", "interactions.csv"):
-        from tfrec.errors import DataError
-
         raise DataError(path, "unknown synthetic data set; expected synthetic://smoke/items.csv or "
                         "synthetic://smoke/interactions.csv")
     base = base_dir or tempfile.gettempdir()
-    if "://" in base:  # a tf.io.gfile folder (gs://, ram://): generated locally, then copied there
-        import tensorflow as tf
-
-        target = f"{base.rstrip('/')}/synthetic/{name}-v{SMOKE_VERSION}/{file}"
-        if not tf.io.gfile.exists(target):
+    if fileio.is_url(base):  # a tf.io.gfile folder (gs://, ram://): generated locally, then copied there
+        folder = f"{base.rstrip('/')}/synthetic/{name}-v{SMOKE_VERSION}"
+        target = f"{folder}/{file}"
+        if not fileio.exists(target):
             with tempfile.TemporaryDirectory() as local:
                 write_smoke(local)
-                tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+                fileio.makedirs(folder)
                 for generated in ("items.csv", "interactions.csv"):
-                    tf.io.gfile.copy(os.path.join(local, generated), target.rsplit("/", 1)[0] + "/" + generated,
-                                     overwrite=True)
+                    fileio.write_text(f"{folder}/{generated}", Path(local, generated).read_text(encoding="utf-8"))
         return target
     folder = os.path.join(base, "synthetic", f"{name}-v{SMOKE_VERSION}")
     target = os.path.join(folder, file)

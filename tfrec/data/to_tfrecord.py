@@ -43,6 +43,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from tfrec.errors import DataError, UserError
 
 log = logging.getLogger("tfrec")
@@ -91,8 +93,6 @@ def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _fits_float32(value: float) -> bool:
-    import numpy as np
-
     return abs(float(np.float32(value)) - value) <= 1e-3
 
 
@@ -109,8 +109,6 @@ def _csv_kind(text: str) -> str:
         value = float(text)
     except ValueError:
         return "bytes"
-    import numpy as np
-
     exact = math.isfinite(value) and repr(float(np.float32(value))) == text
     return "float" if exact else "bytes"
 
@@ -190,7 +188,7 @@ def infer_types(path: str, fmt: str, strings: set[str] = frozenset()) -> tuple[d
 
 # ----------------------------------------------------------------------------------------------------- writing
 def _example(record: dict[str, Any], kinds: dict[str, str]):
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: kept out of the import so that --help and the type scan start fast
 
     features = {}
     for name, value in record.items():
@@ -224,7 +222,7 @@ def convert(input_path: str, output: str, shards: int = 1, fmt: str = "auto", st
       strings: columns kept as ``bytes_list``.
       overwrite: replace existing ``prefix-*-of-*.tfrecord`` shards.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: as in _example
 
     if not os.path.isfile(input_path):
         raise DataError(input_path, "file not found")
@@ -281,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards of this prefix")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    import tfrec  # noqa: F401  (the TensorFlow environment before tensorflow loads)
-
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)

@@ -141,17 +141,16 @@ class TransformerHistory(tf.keras.layers.Layer):
                 "num_layers": self.num_layers, "num_heads": self.num_heads, "dropout": self.dropout}
 
 
-def make_history_encoder(name: str, max_length: int, dim: int, dropout: float = 0.2,
-                         layer_name: str = "history_encoder") -> tf.keras.layers.Layer:
+def make_history_encoder(name: str, max_length: int, dim: int, dropout: float = 0.2) -> tf.keras.layers.Layer:
     """The encoder called ``name`` (one of :data:`NAMES`) for histories [batch, max_length, dim]."""
     if name == "mean":
-        return MeanHistory(name=layer_name)
+        return MeanHistory(name="history_encoder")
     if name == "attention":
-        return AttentionHistory(max_length, name=layer_name)
+        return AttentionHistory(max_length, name="history_encoder")
     if name == "gru":
-        return GruHistory(dim, name=layer_name)
+        return GruHistory(dim, name="history_encoder")
     if name == "transformer":
-        return TransformerHistory(max_length, dim, dropout=dropout, name=layer_name)
+        return TransformerHistory(max_length, dim, dropout=dropout, name="history_encoder")
     raise ValueError(f"model.history_encoder: unknown encoder '{name}'; expected one of {', '.join(NAMES)}")
 
 

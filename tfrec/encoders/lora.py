@@ -60,7 +60,7 @@ class LoRADense(tf.keras.layers.Layer):
             self.merged = True
 
 
-def add_adapters(bert_model, rank: int, alpha: float | None = None) -> list[LoRADense]:
+def add_adapters(bert_model, rank: int) -> list[LoRADense]:
     """Wraps every transformer layer's query/key/value projection; freezes all other encoder weights.
 
     Args:
@@ -80,7 +80,7 @@ def add_adapters(bert_model, rank: int, alpha: float | None = None) -> list[LoRA
     for layer in bert_main_layer.encoder.layer:
         attention = layer.attention.self_attention
         for name in ("query", "key", "value"):
-            wrapped = LoRADense(getattr(attention, name), rank, alpha)
+            wrapped = LoRADense(getattr(attention, name), rank)
             setattr(attention, name, wrapped)
             adapters.append(wrapped)
         # A frozen parent hides its children's weights, so containers stay trainable and leaves freeze.
@@ -89,10 +89,6 @@ def add_adapters(bert_model, rank: int, alpha: float | None = None) -> list[LoRA
             if not isinstance(sub, LoRADense) and not list(sub._flatten_layers(include_self=False)):
                 sub.trainable = False
     return adapters
-
-
-def adapters_of(layer: tf.keras.layers.Layer) -> list[LoRADense]:
-    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True) if isinstance(sub, LoRADense)]
 
 
 def merge_adapters(layer: tf.keras.layers.Layer) -> int:

@@ -4,7 +4,7 @@ An index is a ``tf.Module`` holding the catalog as non-trainable variables, so
 it is tracked and written by ``tf.saved_model.save`` when it is an attribute
 of a bigger module. ``search`` is a plain method built from TF ops: call it
 eagerly, or inside a ``tf.function`` (unknown batch size and unknown number
-of excluded ids are fine); the lead's export signatures wrap it that way.
+of excluded ids are fine); the export's signatures wrap it that way.
 
 Exclusion contract shared by all indexes: ``exclude_item_ids`` is a string
 tensor ``[batch, e]`` padded with ``""``. Every index over-fetches ``k + e``

@@ -1,7 +1,8 @@
 """Saving and loading an index on its own (tests, benchmarks, debugging).
 
-Production exports put the index inside the lead's retrieval module; this is
-the minimal equivalent: :class:`SearchModule` holds one index and exposes
+Production exports put the index inside the retrieval module of
+:mod:`tfrec.export.savedmodel`; this is the minimal equivalent:
+:class:`SearchModule` holds one index and exposes
 
 * ``search(query_embeddings float32 [B, d], exclude_item_ids string [B, e])
   -> (scores float32 [B, k'], item_ids string [B, k'])`` as a ``tf.function``;
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfrec.index.scann_index import save_options
+
 
 def save_options_for(index: tf.Module) -> tf.saved_model.SaveOptions | None:
     """``SaveOptions`` a SavedModel containing ``index`` needs (None = defaults)."""
     if getattr(index, "kind", None) == "scann":
-        from tfrec.index.scann_index import save_options
-
         return save_options()
     return None
 
@@ -71,7 +72,7 @@ def save(index: tf.Module, path: str | Path) -> None:
 def load_saved_model(path: str | Path):
     """``tf.saved_model.load`` that first registers ScaNN's ops if available."""
     try:
-        import scann  # noqa: F401  (registers Scann>* ops needed by ScaNN indexes)
+        import scann  # noqa: F401  (optional: registers the Scann>* ops of ScaNN indexes)
     except ImportError:
         pass  # fine unless the SavedModel holds a ScaNN index; TF then says so
     return tf.saved_model.load(str(path))

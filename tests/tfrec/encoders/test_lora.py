@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec.encoders.lora import LoRADense, adapters_of, merge_adapters
+from tfrec.encoders.lora import LoRADense, merge_adapters
 from tfrec.encoders.text import BertTextEncoder
 
 TEXTS = tf.constant(["rocket star", "quiet jazz evening", "a"])
+
+
+def adapters_of(layer: tf.keras.layers.Layer) -> list[LoRADense]:
+    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True) if isinstance(sub, LoRADense)]
 
 
 def _encoder(lora_rank: int) -> BertTextEncoder:

@@ -42,7 +42,9 @@ def test_history_only_signature(tmp_path, tiny_encoder):
     expected = query({"history_item_ids": history}).numpy()
     np.testing.assert_allclose(sigs["embed_query"](history_item_ids=history)["embedding"].numpy(), expected,
                                atol=1e-5)
-    assert out["item_ids"].shape == (2, 2)
+    # Served top 2 = the best two of the Python query embeddings against the catalog.
+    want = np.array(ITEMS)[np.argsort(-expected @ mod.index.item_embeddings.numpy().T, axis=1)[:, :2]]
+    np.testing.assert_array_equal(out["item_ids"].numpy().astype(str), want)
     top = out["item_ids"].numpy()[0, 0]
     excluded = sigs["serving_default"](history_item_ids=history, exclude_item_ids=tf.constant([[top], [b""]]))
     assert top not in excluded["item_ids"].numpy()[0]

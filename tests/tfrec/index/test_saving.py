@@ -12,7 +12,7 @@ DIM = 32
 
 
 class Holder(tf.Module):
-    """Stands in for the lead's export module: the index is one attribute among others."""
+    """Stands in for the export's module: the index is one attribute among others."""
 
     def __init__(self, index):
         super().__init__()
