@@ -120,7 +120,7 @@ class TrainingProgress(tf.keras.callbacks.Callback):
 
     Keras' own ``ProgbarLogger`` draws a bar on a terminal only (``verbose=2``
     prints once per epoch, to stdout, with no end time). In every epoch this
-    writes ``train: epoch 1/3 step 430/860 (50%), 1,234 examples/s; epoch ends
+    writes ``train: epoch 1 of 3, step 430/860 (50%), 1,234 examples/s; epoch ends
     14:32:10 (in 5m 12s), training ends 14:58:40 (in 31m 42s)`` at least every
     ``every_seconds`` or every ``every_fraction`` of the epoch (see
     :class:`Progress`). After ``early_steps`` measured steps or
@@ -218,7 +218,9 @@ class TrainingProgress(tf.keras.callbacks.Callback):
     def line(self, step_rate: float) -> str:
         epoch_left, total_left = self.seconds_left(step_rate)
         now = self.wall()
-        return (f"{self.label}: epoch {self.epoch + 1}/{self.epochs} step {self.done:,}/{self.steps:,} "
+        # "epoch 1 of 3", not "1/3": "epoch 1/3" starts the line that closes the epoch (EpochLog's), which
+        # whoever watches the log for an epoch's end looks for.
+        return (f"{self.label}: epoch {self.epoch + 1} of {self.epochs}, step {self.done:,}/{self.steps:,} "
                 f"({100 * self.done / self.steps:.0f}%), {step_rate * self.batch_size:,.0f} examples/s; "
                 f"epoch ends {ends(now, epoch_left)}, training ends {ends(now, total_left)}")
 

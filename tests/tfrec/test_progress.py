@@ -107,15 +107,15 @@ def test_training_lines_over_a_long_epoch_and_the_early_estimate(utc, lines):
     # 90 + 1,000 / 10 = 190 s -> 204.9 s = 00:03:24.
     progress_lines = got[1:]
     assert len(progress_lines) == 9
-    assert progress_lines[0] == ("train: epoch 1/2 step 100/1,000 (10%), 1,000 examples/s; epoch ends 00:01:44 "
+    assert progress_lines[0] == ("train: epoch 1 of 2, step 100/1,000 (10%), 1,000 examples/s; epoch ends 00:01:44 "
                                  "(in 1m 30s), training ends 00:03:24 (in 3m 10s)")
-    assert progress_lines[-1].startswith("train: epoch 1/2 step 900/1,000 (90%)")
+    assert progress_lines[-1].startswith("train: epoch 1 of 2, step 900/1,000 (90%)")
 
     # Epoch 2 begins at 124.9 s; its first step ends at 125.0, then one every 0.05 s (20 steps/s). At step 100
     # (t = 129.95): 900 steps left / 20 = 45 s, plus the 20 s validation measured after epoch 1 = 65 s -> ends at
     # 194.95 s = 00:03:14, which is also the end of training (the last epoch).
     drive_epoch(cb, clock, 1, first_step=0.1, step=0.05, steps=150)
-    assert lines()[10:] == ["train: epoch 2/2 step 100/1,000 (10%), 2,000 examples/s; epoch ends 00:03:14 "
+    assert lines()[10:] == ["train: epoch 2 of 2, step 100/1,000 (10%), 2,000 examples/s; epoch ends 00:03:14 "
                             "(in 1m 05s), training ends 00:03:14 (in 1m 05s)"]
 
 
@@ -150,4 +150,4 @@ def test_a_resumed_epoch_counts_from_the_batch_it_resumes_at(utc, lines):
     cb.on_train_begin()
     drive_epoch(cb, clock, 0, first_step=1.0, step=1.0, steps=40)
     # Done = 600 + batches; the first line after 30 s of steps past the epoch's start: t = 30 at batch 29.
-    assert lines()[0].startswith("train: epoch 1/1 step 630/1,000 (63%), 10 examples/s")
+    assert lines()[0].startswith("train: epoch 1 of 1, step 630/1,000 (63%), 10 examples/s")
