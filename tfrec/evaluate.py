@@ -179,7 +179,6 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     ranks = []
     lines = Progress(f"ranking {n_items:,} items", len(targets), "queries")  # a line every 30 s of a long pass
     for start in range(0, len(targets), query_chunk):
-        lines.update(start)
         t = targets[start:start + query_chunk]
         rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
         if exclude is not None:  # a listed target is the "also" entry already: drop its duplicate
@@ -192,6 +191,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
                                      tail, tf.constant(item_embeddings[t]), tf.constant(rows, tf.int32),
                                      tf.constant(cols, tf.int32),
                                      tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
+        lines.update(start + len(t))
     return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
 
 

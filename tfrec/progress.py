@@ -76,6 +76,7 @@ class Progress:
         self.last_line = self.clock()
         self.last_fraction = self._fraction_index(done)
         self.mark(done)
+        self.updated = False
 
     def _fraction_index(self, done: int) -> int:
         return int(done // (self.every_fraction * self.total)) if self.every_fraction and self.total else 0
@@ -110,7 +111,11 @@ class Progress:
         return text
 
     def update(self, done: int) -> None:
-        """Logs :meth:`line` when one is due."""
+        """Logs :meth:`line` when one is due. The rate counts from the first update: the first batch of a pass
+        traces its function, which later batches do not pay."""
+        if not self.updated:
+            self.mark(done)
+            self.updated = True
         if self.due(done):
             log.info("%s", self.line(done))
 

@@ -57,6 +57,18 @@ def test_a_slow_loop_writes_a_line_every_30_seconds(utc, lines):
         "embedding the catalog: 90/1,000 rows (9%), 1 rows/s, ends 00:16:40 (in 15m 10s)"]
 
 
+def test_the_rate_leaves_out_the_first_batch_which_traces(utc, lines):
+    clock = FakeClock()
+    p = Progress("encoding items", 1000, "texts", clock=clock, wall=clock.wall)
+    clock.t = 20.0  # the first 10 texts: 20 s, most of it tracing
+    p.update(10)
+    clock.t = 31.0  # then 10 texts a second
+    p.update(120)
+    # From the first update (10 texts at 20 s) to 120 at 31 s: 110 / 11 = 10 texts/s (not 120 / 31 = 3.9);
+    # 880 left -> 88 s, at 31 + 88 = 119 s = 00:01:59.
+    assert lines() == ["encoding items: 120/1,000 texts (12%), 10 texts/s, ends 00:01:59 (in 1m 28s)"]
+
+
 def test_a_short_loop_writes_nothing():
     clock = FakeClock()
     p = Progress("embedding", 10, every_fraction=0.1, clock=clock)
