@@ -1,6 +1,7 @@
-"""Optimisers, learning-rate schedule, callbacks and TensorBoard extras.
+"""Optimisers, learning-rate schedule and the training callbacks (checkpoints, epoch log, TensorBoard).
 
-:mod:`tfrec.run`'s ``train`` uses these; nothing here owns the loop.
+:mod:`tfrec.run`'s ``train`` uses these; nothing here owns the loop. The progress lines are
+:mod:`tfrec.progress`'s; what TensorBoard gets after training (HParams, Projector) is :mod:`tfrec.summaries`'.
 """
 
 from __future__ import annotations
