@@ -26,6 +26,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec import evaluate
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
 STEPS_PER_EXECUTION = 64  # id_two_tower's training steps per call of its compiled train step
@@ -104,10 +105,12 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     eval_users = user_rows(getattr(data, split).user_id)
     k = [int(monitor.split("@")[1])]
     best, best_value, since_best = None, -1.0, 0
-    for _ in range(epochs):
+    lines = TrainingProgress(-(-len(data.train) // batch_size), epochs, batch_size, "id_two_tower", estimate=False)
+    for epoch in range(epochs):
         ds = _epoch_rows(len(data.train), batch_size, order)
         model.fit(ds.map(lambda rows: {"user_id": tf.gather(train_users, rows),
-                                       "item_id": tf.gather(train_items, rows)}), epochs=1, verbose=0)
+                                       "item_id": tf.gather(train_items, rows)}), initial_epoch=epoch,
+                  epochs=epoch + 1, verbose=0, callbacks=[lines])
         items = model.item_model(item_rows(data.catalog.item_ids)).numpy()
         if epochs == 1:  # the only epoch is the best: no validation pass to pay for
             best = (model.user_model(eval_users).numpy(), items)

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfrec import evaluate
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
 ID_FEATURES = ("history_item_ids", "item_id", "item_position", "item_probability")
@@ -76,7 +77,8 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
     keeper = _KeepBest(lambda: evaluate.evaluate_embeddings(*embeddings("validation"), data, "validation", [k],
                                                             cfg.eval.exclude_seen)[metric],
                        metric, t.early_stopping_patience, t.epochs)
-    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper], verbose=0)
+    lines = TrainingProgress(steps, t.epochs, batch, label="id_sequence", estimate=False)  # lines every 30 s
+    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper, lines], verbose=0)
     best = keeper.best_weights
     model.set_weights(best)
     return embeddings(split)

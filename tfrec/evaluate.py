@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import Progress
 
 log = logging.getLogger("tfrec")
 
@@ -59,7 +60,8 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     """Runs a tower over feature arrays in batches: float32 [n, dim].
 
     Memory stays bounded by one batch of inputs plus the [n, dim] output. With
-    ``progress`` (a label), a progress bar shows on a terminal (not in logs).
+    ``progress`` (a label), a progress bar shows on a terminal, and a long pass
+    writes a line in the log at least every 30 s (:class:`tfrec.progress.Progress`).
     The tower is traced once (twice with a last, shorter batch) and the traced
     function is reused by later calls on the same tower (:func:`_tower_fn`).
     """
@@ -69,11 +71,14 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     fn = _tower_fn(tower)
     out = []
     quiet = progress is None or not log.isEnabledFor(logging.INFO)
+    lines = None if progress is None else Progress(progress, n, "rows")
     for start in tqdm(range(0, n, batch_size), desc=progress, disable=True if quiet else None, unit="batch",
                       mininterval=2.0, leave=False):
         batch = {k: (tf.constant(v[start:start + batch_size].astype(str).tolist()) if v.dtype == object
                      else tf.constant(v[start:start + batch_size])) for k, v in features.items()}
         out.append(fn(batch).numpy())
+        if lines is not None:
+            lines.update(min(start + batch_size, n))
     return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
 
 
@@ -172,6 +177,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     bounds = np.append(np.arange(n_blocks + 1) * item_chunk, n_items)
     targets = np.asarray(targets, np.int64)
     ranks = []
+    lines = Progress(f"ranking {n_items:,} items", len(targets), "queries")  # a line every 30 s of a long pass
     for start in range(0, len(targets), query_chunk):
         t = targets[start:start + query_chunk]
         rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
@@ -185,6 +191,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
                                      tail, tf.constant(item_embeddings[t]), tf.constant(rows, tf.int32),
                                      tf.constant(cols, tf.int32),
                                      tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
+        lines.update(start + len(t))
     return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import baseline_runs, evaluate, fileio, job_cache, runtime, timings, training, vertex
+from tfrec import baseline_runs, evaluate, fileio, job_cache, progress, runtime, summaries, timings, training, vertex
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -245,10 +245,13 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         checkpoint.restore(resume_from).expect_partial()
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
-    # TensorBoard runs last so that it sees the validation metrics the callbacks before it add.
+    # TensorBoard runs last so that it sees the validation metrics and examples/s the callbacks before it add;
+    # the progress lines come after validation and the checkpoint, whose time they measure.
     callbacks = [training.ValidationMetrics(timings.timed("validation", lambda: validation_metrics(cfg, model, data,
                                                                                                  features))),
-                 saver, training.EpochLog(cfg.train.epochs), timings.epoch_callback(data.num_train),
+                 saver, progress.TrainingProgress(steps, cfg.train.epochs, cfg.train.batch_size, full_softmax_items=(
+                     len(data.catalog) if cfg.retrieval.negatives == "full" else None)),
+                 training.EpochLog(cfg.train.epochs), timings.epoch_callback(data.num_train),
                  training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
                                       histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
                                       profile_batch=0)]
@@ -314,9 +317,8 @@ def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluat
     if evaluation.cold_items is not None:
         report["cold_items"] = evaluation.cold_items
     tb = str(tensorboard_dir or fileio.join(job, "tensorboard"))
-    training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
-                           {f"test_{k}": v for k, v in evaluation.model.items()})
-    training.write_projector(tb, evaluation.item_embeddings, data.catalog)
+    summaries.write_hparams(tb, summaries.compared_settings(cfg), {f"test_{k}": v for k, v in evaluation.model.items()})
+    summaries.write_projector(tb, evaluation.item_embeddings, data.catalog)
     fileio.write_text(fileio.join(job, "eval.json"), json.dumps(report, indent=2))
     log.info("eval: wrote %s", fileio.join(job, "eval.json"))
     return report

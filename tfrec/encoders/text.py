@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfrec.errors import UserError
+from tfrec.progress import Progress
 
 log = logging.getLogger("tfrec")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -195,11 +196,14 @@ class BertTextEncoder(tf.keras.layers.Layer):
         encode = tf.function(lambda i, m: self.encode_tokens(i, m, training=False), reduce_retracing=True)
         bar = tqdm(total=len(texts), desc=progress, unit="text", mininterval=2.0, leave=False,
                    disable=True if progress is None or not log.isEnabledFor(logging.INFO) else None)  # None: a TTY only
+        lines = None if progress is None else Progress(progress, len(texts), "texts")  # the log: every 30 s
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             width = int(min(self.max_length, -(-int(lengths[idx].max()) // 8) * 8))
             out[idx] = encode(tf.constant(ids[idx, :width]), tf.constant(mask[idx, :width])).numpy()
             bar.update(len(idx))
+            if lines is not None:
+                lines.update(start + len(idx))
         bar.close()
         return out
 
