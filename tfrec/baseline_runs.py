@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec import evaluate
+from tfrec import early_stopping, evaluate
 from tfrec.data.dataset import RetrievalData
 
 log = logging.getLogger("tfrec")
@@ -67,8 +67,8 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
 
     Treated like the main model, and given no more: the caller's batch size
     and epoch budget, the training pairs reshuffled every epoch (seeded,
-    :func:`_epoch_rows`), early stopping after ``patience`` epochs without a
-    better validation ``monitor``, and the best epoch is the one evaluated
+    :func:`_epoch_rows`), the model's early stopping (:mod:`tfrec.early_stopping`)
+    on validation ``monitor`` (``patience`` None: every epoch runs), and the best epoch is the one evaluated
     (pass a validation split cut by :func:`tfrec.evaluate.sample_split` to keep
     those checks cheap). Adagrad (lr 0.1, as in the TFRS retrieval tutorial)
     updates only the embedding rows a batch touches; Adam rewrites both whole
@@ -103,8 +103,8 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     val_users = user_rows(data.validation.user_id)
     eval_users = user_rows(getattr(data, split).user_id)
     k = [int(monitor.split("@")[1])]
-    best, best_value, since_best = None, -1.0, 0
-    for _ in range(epochs):
+    best, rule = None, early_stopping.EarlyStopping(epochs if patience is None else patience)  # None: never stop
+    for epoch in range(epochs):
         ds = _epoch_rows(len(data.train), batch_size, order)
         model.fit(ds.map(lambda rows: {"user_id": tf.gather(train_users, rows),
                                        "item_id": tf.gather(train_items, rows)}), epochs=1, verbose=0)
@@ -114,12 +114,11 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
             break
         value = evaluate.evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
                                              exclude_seen)[monitor]
-        if value > best_value:
-            best_value, best, since_best = value, (model.user_model(eval_users).numpy(), items), 0
-        else:
-            since_best += 1
-            if patience is not None and since_best >= patience:
-                break
+        decision = rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
+            best = (model.user_model(eval_users).numpy(), items)
+        elif decision == early_stopping.STOP:
+            break
     targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
     return evaluate.metrics_from_ranks(evaluate.target_ranks(best[0], best[1], targets, exclude), ks)
 

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfrec import evaluate
+from tfrec import early_stopping, evaluate
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
 
@@ -99,12 +99,12 @@ def bm25_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: 
 
 
 class _KeepBest(tf.keras.callbacks.Callback):
-    """Validation after each epoch; keeps the best weights; stops after ``patience`` epochs without a gain."""
+    """Validation after each epoch; keeps the best weights; stops by the model's rule (:mod:`tfrec.early_stopping`)."""
 
     def __init__(self, validate, metric: str, patience: int, epochs: int):
         super().__init__()
-        self.validate, self.metric, self.patience, self.epochs = validate, metric, patience, epochs
-        self.best_value, self.best_weights, self.waited, self.started = -1.0, None, 0, 0.0
+        self.validate, self.metric, self.epochs = validate, metric, epochs
+        self.rule, self.best_weights, self.started = early_stopping.EarlyStopping(patience), None, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -113,12 +113,10 @@ class _KeepBest(tf.keras.callbacks.Callback):
         value = self.validate()
         log.info("id_sequence: epoch %d/%d val_%s=%.4f (%.0fs)", epoch + 1, self.epochs, self.metric, value,
                  time.time() - self.started)
-        if value > self.best_value:
-            self.best_value, self.best_weights, self.waited = value, self.model.get_weights(), 0
-        else:
-            self.waited += 1
-            if self.patience and self.waited >= self.patience:
-                self.model.stop_training = True
+        decision = self.rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
+            self.best_weights = self.model.get_weights()
+        self.model.stop_training = decision == early_stopping.STOP
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
