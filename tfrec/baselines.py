@@ -92,9 +92,9 @@ def bm25_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: 
     """Metrics of BM25 over the item texts for ``split``'s query texts (same metrics as the model's)."""
     from tfrec.lexical import BM25
 
-    tie_order = np.argsort(np.argsort(evaluate.popularity_scores(data)))  # more popular: higher
     targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
-    ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets, tie_order, exclude)
+    ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets,
+                                           evaluate.popularity_order(data.item_counts()), exclude)
     return evaluate.metrics_from_ranks(ranks, ks)
 
 
