@@ -312,7 +312,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         report = {"model_name": name, "version": version, "index": info, "data": data.counts,
                   "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if idx.kind == "scann" else None
+        options = index_lib.save_options_for(idx)
 
         def write(folder: str, module=module, report=report, options=options) -> None:
             tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
