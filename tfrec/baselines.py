@@ -26,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfrec import early_stopping, evaluate
+from tfrec import early_stopping, evaluate, runtime
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
 
@@ -49,10 +49,12 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
         raise ValueError("the id_sequence baseline needs history-built queries (data.interactions."
                          "query_history_items)")
     t = cfg.train
-    tf.keras.utils.set_random_seed(t.seed)
     probability = data.item_probability()
-    model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
-    model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+    with runtime.layer_seed(t.seed):  # the initial weights from the run's seed alone; no global seed is set
+        model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
+        model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+        model.query_tower({"history_item_ids": tf.constant(data.train.history[:1])})  # the weights are made here
+        model.item_tower.embed_rows(tf.range(1, dtype=tf.int64))
     features = pipeline.training_features(data.train, data.catalog, probability, query_text=False)
     features = {k: v for k, v in features.items() if k in ID_FEATURES}
     batch = t.batch_size
