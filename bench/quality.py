@@ -24,7 +24,7 @@ import tfrec  # noqa: F401  (environment first)
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate, training
+from tfrec import early_stopping, evaluate, training
 from tfrec.data import dataset, pipeline
 from tfrec.encoders.history import make_history_encoder
 from tfrec.encoders.text import BertTextEncoder
@@ -99,7 +99,7 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
         hist = getattr(data, split).history[:, :length]
         return embed_q(tf.constant(hist)).numpy(), embed_items().numpy()
 
-    best, best_val, best_epoch, bad = None, -1.0, 0, 0
+    best, rule = None, early_stopping.EarlyStopping(args.patience)
     for epoch in range(args.epochs):
         t = time.time()
         model.fit(train, epochs=1, verbose=0)
@@ -107,19 +107,17 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
         val = evaluate.evaluate_embeddings(q, items, data, "validation", [10], args.exclude_seen)["recall@10"]
         print(f"  {'model' if with_text else 'id_sequence'} epoch {epoch + 1} val recall@10={val:.4f} "
               f"({time.time() - t:.1f}s)", flush=True)
-        if val > best_val:
-            best_val, best_epoch, bad = val, epoch, 0
+        decision = rule.update(epoch, val)
+        if decision == early_stopping.IMPROVED:
             best = [w.copy() for w in model.get_weights()]
-        else:
-            bad += 1
-            if bad >= args.patience:
-                break
+        elif decision == early_stopping.STOP:
+            break
     model.set_weights(best)
     q, items = embeddings("test")
     out = evaluate.evaluate_embeddings(q, items, data, "test", [10, 100], args.exclude_seen)
     other = evaluate.evaluate_embeddings(q, items, data, "test", [10], not args.exclude_seen)
     out["other_exclusion_recall@10"], out["other_exclusion_ndcg@10"] = other["recall@10"], other["ndcg@10"]
-    out["best_epoch"] = best_epoch + 1
+    out["best_epoch"] = rule.best_epoch + 1
     return out
 
 

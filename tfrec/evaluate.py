@@ -199,16 +199,17 @@ def ranks_from_item_scores(item_scores: np.ndarray, targets: np.ndarray,
                            exclude: list[np.ndarray] | None = None) -> np.ndarray:
     """Ranks when every query shares one score per item (popularity): a sort, not a matmul.
 
-    Same rule as :func:`target_ranks` (ties against the target).
+    Same rule as :func:`target_ranks` (ties against the target). The scores are compared in their own
+    dtype: integer scores (:func:`popularity_order`) never round into a tie.
 
     Args:
-      item_scores: float32 [num_items].
+      item_scores: float or int [num_items].
       targets: int [num_queries].
       exclude: per query, item rows to leave out (the target, if listed, is kept).
     Returns:
       int64 [num_queries].
     """
-    item_scores = np.asarray(item_scores, np.float32)
+    item_scores = np.asarray(item_scores)
     targets = np.asarray(targets, np.int64)
     ordered = np.sort(item_scores)
     target_scores = item_scores[targets]
@@ -274,17 +275,26 @@ def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed:
 
 
 # ----------------------------------------------------------------- baselines
-def popularity_scores(data: RetrievalData) -> np.ndarray:
-    """float64 [num_items], all distinct: training interaction count, ties broken by catalog order."""
-    n = len(data.catalog)
-    return data.item_counts().astype(np.float64) - np.arange(n) / (2.0 * n)
+def popularity_order(item_counts: np.ndarray) -> np.ndarray:
+    """The popularity order of the catalog as integers: int64 [num_items], a permutation of ``0 .. n - 1``,
+    higher = more training interactions, equal counts ordered by catalog row (the earlier row higher).
+
+    Integers, so no two items ever tie, whatever the catalog size (scores such as ``count - row / 2n`` do
+    tie again in float32). The ``popularity`` baseline ranks by it and ``bm25`` breaks its ties by it.
+
+    Args:
+      item_counts: int [num_items], each catalog row's training interactions.
+    """
+    counts = np.asarray(item_counts, np.int64)
+    order = np.empty(len(counts), np.int64)
+    order[np.lexsort((-np.arange(len(counts)), counts))] = np.arange(len(counts))  # by count, then earlier row
+    return order
 
 
 def popularity_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
-    """Every query gets the catalog ordered by training interaction count."""
-    scores = popularity_scores(data)
+    """Every query gets the catalog ordered by training interaction count (:func:`popularity_order`)."""
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
-    return metrics_from_ranks(ranks_from_item_scores(scores.astype(np.float32), targets, exclude), ks)
+    return metrics_from_ranks(ranks_from_item_scores(popularity_order(data.item_counts()), targets, exclude), ks)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfrec import fileio
+from tfrec import early_stopping, fileio
 
 log = logging.getLogger("tfrec")
 
@@ -196,7 +196,7 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
       directory: the checkpoints folder.
       checkpoint: a ``tf.train.Checkpoint`` of the model and optimisers.
       monitor: the epoch log key to maximise (``val_recall@10``).
-      patience: epochs without improvement before stopping.
+      patience: epochs without improvement before stopping (:mod:`tfrec.early_stopping`'s rule).
       every_steps: also save every this many training steps inside an epoch
         (``train.checkpoint_every_steps``); None = at epoch ends only.
     """
@@ -280,13 +280,13 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {}).get(self.monitor, np.nan))
-        improved = value > self.state["best"]
-        if improved:
+        rule = early_stopping.EarlyStopping(self.patience, self.state["best"], self.state["best_epoch"],
+                                            self.state["wait"])
+        decision = rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
             self._guard(self._save_best, epoch, value)
-            self.state.update(best=value, best_epoch=epoch, wait=0)
-        else:
-            self.state["wait"] += 1
-        if self.state["wait"] > self.patience:
+        self.state.update(best=rule.best, best_epoch=rule.best_epoch, wait=rule.wait)
+        if decision == early_stopping.STOP:
             self.state["stopped"] = True
             self.model.stop_training = True
             log.info("early stop: %s did not improve for %d epochs (best %.4f at epoch %d)", self.monitor,

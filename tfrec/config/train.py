@@ -17,6 +17,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     early_stopping_metric: str = "recall@10"
+    # Stop after this many epochs in a row without a better validation early_stopping_metric (Keras'
+    # EarlyStopping: 0 stops at the first such epoch, as 1 does); the model and every learned baseline.
     early_stopping_patience: int = 3
     cache_frozen_encoders: bool = True
     steps_per_execution: int = 1
