@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ import tensorflow as tf
 
 from tfrec import config as config_lib
 from tfrec import evaluate
-from tfrec.data import dataset, pipeline
+from tfrec import run as run_lib
+from tfrec.data import pipeline
 from tfrec.encoders.history import make_history_encoder
 from tfrec.models import TwoTowerModel
 from tfrec.tasks import RetrievalTask
@@ -181,7 +183,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
     cfg = config_lib.build("movielens", sets=[f"data.interactions.query_history_items={args.history}"])
-    data = dataset.load(cfg.data)
+    data = run_lib.load_data(cfg, tempfile.gettempdir())  # as fit reads it
     cache, encoder = item_text_cache(cfg, data.catalog, "/tmp/quality_item_text.npy")
     if args.throughput:
         return throughput(args, data, cache, encoder)

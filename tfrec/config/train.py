@@ -17,7 +17,7 @@ class TrainConfig:
     encoder_learning_rate: float = 3e-5
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
-    early_stopping_metric: str = "recall@10"
+    early_stopping_metric: str = "recall@10"  # recall@K or ndcg@K on validation; K must be one of eval.ks
     early_stopping_patience: int = 3
     cache_frozen_encoders: bool = True
     steps_per_execution: int = 1
