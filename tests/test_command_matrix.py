@@ -4,8 +4,10 @@ ranking head.
 The commands, with the flags README.md and BUILD.md give them: ``python -m trainer.task``, ``serving.export``,
 ``serving.reindex``, ``tfrec.export.layout``, ``serving.server`` (started once, one REST request per model),
 ``serving.client`` (``--list``, REST and ``--grpc``), and the README's Python API block. Each job dir is trained
-once per session, on the smoke preset's synthetic shop (1 epoch, tiny random BERT, frozen). The answers are held
-against the exported SavedModel loaded in this process: what a command serves is what the model itself returns.
+once per session by ``trainer.task`` on the smoke preset's synthetic shop (1 epoch, tiny random BERT, frozen), with
+the export left to the README block's ``fit``, which resumes the finished run and publishes version 1 (the same
+code path; one SavedModel write fewer per shape). The answers are held against the exported SavedModel loaded in
+this process: what a command serves is what the model itself returns.
 
 The job dirs train without an item id embedding (``model.item_id_embedding_dim=0``): an item is then its text and
 genre, so a new item that copies an old one's text and genre must come back from ``serving.reindex`` with exactly
