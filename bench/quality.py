@@ -5,7 +5,7 @@
 
 Defaults are the movielens preset's values (seen items excluded from the ranking, AdamW with warm-up).
 
-Data and split come from the movielens preset through ``tfrec.data.dataset`` (leave-last,
+Data and split come from the movielens preset through ``tfrec.run.load_data``, as training reads them (leave-last,
 full catalog, 943 test users) and metrics from ``tfrec.evaluate``, so the figures are on
 exactly the split and metrics of ``eval.json``. Both contenders use the same history window,
 encoder, negatives, epochs and early stopping (best validation recall@10); they differ only in

@@ -118,9 +118,9 @@ def block_inputs(shape: str, text: str) -> dict[str, list]:
     """The README block's query for ``shape``: its text, else a history. Called in Python a signature needs every
     input (only a server fills an omitted one with its default), so the model with both also gets an empty
     history."""
-    if shape == "text":
-        return {"query_text": [text]}
-    return {"query_text": [text], "history_item_ids": [[""]]} if shape == "both" else {"history_item_ids": [HISTORY_IDS]}
+    if shape in ("history", "ranking"):
+        return {"history_item_ids": [HISTORY_IDS]}
+    return {"query_text": [text], **({"history_item_ids": [[""]]} if shape == "both" else {})}
 
 
 @pytest.fixture(scope="session")
