@@ -5,7 +5,7 @@
 
 Defaults are the movielens preset's values (seen items excluded from the ranking, AdamW with warm-up).
 
-Data and split come from the movielens preset through ``tfrec.data.dataset`` (leave-last,
+Data and split come from the movielens preset through ``tfrec.run.load_data``, as training reads them (leave-last,
 full catalog, 943 test users) and metrics from ``tfrec.evaluate``, so the figures are on
 exactly the split and metrics of ``eval.json``. Both contenders use the same history window,
 encoder, negatives, epochs and early stopping (best validation recall@10); they differ only in
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ import tensorflow as tf
 
 from tfrec import config as config_lib
 from tfrec import early_stopping, evaluate, training
-from tfrec.data import dataset, pipeline
+from tfrec import run as run_lib
+from tfrec.data import pipeline
 from tfrec.encoders.history import make_history_encoder
 from tfrec.encoders.text import BertTextEncoder
 from tfrec.models import TwoTowerModel
@@ -176,7 +178,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
     cfg = config_lib.build("movielens", sets=[f"data.interactions.query_history_items={args.history}"])
-    data = dataset.load(cfg.data)
+    data = run_lib.load_data(cfg, tempfile.gettempdir())  # as fit reads it
     cache, encoder = item_text_cache(cfg, data.catalog, "/tmp/quality_item_text.npy")
     if args.throughput:
         return throughput(args, data, cache, encoder)

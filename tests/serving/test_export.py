@@ -14,6 +14,7 @@ from serving import reindex
 from tfrec import config as config_lib
 from tfrec.export import layout
 from tfrec.export import savedmodel as export
+from tfrec.trained import load_trained
 from tfrec import index as index_lib
 from trainer import task
 
@@ -33,7 +34,7 @@ def small_catalogs_allowed(monkeypatch):
 
 
 def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     cfg = config_lib.updated(cfg, {"export.min_recall": 0.5})
     from tfrec import evaluate
     from tfrec.data import pipeline
@@ -73,7 +74,7 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
 
 
 def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     before = {p.name for p in (trained / "export").glob("*/*")} if (trained / "export").exists() else set()
     cfg = config_lib.updated(cfg, {"export.min_recall": 0.99})
     from tfrec import evaluate
@@ -88,7 +89,7 @@ def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys
 
 
 def test_interrupted_export_publishes_nothing(trained, monkeypatch):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     from tfrec import evaluate
     from tfrec.data import pipeline
 

@@ -383,36 +383,3 @@ def test_queries(model, data) -> dict:
         queries.update(pipeline.history_features(data.test))
     return queries
 
-
-def load_trained(job_dir: str | Path):
-    """Rebuilds a finished run's model from ``params.yaml`` and its best weights.
-
-    Returns (cfg, model, data).
-    """
-    from tfrec.data import dataset, pipeline
-    from tfrec.models import build_model
-
-    job = fileio.location(job_dir)  # a local Path or a URL (tf.io.gfile)
-    params = fileio.join(job, "params.yaml")
-    if not fileio.isfile(params):
-        raise UserError(f"{job}: no params.yaml; not a tfrec job dir (train first with python -m trainer.task)")
-    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(params)))
-    best = fileio.join(job, "checkpoints", "best", "weights.index")
-    if not fileio.isfile(best):
-        raise UserError(f"{job}: no trained weights at {best}")
-    data = dataset.load(cfg.data, base_dir=str(job))
-    model = build_model(cfg, data.catalog, data.item_probability())
-    if model.query_tower.history_encoder is not None or model.retrieval.negatives != "in_batch":
-        # The catalog table's values come back with the weights; only its shapes are needed here.
-        table = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
-        encoder = model.item_tower.text_encoder
-        if encoder is not None and encoder.frozen and cfg.train.cache_frozen_encoders:
-            del table["item_text"]
-            table["item_text_encoding"] = np.zeros([len(data.catalog), encoder.hidden_size], np.float32)
-        model.item_tower.set_catalog(table)
-    sample = next(iter(pipeline.make_dataset(
-        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability(),
-                                   query_text=model.query_tower.encoder is not None), 2)))
-    model.query_tower(sample), model.item_tower(sample)
-    model.load_weights(str(fileio.join(job, "checkpoints", "best", "weights"))).expect_partial()
-    return cfg, model, data
