@@ -250,7 +250,7 @@ def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool)
     targets = np.array([data.catalog.position[i] for i in examples.item_id], dtype=np.int64)
     exclude = None
     if exclude_seen:
-        seen = data.seen_items()
+        seen = data.seen_items(split)
         exclude = [np.array([data.catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
                    for u in examples.user_id]
     return targets, exclude
