@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
         if args.print_config:
-            from tfrec.config import to_yaml
+            from tfrec.config import resolve, to_yaml
 
+            if resolve.pending(cfg):  # printed as the base has them; the run chooses them from the data
+                log.info("config: chosen from the data when it is read: %s", ", ".join(resolve.pending(cfg)))
             print(to_yaml(cfg), end="")
             return
         job_dir = args.job_dir or default_job_dir(args.preset, args.config)  # local, or a tf.io.gfile URL (gs://)

@@ -28,15 +28,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from tfrec.config.parse import check, merge, nest
 
-if TYPE_CHECKING:
-    from tfrec.config import Config
-    from tfrec.data.dataset import RetrievalData
-
 log = logging.getLogger("tfrec")
+Config = Any  # a tfrec.config.Config (not imported: that package imports this module)
 
 # Full softmax scores every catalog item at every step: the item tower over the whole catalog plus
 # batch x items x dim multiply-adds for the logits. Measured on 2 cores (100,000 items, batch 1,024, dim 64,
@@ -87,8 +84,9 @@ class DataSummary:
     label_range: tuple[float, float] | None = None
 
 
-def summarize(cfg: Config, data: RetrievalData) -> DataSummary:
-    """The :class:`DataSummary` of data read by ``tfrec.run.load_data`` under ``cfg``."""
+def summarize(cfg: Config, data: Any) -> DataSummary:
+    """The :class:`DataSummary` of ``data``, the :class:`tfrec.data.dataset.RetrievalData` that
+    ``tfrec.run.load_data`` read under ``cfg`` (not imported: the data package imports this one)."""
     ic = cfg.data.interactions
     labels = data.train.label
     return DataSummary(
@@ -236,8 +234,9 @@ def pending(cfg: Config) -> list[str]:
     return [k for k in DATA_RULES if not is_explicit(cfg, k)]
 
 
-def for_data(cfg: Config, data: RetrievalData) -> Config:
-    """Checks ``cfg`` against ``data`` (:func:`check_data`), resolves its open keys and logs each choice once."""
+def for_data(cfg: Config, data: Any) -> Config:
+    """Checks ``cfg`` against ``data`` (a ``RetrievalData``; :func:`check_data`), resolves its open keys and logs
+    each choice once; returns the resolved config."""
     summary = summarize(cfg, data)
     check_data(cfg, summary)
     cfg, lines = resolve_data(cfg, summary)
