@@ -156,3 +156,14 @@ def test_params_yaml_holds_the_resolved_config_and_reproduces_it(no_user_run, ca
     # the same command again finds its own job dir's params.yaml consistent and resumes
     assert task.main(args) == 0
     assert "train: already complete" in capsys.readouterr().out
+
+
+def test_a_rerun_from_params_yaml_repeats_eval_json(no_user_run, tmp_path):
+    root, job, args = no_user_run
+    if not (job / "eval.json").is_file():
+        assert task.main(args) == 0
+    again = tmp_path / "again"
+    assert task.main(["--config", str(job / "params.yaml"), "--job-dir", str(again)]) == 0
+    first, second = (json.loads((j / "eval.json").read_text()) for j in (job, again))
+    assert (second["model"], second["baselines"], second["config_hash"]) == (
+        first["model"], first["baselines"], first["config_hash"])
