@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
+from tfrec.config import resolve
 from tfrec.config.data import DataConfig, InteractionsConfig, ItemsConfig, SplitConfig
 from tfrec.config.model import ModelConfig, RankingConfig, RetrievalConfig, TextEncoderConfig
-from tfrec.config import resolve
 from tfrec.config.parse import (absolute_paths, dotted_keys, merge, model_name_from_file, nest, read_yaml,
                                 set_dotted)
 from tfrec.config.train import EvalConfig, ExportConfig, RuntimeConfig, TrainConfig

@@ -45,8 +45,9 @@ Config = Any  # a tfrec.config.Config (not imported: that package imports this m
 FULL_SOFTMAX_MAX_ITEMS = 5_000
 
 # (training rows below, batch size, epochs): larger data gets larger batches (more in-batch negatives, fewer
-# steps) and fewer epochs, so training sees at most about 3 x 10^6 examples above 10^6 rows; early stopping
-# (train.early_stopping_patience) ends a small run's many epochs once validation stops improving.
+# steps) and fewer epochs; at each tier's top, 20,000 rows x 20 epochs at 128, 200,000 x 10 at 256 and 10^6 x 3
+# at 1,024 are each 3,000 to 8,000 steps. Early stopping (train.early_stopping_patience) ends a small run's many
+# epochs once validation stops improving.
 ROW_TIERS = ((20_000, 128, 20), (200_000, 256, 10), (None, 1024, 3))
 
 # What each baseline (tfrec.baseline_runs.BASELINES) needs of the data, in the order they run.
