@@ -120,7 +120,7 @@ REFUSED = [
     ("text_timestamp.csv", "interactions", [],
      ["text_timestamp.csv, row 12, column 'timestamp': expected a finite number, found 'yesterday'"]),
     ("too_few_rows.csv", "interactions", [],
-     ["too_few_rows.csv: the validation split is empty", "more interactions are needed"]),
+     ["too_few_rows.csv: the train split is empty", "more interactions are needed"]),  # time split: timestamps
     ("interactions.csv.gz", "interactions", [], ["interactions.csv.gz: compressed files are not read"]),
     ("not_a_tfrecord.tfrecord", "interactions", [],
      ["not_a_tfrecord.tfrecord: not a TFRecord file or truncated (corrupted record at 0"]),

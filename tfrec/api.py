@@ -12,14 +12,18 @@ def load_config(path: str | os.PathLike | None = None, *, preset: str | None = N
                 overrides: Iterable[str] = ()) -> config_lib.Config:
     """The validated config, resolved as ``python -m trainer.task`` does.
 
-    Order: dataclass defaults -> ``preset`` (``tfrec/presets/<preset>.yaml``,
-    default ``movielens``) -> the YAML file at ``path`` -> each ``overrides``
-    entry (``"dotted.key=value"``) in order -> validation.
+    Order: dataclass defaults -> ``preset`` (``tfrec/presets/<preset>.yaml``;
+    without one, the data-agnostic base ``default`` when ``path`` is given,
+    else ``movielens``) -> the YAML file at ``path`` -> each ``overrides``
+    entry (``"dotted.key=value"``) in order -> validation. The keys none of
+    them names that depend on the data (``retrieval.negatives``,
+    ``eval.baselines``, ...) are chosen by :func:`tfrec.fit` once the data is
+    read (:mod:`tfrec.config.resolve`).
 
     Raises:
       tfrec.errors.ConfigError: an unknown key, a wrong type or an out-of-range value, named.
     """
-    return config_lib.build(preset or "movielens", str(path) if path is not None else None, list(overrides))
+    return config_lib.build(preset, str(path) if path is not None else None, list(overrides))
 
 
 def register_ops(scann: bool = True) -> None:

@@ -28,13 +28,18 @@ def prepare(cfg: Config, job: str | os.PathLike, write_params: bool = True) -> N
 
 
 def check(job: str | os.PathLike, cfg: Config) -> None:
-    """Refuses to resume a job dir written by a different training config."""
+    """Refuses to resume a job dir written by a different training config.
+
+    Keys ``cfg`` still leaves to the data (``resolve.pending``) are compared
+    once the data has chosen them (``fit`` prepares the job dir again then).
+    """
     previous = fileio.join(job, "params.yaml")
     if not fileio.isfile(previous) or not fileio.exists(fileio.join(job, "checkpoints")):
         return
     old = training_flat(config_lib.from_dict(config_lib.read_yaml(previous)))
     new = training_flat(cfg)
-    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    open_keys = set(config_lib.resolve.pending(cfg))
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in open_keys)
     if differing:
         raise UserError(f"{job}: holds a run with a different config ({', '.join(differing[:8])}); "
                         "use another --job-dir or delete it")

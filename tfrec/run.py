@@ -366,7 +366,7 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         # set-up: job dir, seed, strategy
         started = time.time()
         job, out = fileio.location(job_dir), vertex.output_folders(job_dir, outputs)  # checkpoints, logs, export
-        job_dir_lib.prepare(config, job, write_params=scratch is None)
+        job_dir_lib.prepare(config, job, write_params=False)  # params.yaml once the data has resolved the config
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
         times, cache = timings.StageTimes(), job_cache.JobCache(job, enabled=scratch is None)  # timings.json; cache/
@@ -374,6 +374,8 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         # input and model (the encode stage: the encoders' weights and the frozen encoders' outputs)
         with times.stage("read"):
             data = load_data(config, scratch or job)
+        config = config_lib.resolve.for_data(config, data)  # the data-dependent keys left open, each logged
+        job_dir_lib.prepare(config, job, write_params=scratch is None)
         with times.stage("encode"):
             model = build_model(config, data, strategy)
             features = build_features(config, data, model, cache)

@@ -2,8 +2,12 @@
 
     python -m trainer.task [--preset NAME] [--config FILE.yaml] [--set dotted.key=value ...] [--job-dir DIR]
 
-The job dir defaults to the parent of ``AIP_MODEL_DIR`` when Vertex AI sets it,
-else ``runs/<preset>``. It receives ``params.yaml`` (the resolved config),
+Without ``--preset``, a ``--config`` starts from the data-agnostic base
+(``default``: the keys that depend on the data are chosen from it, each logged
+with its reason), and no arguments at all run the ``movielens`` demo. The job
+dir defaults to the parent of ``AIP_MODEL_DIR`` when Vertex AI sets it, else
+``runs/<preset>``, or ``runs/<config file name>`` for a ``--config`` without
+``--preset``. It receives ``params.yaml`` (the resolved config),
 ``checkpoints/`` (rerunning the same command resumes), ``tensorboard/``,
 ``eval.json`` and ``export/``. On Vertex AI, ``AIP_CHECKPOINT_DIR`` and
 ``AIP_TENSORBOARD_LOG_DIR`` take the checkpoints and TensorBoard logs, and
@@ -24,25 +28,32 @@ import sys
 import tfrec
 from tfrec import vertex
 from tfrec.cli import flags_as_overrides, run_main, setup_logging
+from tfrec.config.parse import model_name_from_file
 from tfrec.errors import UserError
 
 log = logging.getLogger("tfrec")
 
 
-def default_job_dir(preset: str) -> str:
+def default_job_dir(preset: str | None, config_file: str | None = None) -> str:
+    """``AIP_MODEL_DIR``'s parent on Vertex AI, else ``runs/<preset>`` (``runs/<file name>`` for a ``--config``
+    without ``--preset``)."""
     model_dir = vertex.output_dirs().model_dir
-    return vertex.parent(model_dir) if model_dir else os.path.join("runs", preset)
+    if model_dir:
+        return vertex.parent(model_dir)
+    return os.path.join("runs", preset or (model_name_from_file(config_file) if config_file else "movielens"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from tfrec.config import config_keys, list_presets
 
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="movielens", help=f"one of: {', '.join(list_presets())}")
+    parser.add_argument("--preset", help=f"one of: {', '.join(list_presets())} (default: movielens, or default "
+                        "with --config: settings chosen from your data)")
     parser.add_argument("--config", help="a YAML file of overrides (applied after the preset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, repeatable, applied last (e.g. --set train.epochs=3)")
-    parser.add_argument("--job-dir", "--job_dir", dest="job_dir", help="output folder (default: runs/<preset>)")
+    parser.add_argument("--job-dir", "--job_dir", dest="job_dir",
+                        help="output folder (default: runs/<preset>, or runs/<config file name>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow logs")
     args, unknown = parser.parse_known_args(argv)
@@ -63,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
         if args.print_config:
-            from tfrec.config import to_yaml
+            from tfrec.config import resolve, to_yaml
 
+            if resolve.pending(cfg):  # printed as the base has them; the run chooses them from the data
+                log.info("config: chosen from the data when it is read: %s", ", ".join(resolve.pending(cfg)))
             print(to_yaml(cfg), end="")
             return
-        job_dir = args.job_dir or default_job_dir(args.preset)  # local, or any tf.io.gfile URL (gs://)
-        log.info("tfrec: preset=%s job_dir=%s", args.preset, job_dir)
+        job_dir = args.job_dir or default_job_dir(args.preset, args.config)  # local, or a tf.io.gfile URL (gs://)
+        log.info("tfrec: preset=%s%s job_dir=%s", cfg.name, f" config={args.config}" if args.config else "",
+                 job_dir)
         aip = vertex.output_dirs()  # Vertex AI's AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR
         run = tfrec.fit(cfg, job_dir, aip)
         if run.metrics:  # the chief: a tuning trial gets the kept epoch's validation metric

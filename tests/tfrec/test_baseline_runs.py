@@ -180,7 +180,8 @@ def test_config_takes_baselines_as_names_or_a_switch_and_a_validation_sample_siz
     assert config_lib.build("smoke", None, ["eval.baselines=false"]).eval.baselines is False
     assert config_lib.build("smoke", None, ["eval.baselines=[popularity]"]).eval.baselines == ["popularity"]
     default = config_lib.build("smoke", None, [])
-    assert default.eval.baselines == ["popularity", "bm25", "content", "id_sequence", "id_two_tower"] and default.eval.validation_max_queries == 10000
+    assert default.eval.baselines is True and default.eval.validation_max_queries == 10000
+    assert config_lib.Config().eval.baselines is True  # the base: every baseline that applies to the data
     assert config_lib.build("smoke", None, ["eval.validation_max_queries=null"]).eval.validation_max_queries is None
     with pytest.raises(ConfigError, match="eval.baselines"):
         config_lib.build("smoke", None, ["eval.baselines=7"])

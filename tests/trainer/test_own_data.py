@@ -1,8 +1,10 @@
-"""A user's own data set: a YAML beside its files, run from elsewhere; flags; positives by label."""
+"""A user's own data set: a YAML beside its files, run from elsewhere; flags; positives by label; settings
+chosen from the data (a known popularity answer without a user column, params.yaml repeating them)."""
 
 import csv
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -88,3 +90,80 @@ def test_own_data_run_from_another_folder(shop, tmp_path, monkeypatch):
     assert report["data"]["skipped"]["below_positive_threshold"] > 0
     # params.yaml repeats the run from anywhere: it is a complete config on its own
     assert config.build("smoke", str(job / "params.yaml")).data.items.path == str(shop / "data" / "items.csv")
+
+
+def write_rows(path, header, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+@pytest.fixture(scope="module")
+def no_user_run(tmp_path_factory):
+    """A data-only YAML over 6 items and 30 query rows without a user column, trained one epoch.
+
+    Training counts a:6 b:5 c:4 d:3 e:2 f:1, so popularity ranks a..f as 1..6; the test
+    targets a, b, d, e, f, f then rank 1, 2, 4, 5, 6, 6.
+    """
+    root = tmp_path_factory.mktemp("no_user")
+    words = {"a": "red apple", "b": "blue boat", "c": "green cup", "d": "dark desk", "e": "easy egg", "f": "fine fork"}
+    write_rows(root / "items.csv", ["item_id", "title"], list(words.items()))
+    train = [(words[i].split()[1], i) for i, n in zip("abcdef", (6, 5, 4, 3, 2, 1)) for _ in range(n)]
+    write_rows(root / "train.csv", ["q", "item_id"], train)
+    write_rows(root / "validation.csv", ["q", "item_id"], [("apple", "a"), ("cup", "c"), ("egg", "e")])
+    write_rows(root / "test.csv", ["q", "item_id"], [(words[i].split()[0], i) for i in "abdeff"])
+    (root / "own.yaml").write_text(yaml.safe_dump({"data": {
+        "interactions": {"path": "train.csv", "query_column": "q"}, "items": {"path": "items.csv"},
+        "split": {"validation_path": "validation.csv", "test_path": "test.csv"}}}))
+    job = root / "job"
+    args = ["--config", str(root / "own.yaml"), "--job-dir", str(job), "--set", "train.epochs=1",
+            "--set", "model.query_encoder.checkpoint=random://tiny", "--set", "eval.ks=[1, 3, 5]",
+            "--set", "train.early_stopping_metric=recall@5",
+            "--set", "export.enabled=false"]
+    return root, job, args
+
+
+def test_popularity_without_a_user_column_is_the_hand_computed_one(no_user_run, capsys):
+    root, job, args = no_user_run
+    assert task.main(args) == 0
+    log = capsys.readouterr().out
+    report = json.loads((job / "eval.json").read_text())
+    pop = report["baselines"]["popularity"]
+    # ranks 1, 2, 4, 5, 6, 6 over 6 test rows
+    assert pop["recall@1"] == pytest.approx(1 / 6)
+    assert pop["recall@3"] == pytest.approx(2 / 6)
+    assert pop["recall@5"] == pytest.approx(4 / 6)
+    assert pop["ndcg@3"] == pytest.approx((1 + 1 / np.log2(3)) / 6)
+    assert pop["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 4 + 1 / 5 + 1 / 6 + 1 / 6) / 6)
+    # chosen from the data, each logged once with its reason
+    assert "tfrec: preset=default config=" in log
+    assert log.count("config: retrieval.negatives=full: 6 items") == 1
+    assert "config: eval.exclude_seen=false: no user ids" in log
+    assert "config: eval.baselines=[popularity, bm25, content]" in log
+    assert set(report["baselines"]) == {"popularity", "bm25", "content"}
+
+
+def test_params_yaml_holds_the_resolved_config_and_reproduces_it(no_user_run, capsys):
+    root, job, args = no_user_run
+    if not (job / "eval.json").is_file():
+        assert task.main(args) == 0
+    params = yaml.safe_load((job / "params.yaml").read_text())
+    assert params["retrieval"]["negatives"] == "full" and params["eval"]["exclude_seen"] is False
+    assert params["eval"]["baselines"] == ["popularity", "bm25", "content"]
+    assert (params["train"]["batch_size"], params["train"]["epochs"]) == (128, 1)  # 21 rows < 20,000; epochs set
+    capsys.readouterr()
+    assert task.main(["--config", str(job / "params.yaml"), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == params
+    # the same command again finds its own job dir's params.yaml consistent and resumes
+    assert task.main(args) == 0
+    assert "train: already complete" in capsys.readouterr().out
+
+
+def test_a_rerun_from_params_yaml_repeats_eval_json(no_user_run, tmp_path):
+    root, job, args = no_user_run
+    if not (job / "eval.json").is_file():
+        assert task.main(args) == 0
+    again = tmp_path / "again"
+    assert task.main(["--config", str(job / "params.yaml"), "--job-dir", str(again)]) == 0
+    first, second = (json.loads((j / "eval.json").read_text()) for j in (job, again))
+    assert (second["model"], second["baselines"], second["config_hash"]) == (
+        first["model"], first["baselines"], first["config_hash"])

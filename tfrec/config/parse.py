@@ -80,7 +80,7 @@ def merge(cfg: Any, overrides: dict, prefix: str = "") -> Any:
     if not isinstance(overrides, dict):
         raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {overrides!r}")
     hints = typing.get_type_hints(type(cfg))
-    names = {f.name for f in dataclasses.fields(cfg)}
+    names = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("settable", True)}
     changes = {}
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
@@ -94,6 +94,14 @@ def merge(cfg: Any, overrides: dict, prefix: str = "") -> Any:
         else:
             changes[key] = _coerce(dotted, value, hints[key])
     return dataclasses.replace(cfg, **changes)
+
+
+def dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    """{"a": {"b": 1, "c": [2]}} -> {"a.b", "a.c"}: the leaf keys a raw config mapping sets."""
+    keys = set()
+    for key, value in tree.items():
+        keys |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return keys
 
 
 def nest(dotted: dict[str, Any]) -> dict:

@@ -65,11 +65,11 @@ class TrainConfig:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10, 50, 100])
     # Baselines by name (tfrec.baseline_runs.BASELINES: popularity, bm25, content, id_sequence, id_two_tower); the
-    # learned ones are trained with the model's batch size, epochs and early stopping, never more. One a data set
-    # cannot run (bm25 without query text, content without item text, id_sequence without history-built queries,
-    # id_two_tower without user ids) is skipped with a log line. true = all, false = none.
-    baselines: Union[bool, list[str]] = field(
-        default_factory=lambda: ["popularity", "bm25", "content", "id_sequence", "id_two_tower"])
+    # learned ones are trained with the model's batch size, epochs and early stopping, never more. A list naming
+    # one the config cannot run (bm25 without query text, id_sequence without history-built queries,
+    # id_two_tower without user ids) is refused; true = all that the data can run (the others skipped with a log
+    # line), false = none. Left unset, the list of those that apply is chosen from the data (tfrec.config.resolve).
+    baselines: Union[bool, list[str]] = True
     # Validation while training (and the baselines' early stopping) on a seeded sample of at most this many
     # queries, the same in every epoch and across restarts; null = every validation query.
     validation_max_queries: Optional[int] = 10000
