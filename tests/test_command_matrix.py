@@ -239,12 +239,12 @@ def client_lines(shape: str) -> list[list[str]]:
     """The documented client lines, with this shape's query: ``--history`` ids where it reads a history."""
     lines = [shlex.split(c.split(" -m serving.client ", 1)[1])
              for c in ds.commands(ds.snippet("BUILD.md", "local-server-client")) if " -m serving.client " in c]
-    assert [ln[0] for ln in lines] == ["--list", "--query", "--query"]
+    assert [ln[0] for ln in lines] == ["--list", "--history", "--history"]
+    query = (["--query", QUERY_TEXT] if shape in ("text", "both") else []) + (
+        ["--history", *HISTORY_IDS] if shape != "text" else [])
     for ln in lines[1:]:
-        ln[1:2] = [QUERY_TEXT] if shape in ("text", "both") else []
-        if shape == "text":
-            continue
-        ln[:0 if shape == "both" else 1] = ["--history", *HISTORY_IDS]
+        ids = next(i for i, a in enumerate(ln[1:], 1) if a.startswith("--"))  # the documented history's ids
+        ln[:ids] = query
     return lines
 
 
