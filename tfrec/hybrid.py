@@ -119,15 +119,18 @@ def choose_weight(setting: str, metric: str, validation: dict[float, dict]) -> t
     """The lexical weight to serve (None: dense only) and why, from validation metrics by weight.
 
     ``auto`` keeps the best weight only when it beats weight 0 (dense); ``on`` keeps the best above 0.
-    Equal values go to the smaller weight.
+    Weights are compared by ``metric``, then by mrr; equal values go to the smaller weight.
     """
+    def key(w):
+        return validation[w][metric], validation[w]["mrr"]
+
     dense = validation[0.0][metric]
     candidates = [w for w in sorted(validation) if w > 0]
-    best = max(candidates, key=lambda w: (validation[w][metric], -w))
+    best = max(candidates, key=lambda w: (*key(w), -w))
     got = validation[best][metric]
     if setting == "on":
         return best, f"retrieval.hybrid=on: lexical weight {best} (validation {metric}={got:.4f}, dense {dense:.4f})"
-    if got > dense:
+    if key(best) > key(0.0):
         return best, (f"retrieval.hybrid=auto: lexical weight {best} beats dense on validation "
                       f"({metric}={got:.4f} against {dense:.4f})")
     return None, f"retrieval.hybrid=auto: dense only (validation {metric}={dense:.4f}, best fusion {got:.4f})"
