@@ -132,7 +132,7 @@ def choose_weight(setting: str, metric: str, validation: dict[float, dict]) -> t
         return best, f"retrieval.hybrid=on: lexical weight {best} (validation {metric}={got:.4f}, dense {dense:.4f})"
     if key(best) > key(0.0):
         return best, (f"retrieval.hybrid=auto: lexical weight {best} beats dense on validation "
-                      f"({metric}={got:.4f} against {dense:.4f})")
+                      f"({metric}, mrr: {got:.4f}, {key(best)[1]:.4f} against {dense:.4f}, {key(0.0)[1]:.4f})")
     return None, f"retrieval.hybrid=auto: dense only (validation {metric}={dense:.4f}, best fusion {got:.4f})"
 
 
