@@ -12,7 +12,7 @@ mixture but are distinct samples.
 For each index (brute_force, ivf, scann, library defaults unless overridden)
 the script builds it, saves it inside a SavedModel (``tfrec.index.save``: a
 ``serving_default`` signature taking query embeddings and an exclusion
-matrix), drops it, reloads it (``tfrec.index.load_saved_model``) and measures,
+matrix), drops it, reloads it (``tfrec.load_export``) and measures,
 through the loaded ``serving_default`` signature:
 
 * recall@10 of the index's top-10 against the loaded brute-force top-10;
@@ -39,12 +39,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfrec  # noqa: E402,F401  (must precede tensorflow)
+import tfrec  # noqa: E402  (must precede tensorflow)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrec import index as index_lib  # noqa: E402
+from tfrec.api import register_ops  # noqa: E402
 
 K = 10
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signatures: dict[str, Any] = {}
     recalls: dict[str, float] = {}
+    register_ops()  # importing the op libraries is not load time
     with tempfile.TemporaryDirectory(prefix="tfrec_bench_index_") as tmp:
         for kind in kinds:
             t0 = time.perf_counter()
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             del index
             gc.collect()
             t0 = time.perf_counter()
-            loaded = index_lib.load_saved_model(path)
+            loaded = tfrec.load_export(path)
             load_s = time.perf_counter() - t0
             signatures[kind] = loaded.signatures["serving_default"]
             recalls[kind] = index_lib.recall_against_exact(

@@ -5,7 +5,7 @@
 
 Defaults are the movielens preset's values (seen items excluded from the ranking, AdamW with warm-up).
 
-Data and split come from the movielens preset through ``tfrec.data.dataset`` (leave-last,
+Data and split come from the movielens preset through ``tfrec.run.load_data``, as training reads them (leave-last,
 full catalog, 943 test users) and metrics from ``tfrec.evaluate``, so the figures are on
 exactly the split and metrics of ``eval.json``. Both contenders use the same history window,
 encoder, negatives, epochs and early stopping (best validation recall@10); they differ only in
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -24,8 +25,9 @@ import tfrec  # noqa: F401  (environment first)
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import evaluate, training
-from tfrec.data import dataset, pipeline
+from tfrec import early_stopping, evaluate, training
+from tfrec import run as run_lib
+from tfrec.data import pipeline
 from tfrec.encoders.history import make_history_encoder
 from tfrec.encoders.text import BertTextEncoder
 from tfrec.models import TwoTowerModel
@@ -99,7 +101,7 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
         hist = getattr(data, split).history[:, :length]
         return embed_q(tf.constant(hist)).numpy(), embed_items().numpy()
 
-    best, best_val, best_epoch, bad = None, -1.0, 0, 0
+    best, rule = None, early_stopping.EarlyStopping(args.patience)
     for epoch in range(args.epochs):
         t = time.time()
         model.fit(train, epochs=1, verbose=0)
@@ -107,19 +109,17 @@ def run(args, data, with_text: bool, cache, encoder, seed: int) -> dict:
         val = evaluate.evaluate_embeddings(q, items, data, "validation", [10], args.exclude_seen)["recall@10"]
         print(f"  {'model' if with_text else 'id_sequence'} epoch {epoch + 1} val recall@10={val:.4f} "
               f"({time.time() - t:.1f}s)", flush=True)
-        if val > best_val:
-            best_val, best_epoch, bad = val, epoch, 0
+        decision = rule.update(epoch, val)
+        if decision == early_stopping.IMPROVED:
             best = [w.copy() for w in model.get_weights()]
-        else:
-            bad += 1
-            if bad >= args.patience:
-                break
+        elif decision == early_stopping.STOP:
+            break
     model.set_weights(best)
     q, items = embeddings("test")
     out = evaluate.evaluate_embeddings(q, items, data, "test", [10, 100], args.exclude_seen)
     other = evaluate.evaluate_embeddings(q, items, data, "test", [10], not args.exclude_seen)
     out["other_exclusion_recall@10"], out["other_exclusion_ndcg@10"] = other["recall@10"], other["ndcg@10"]
-    out["best_epoch"] = best_epoch + 1
+    out["best_epoch"] = rule.best_epoch + 1
     return out
 
 
@@ -178,7 +178,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
     cfg = config_lib.build("movielens", sets=[f"data.interactions.query_history_items={args.history}"])
-    data = dataset.load(cfg.data)
+    data = run_lib.load_data(cfg, tempfile.gettempdir())  # as fit reads it
     cache, encoder = item_text_cache(cfg, data.catalog, "/tmp/quality_item_text.npy")
     if args.throughput:
         return throughput(args, data, cache, encoder)

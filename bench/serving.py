@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from tfrec.export import layout  # noqa: E402
-from serving.models import register_custom_ops  # noqa: E402
+from tfrec.api import load_export  # noqa: E402
 from tests.helpers.spawn import spawn_server as spawn  # noqa: E402
 from tests.helpers.tiny_model import write_tiny_model  # noqa: E402
 
@@ -146,8 +146,7 @@ def main() -> None:
     proc, rest_port, grpc_port, _ = spawn(["--model_base_path", str(base), "--model_name", args.model_name,
                                            "--port", "0", "--rest_api_port", "0"])
     try:
-        register_custom_ops(scann=args.model_name.endswith("_scann"))
-        fn = tf.saved_model.load(str(base / str(version))).signatures["serving_default"]
+        fn = load_export(base / str(version)).signatures["serving_default"]
         feed = {"query_text": tf.constant([QUERY]), "exclude_item_ids": tf.zeros([1, 0], tf.string)}
         feed = {k: v for k, v in feed.items() if k in fn.structured_input_signature[1]}
         print(f"model {args.model_name} version {version}: {base}")

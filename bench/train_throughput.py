@@ -93,7 +93,8 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tfrec import config as config_lib  # noqa: E402
 from tfrec import evaluate, runtime, training  # noqa: E402
-from tfrec.data import dataset, pipeline, stream, to_tfrecord  # noqa: E402
+from tfrec import run as run_lib  # noqa: E402
+from tfrec.data import pipeline, stream, to_tfrecord  # noqa: E402
 from tfrec.models import build_model  # noqa: E402
 from tfrec.tasks import NEGATIVES  # noqa: E402
 from tfrec.towers import host_features  # noqa: E402
@@ -294,11 +295,8 @@ def trainer_contender(name: str, cfg, data, examples, steps: int, total_steps: i
         with ``tfrec.data.stream.make_dataset`` (as ``data.interactions.streaming`` does) instead of from memory.
     """
     tf.keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for every contender
-    runtime.set_precision(cfg.train.mixed_precision)
-    try:  # as tfrec.run.build_model and build_features: catalog negatives and history items need the catalog
-        model = build_model(cfg, data.catalog, data.item_probability(), trained_items=data.item_counts() > 0)
-    finally:
-        runtime.set_precision("none")
+    model = run_lib.build_model(cfg, data)  # under train.mixed_precision, as fit builds it
+    # as tfrec.run.build_features: catalog negatives and history items need the catalog
     model.set_catalog(pipeline.item_features(data.catalog, np.arange(len(data.catalog)), item_cache))
     training.compile_model(model, cfg, total_steps)
     features = pipeline.training_features(examples, data.catalog, data.item_probability(), query_cache, item_cache,
@@ -541,7 +539,7 @@ def main(argv=None) -> int:
     if args.batch_size:
         sets.append(f"train.batch_size={args.batch_size}")
     cfg = config_lib.build(args.preset, sets=sets)
-    data = dataset.load(cfg.data)
+    data = run_lib.load_data(cfg, tempfile.gettempdir())  # as fit reads it (cold hold-out included)
     rng = np.random.default_rng(cfg.train.seed)
     n = min(n_examples, len(data.train))
     examples = data.train.take(np.sort(rng.choice(len(data.train), size=n, replace=False)))

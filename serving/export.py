@@ -2,8 +2,8 @@
 
     python -m serving.export --job-dir DIR [--index brute_force|ivf|scann|all] [--k 100]
 
-Rebuilds the run's model from ``DIR/params.yaml`` and its best weights, then
-publishes a new version per index kind under ``DIR/export`` with
+Rebuilds the run's model from ``DIR/params.yaml`` and its best weights
+(:func:`tfrec.trained.load_trained`), then publishes a new version per index kind under ``DIR/export`` with
 :func:`tfrec.export.savedmodel.export_run` (what training itself calls).
 """
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         # heavy: TensorFlow and the model code load after the arguments parse, so --help is instant
         from tfrec import evaluate
         from tfrec.data import pipeline
-        from tfrec.export.savedmodel import export_run, load_trained
+        from tfrec.export.savedmodel import export_run
+        from tfrec.trained import load_trained
 
         cfg, model, data = load_trained(args.job_dir)
         items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))

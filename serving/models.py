@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from tfrec.api import register_ops
 from tfrec.export import layout
 from serving.batching import Batcher
 from serving.signatures import RequestError, Signature, one_line
@@ -47,7 +48,7 @@ class ServedModel:
     def __init__(self, name: str, version: int, path: Path, batcher_args: dict[str, Any] | None):
         self.name, self.version, self.path = name, version, path
         pb = (path / "saved_model.pb").read_bytes()
-        register_custom_ops(scann=name.endswith("_scann") or b"Scann>" in pb)
+        register_ops(scann=name.endswith("_scann") or b"Scann>" in pb)
         self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, sig in saved_model_pb2.SavedModel.FromString(pb).meta_graphs[0].signature_def.items():
             self.signature_defs.signature_def[key].CopyFrom(sig)
@@ -81,16 +82,6 @@ def _exclude_history(path: Path, signature_defs) -> bool | None:
         return json.loads(report.read_text()).get("exclude_history")
     except ValueError:  # a report that is not JSON says nothing; the model itself still serves
         return None
-
-
-def register_custom_ops(scann: bool) -> None:
-    """Imports the op libraries tfrec models use (stock TF Serving links text ops in too)."""
-    try:
-        import tensorflow_text  # noqa: F401  (optional: FastBertNormalize, FastWordpieceTokenize...)
-    except ImportError:
-        pass
-    if scann:
-        import scann as _scann  # noqa: F401  (optional: the Scann>* ops of ScaNN indexes)
 
 
 def _dummy(spec: tf.TensorSpec) -> np.ndarray:

@@ -20,19 +20,27 @@ from dataclasses import replace
 import serving  # noqa: F401  (environment first)
 import numpy as np
 
-from tfrec.cli import run_main
+from tfrec.cli import run_main, setup_logging
 
 log = logging.getLogger("tfrec")
 
 
 def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | None = None) -> list:
-    """Embeds ``items_path`` and publishes a new version per index kind; returns the version folders."""
+    """Embeds ``items_path`` and publishes a new version per index kind; returns the version folders.
+
+    Works for every query shape the run has (``query_text``, ``history_item_ids`` or both): the
+    approximate indexes' recall gate embeds the test split's queries as the query tower reads them
+    (:func:`tfrec.export.savedmodel.test_queries`). A served history is read through the run's own
+    catalog, so a history naming an item the run never saw counts that item as padding.
+    """
+    # Function-local: TensorFlow loads only once a reindex runs (not for --help).
     from tfrec import config as config_lib
-    from tfrec.export import savedmodel as export
     from tfrec import evaluate
     from tfrec.data import dataset, pipeline
+    from tfrec.export.savedmodel import export_run
+    from tfrec.trained import load_trained
 
-    cfg, model, data = export.load_trained(job_dir)
+    cfg, model, data = load_trained(job_dir)
     fmt = cfg.data.items.format
     if fmt == "recbole" and not items_path.endswith((".item", ".inter", ".user")):
         fmt = "auto"
@@ -44,17 +52,14 @@ def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | No
              items_path, new, len(known - set(catalog.item_ids)))
     features = pipeline.item_features(catalog, np.arange(len(catalog)))
     item_embeddings = evaluate.embed(model.item_tower, features, batch_size=512, progress="embedding items")
-    queries = {"query_text": np.array(data.test.query_text, dtype=object)}
-    query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding held-out queries")
     counts = dict(data.counts, items=len(catalog), new_items=new)
     new_data = replace(data, catalog=catalog, counts=counts, skipped=skipped)
-    return export.export_run(cfg, job_dir, model, new_data, item_embeddings, index=index, k=k,
-                             query_embeddings=query_embeddings)
+    # The test split's history rows index the run's catalog, which the query tower keeps: its queries embed
+    # as at training whatever the new catalog holds.
+    return export_run(cfg, job_dir, model, new_data, item_embeddings, index=index, k=k)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tfrec.cli import setup_logging
-
     parser = argparse.ArgumentParser(prog="python -m serving.reindex", description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-dir", "--job_dir", dest="job_dir", required=True)
     parser.add_argument("--items", required=True, help="the new catalog file (same columns as the training one)")

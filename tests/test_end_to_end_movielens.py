@@ -99,14 +99,17 @@ def test_trains_evaluates_and_exports(run):
     # The served query is the user's previous items as string ids ("" padded), most recent first.
     history = np.where(test.history >= 0, np.array(data.catalog.item_ids, object)[np.maximum(test.history, 0)], "")
     (version,) = (run / "export").glob("*/1")
-    # eval.exclude_seen is on in the preset: the client sends each user's seen items as exclusions ("" padded).
-    seen = data.seen_items()
-    rows = [sorted(seen.get(u, ())) for u in test.user_id]
+    # eval.exclude_seen is on in the preset, so the export leaves the request's history out by itself; the
+    # client sends the user's other seen items as exclusions ("" padded).
+    seen = data.seen_items("test")
+    rows = [sorted(seen.get(u, set()) - set(h)) for u, h in zip(test.user_id, history)]
     width = max(len(r) for r in rows)
     exclude = np.array([r + [""] * (width - len(r)) for r in rows], dtype=object).astype(str)
     assert cfg.eval.exclude_seen and width > 0
-    out = load_export(version).signatures["serving_default"](
-        history_item_ids=tf.constant(history.astype(str)), exclude_item_ids=tf.constant(exclude))
+    serve = load_export(version).signatures["serving_default"]
+    alone = serve(history_item_ids=tf.constant(history.astype(str)), exclude_item_ids=tf.constant([[""]] * USERS))
+    assert not any(set(h) - {""} & set(row) for h, row in zip(history, alone["item_ids"].numpy().astype(str)))
+    out = serve(history_item_ids=tf.constant(history.astype(str)), exclude_item_ids=tf.constant(exclude))
     hits = [t in row for t, row in zip(test.item_id, out["item_ids"].numpy()[:, :10].astype(str))]
     assert len(hits) == USERS
     assert abs(report["model"]["recall@10"] - float(np.mean(hits))) <= 1 / USERS

@@ -11,7 +11,8 @@ The Python API (each name imports TensorFlow only when first used)::
     served.signatures["serving_default"](query_text=tf.constant(["toy story"]))
 
 For your own loop: :func:`build_model`, :func:`evaluate_model`,
-:func:`export_model` and the other stages in :mod:`tfrec.run`.
+:func:`export_model` and the other stages in :mod:`tfrec.run`; :func:`load_trained`
+rebuilds a finished run's model from its job dir.
 
 Importing this package prepares the TensorFlow runtime: TFRS 0.7.7 and the
 transformers TF classes need Keras 2 (the ``tf-keras`` package), which
@@ -37,7 +38,8 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first access (PEP 562) so `import tfrec` stays cheap.
 _API = {"load_config": "tfrec.api", "load_export": "tfrec.api", "fit": "tfrec.run", "Run": "tfrec.run",
-        "build_model": "tfrec.run", "evaluate_model": "tfrec.run", "export_model": "tfrec.run"}
+        "build_model": "tfrec.run", "evaluate_model": "tfrec.run", "export_model": "tfrec.run",
+        "load_trained": "tfrec.trained"}
 __all__ = sorted(_API)
 
 

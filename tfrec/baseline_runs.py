@@ -24,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec import evaluate
+from tfrec import early_stopping, evaluate
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
 STEPS_PER_EXECUTION = 64  # id_two_tower's training steps per call of its compiled train step
@@ -60,6 +61,11 @@ def _epoch_rows(n: int, batch_size: int, rng: np.random.Generator) -> tf.data.Da
     return tf.data.Dataset.range(0, n, batch_size).map(lambda start: rows[start:start + batch_size])
 
 
+def _uniform(seed: int) -> tf.keras.initializers.Initializer:
+    """Keras' default ``Embedding`` initialiser (uniform in [-0.05, 0.05]) with its own seed."""
+    return tf.keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
+
+
 def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs: int = 10, dim: int = 64,
                           batch_size: int = 256, seed: int = 0, exclude_seen: bool = False,
                           monitor: str = "recall@10", patience: int | None = None) -> dict:
@@ -67,8 +73,8 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
 
     Treated like the main model, and given no more: the caller's batch size
     and epoch budget, the training pairs reshuffled every epoch (seeded,
-    :func:`_epoch_rows`), early stopping after ``patience`` epochs without a
-    better validation ``monitor``, and the best epoch is the one evaluated
+    :func:`_epoch_rows`), the model's early stopping (:mod:`tfrec.early_stopping`)
+    on validation ``monitor`` (``patience`` None: every epoch runs), and the best epoch is the one evaluated
     (pass a validation split cut by :func:`tfrec.evaluate.sample_split` to keep
     those checks cheap). Adagrad (lr 0.1, as in the TFRS retrieval tutorial)
     updates only the embedding rows a batch touches; Adam rewrites both whole
@@ -77,12 +83,12 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     ``STEPS_PER_EXECUTION`` steps run per compiled call: the same updates in the
     same order, at less than half the wall time on a loaded machine.
     """
-    tf.keras.utils.set_random_seed(seed)
     # Ids become embedding rows once, up front, so a step gathers rows instead of hashing 2 x batch_size
     # strings.
     user_rows, item_rows = _RowLookup(sorted(set(data.train.user_id))), _RowLookup(data.catalog.item_ids)
-    user_model = tf.keras.layers.Embedding(user_rows.size, dim)
-    item_model = tf.keras.layers.Embedding(item_rows.size, dim)
+    # Keras' default Embedding initialiser, seeded from ``seed`` alone (no global seed is set).
+    user_model = tf.keras.layers.Embedding(user_rows.size, dim, embeddings_initializer=_uniform(seed))
+    item_model = tf.keras.layers.Embedding(item_rows.size, dim, embeddings_initializer=_uniform(seed + 1))
 
     class IdTwoTower(tfrs.Model):
         def __init__(self):
@@ -103,23 +109,24 @@ def id_two_tower_baseline(data: RetrievalData, split: str, ks: list[int], epochs
     val_users = user_rows(data.validation.user_id)
     eval_users = user_rows(getattr(data, split).user_id)
     k = [int(monitor.split("@")[1])]
-    best, best_value, since_best = None, -1.0, 0
-    for _ in range(epochs):
+    best, rule = None, early_stopping.EarlyStopping(epochs if patience is None else patience)  # None: never stop
+    lines = TrainingProgress(-(-len(data.train) // batch_size), epochs, batch_size, "id_two_tower", estimate=False)
+    for epoch in range(epochs):
         ds = _epoch_rows(len(data.train), batch_size, order)
         model.fit(ds.map(lambda rows: {"user_id": tf.gather(train_users, rows),
-                                       "item_id": tf.gather(train_items, rows)}), epochs=1, verbose=0)
+                                       "item_id": tf.gather(train_items, rows)}), initial_epoch=epoch,
+                  epochs=epoch + 1, verbose=0, callbacks=[lines])
         items = model.item_model(item_rows(data.catalog.item_ids)).numpy()
         if epochs == 1:  # the only epoch is the best: no validation pass to pay for
             best = (model.user_model(eval_users).numpy(), items)
             break
         value = evaluate.evaluate_embeddings(model.user_model(val_users).numpy(), items, data, "validation", k,
                                              exclude_seen)[monitor]
-        if value > best_value:
-            best_value, best, since_best = value, (model.user_model(eval_users).numpy(), items), 0
-        else:
-            since_best += 1
-            if patience is not None and since_best >= patience:
-                break
+        decision = rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
+            best = (model.user_model(eval_users).numpy(), items)
+        elif decision == early_stopping.STOP:
+            break
     targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
     return evaluate.metrics_from_ranks(evaluate.target_ranks(best[0], best[1], targets, exclude), ks)
 

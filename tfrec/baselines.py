@@ -26,9 +26,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfrec import evaluate
+from tfrec import early_stopping, evaluate, runtime
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
 ID_FEATURES = ("history_item_ids", "item_id", "item_position", "item_probability")
@@ -49,10 +50,12 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
         raise ValueError("the id_sequence baseline needs history-built queries (data.interactions."
                          "query_history_items)")
     t = cfg.train
-    tf.keras.utils.set_random_seed(t.seed)
     probability = data.item_probability()
-    model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
-    model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+    with runtime.layer_seed(t.seed):  # the initial weights from the run's seed alone; no global seed is set
+        model = build_model(cfg, data.catalog, probability, ids_only=True, trained_items=data.item_counts() > 0)
+        model.item_tower.set_catalog({"item_id": np.array(data.catalog.item_ids, object)})
+        model.query_tower({"history_item_ids": tf.constant(data.train.history[:1])})  # the weights are made here
+        model.item_tower.embed_rows(tf.range(1, dtype=tf.int64))
     features = pipeline.training_features(data.train, data.catalog, probability, query_text=False)
     features = {k: v for k, v in features.items() if k in ID_FEATURES}
     batch = t.batch_size
@@ -76,7 +79,8 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
     keeper = _KeepBest(lambda: evaluate.evaluate_embeddings(*embeddings("validation"), data, "validation", [k],
                                                             cfg.eval.exclude_seen)[metric],
                        metric, t.early_stopping_patience, t.epochs)
-    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper], verbose=0)
+    lines = TrainingProgress(steps, t.epochs, batch, label="id_sequence", estimate=False)  # lines every 30 s
+    model.fit(train, epochs=t.epochs, steps_per_epoch=steps, callbacks=[keeper, lines], verbose=0)
     best = keeper.best_weights
     model.set_weights(best)
     return embeddings(split)
@@ -92,19 +96,19 @@ def bm25_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: 
     """Metrics of BM25 over the item texts for ``split``'s query texts (same metrics as the model's)."""
     from tfrec.lexical import BM25
 
-    tie_order = np.argsort(np.argsort(evaluate.popularity_scores(data)))  # more popular: higher
     targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
-    ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets, tie_order, exclude)
+    ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets,
+                                           evaluate.popularity_order(data.item_counts()), exclude)
     return evaluate.metrics_from_ranks(ranks, ks)
 
 
 class _KeepBest(tf.keras.callbacks.Callback):
-    """Validation after each epoch; keeps the best weights; stops after ``patience`` epochs without a gain."""
+    """Validation after each epoch; keeps the best weights; stops by the model's rule (:mod:`tfrec.early_stopping`)."""
 
     def __init__(self, validate, metric: str, patience: int, epochs: int):
         super().__init__()
-        self.validate, self.metric, self.patience, self.epochs = validate, metric, patience, epochs
-        self.best_value, self.best_weights, self.waited, self.started = -1.0, None, 0, 0.0
+        self.validate, self.metric, self.epochs = validate, metric, epochs
+        self.rule, self.best_weights, self.started = early_stopping.EarlyStopping(patience), None, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -113,12 +117,10 @@ class _KeepBest(tf.keras.callbacks.Callback):
         value = self.validate()
         log.info("id_sequence: epoch %d/%d val_%s=%.4f (%.0fs)", epoch + 1, self.epochs, self.metric, value,
                  time.time() - self.started)
-        if value > self.best_value:
-            self.best_value, self.best_weights, self.waited = value, self.model.get_weights(), 0
-        else:
-            self.waited += 1
-            if self.patience and self.waited >= self.patience:
-                self.model.stop_training = True
+        decision = self.rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
+            self.best_weights = self.model.get_weights()
+        self.model.stop_training = decision == early_stopping.STOP
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

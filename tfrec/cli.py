@@ -11,6 +11,7 @@ import difflib
 import errno
 import logging
 import sys
+import warnings
 from typing import Callable, Iterable
 
 from tfrec.errors import UserError
@@ -18,6 +19,9 @@ from tfrec.errors import UserError
 # A full disk or an unwritable folder: the user can fix it, then rerun the same command to resume.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                        errno.ENOTDIR, errno.EISDIR}
+# The libraries whose own warnings (deprecations, tracing notes) a command line does not show unless --debug.
+_LIBRARIES = (r"(tensorflow|tensorflow_recommenders|tensorflow_text|tf_keras|keras|transformers|tensorboard|absl|h5py"
+              r"|scann|google\.protobuf)(\.|$)")
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -35,9 +39,11 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def setup_logging(debug: bool = False) -> None:
-    """One readable line per stage on stdout; TensorFlow and friends quiet unless ``debug``."""
-    import warnings
+    """One readable line per stage on stdout; TensorFlow and friends quiet unless ``debug``.
 
+    Quiet: their loggers show errors only, and Python warnings raised inside them, or deprecations of their
+    APIs raised where tfrec calls them, are not shown; every other warning (the user's own) still is.
+    """
     logger = logging.getLogger("tfrec")
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False  # libraries that configure the root logger would print every line twice
@@ -48,7 +54,9 @@ def setup_logging(debug: bool = False) -> None:
     for noisy in ("tensorflow", "absl", "h5py", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     if not debug:
-        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("ignore", module=_LIBRARIES)
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"tfrec(\.|$)")
 
 
 def run_main(command: Callable[[], object], debug: bool = False) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.data.dataset import RetrievalData
+from tfrec.progress import Progress
 
 log = logging.getLogger("tfrec")
 
@@ -59,7 +60,8 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     """Runs a tower over feature arrays in batches: float32 [n, dim].
 
     Memory stays bounded by one batch of inputs plus the [n, dim] output. With
-    ``progress`` (a label), a progress bar shows on a terminal (not in logs).
+    ``progress`` (a label), a progress bar shows on a terminal, and a long pass
+    writes a line in the log at least every 30 s (:class:`tfrec.progress.Progress`).
     The tower is traced once (twice with a last, shorter batch) and the traced
     function is reused by later calls on the same tower (:func:`_tower_fn`).
     """
@@ -69,11 +71,14 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     fn = _tower_fn(tower)
     out = []
     quiet = progress is None or not log.isEnabledFor(logging.INFO)
+    lines = None if progress is None else Progress(progress, n, "rows")
     for start in tqdm(range(0, n, batch_size), desc=progress, disable=True if quiet else None, unit="batch",
                       mininterval=2.0, leave=False):
         batch = {k: (tf.constant(v[start:start + batch_size].astype(str).tolist()) if v.dtype == object
                      else tf.constant(v[start:start + batch_size])) for k, v in features.items()}
         out.append(fn(batch).numpy())
+        if lines is not None:
+            lines.update(min(start + batch_size, n))
     return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
 
 
@@ -172,6 +177,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     bounds = np.append(np.arange(n_blocks + 1) * item_chunk, n_items)
     targets = np.asarray(targets, np.int64)
     ranks = []
+    lines = Progress(f"ranking {n_items:,} items", len(targets), "queries")  # a line every 30 s of a long pass
     for start in range(0, len(targets), query_chunk):
         t = targets[start:start + query_chunk]
         rows, cols = _chunk_exclusions(exclude, start, start + len(t), also=t)
@@ -185,6 +191,7 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
                                      tail, tf.constant(item_embeddings[t]), tf.constant(rows, tf.int32),
                                      tf.constant(cols, tf.int32),
                                      tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
+        lines.update(start + len(t))
     return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
 
 
@@ -192,16 +199,17 @@ def ranks_from_item_scores(item_scores: np.ndarray, targets: np.ndarray,
                            exclude: list[np.ndarray] | None = None) -> np.ndarray:
     """Ranks when every query shares one score per item (popularity): a sort, not a matmul.
 
-    Same rule as :func:`target_ranks` (ties against the target).
+    Same rule as :func:`target_ranks` (ties against the target). The scores are compared in their own
+    dtype: integer scores (:func:`popularity_order`) never round into a tie.
 
     Args:
-      item_scores: float32 [num_items].
+      item_scores: float or int [num_items].
       targets: int [num_queries].
       exclude: per query, item rows to leave out (the target, if listed, is kept).
     Returns:
       int64 [num_queries].
     """
-    item_scores = np.asarray(item_scores, np.float32)
+    item_scores = np.asarray(item_scores)
     targets = np.asarray(targets, np.int64)
     ordered = np.sort(item_scores)
     target_scores = item_scores[targets]
@@ -242,7 +250,7 @@ def _targets_and_exclusions(data: RetrievalData, split: str, exclude_seen: bool)
     targets = np.array([data.catalog.position[i] for i in examples.item_id], dtype=np.int64)
     exclude = None
     if exclude_seen:
-        seen = data.seen_items()
+        seen = data.seen_items(split)
         exclude = [np.array([data.catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
                    for u in examples.user_id]
     return targets, exclude
@@ -267,17 +275,26 @@ def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed:
 
 
 # ----------------------------------------------------------------- baselines
-def popularity_scores(data: RetrievalData) -> np.ndarray:
-    """float64 [num_items], all distinct: training interaction count, ties broken by catalog order."""
-    n = len(data.catalog)
-    return data.item_counts().astype(np.float64) - np.arange(n) / (2.0 * n)
+def popularity_order(item_counts: np.ndarray) -> np.ndarray:
+    """The popularity order of the catalog as integers: int64 [num_items], a permutation of ``0 .. n - 1``,
+    higher = more training interactions, equal counts ordered by catalog row (the earlier row higher).
+
+    Integers, so no two items ever tie, whatever the catalog size (scores such as ``count - row / 2n`` do
+    tie again in float32). The ``popularity`` baseline ranks by it and ``bm25`` breaks its ties by it.
+
+    Args:
+      item_counts: int [num_items], each catalog row's training interactions.
+    """
+    counts = np.asarray(item_counts, np.int64)
+    order = np.empty(len(counts), np.int64)
+    order[np.lexsort((-np.arange(len(counts)), counts))] = np.arange(len(counts))  # by count, then earlier row
+    return order
 
 
 def popularity_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
-    """Every query gets the catalog ordered by training interaction count."""
-    scores = popularity_scores(data)
+    """Every query gets the catalog ordered by training interaction count (:func:`popularity_order`)."""
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
-    return metrics_from_ranks(ranks_from_item_scores(scores.astype(np.float32), targets, exclude), ks)
+    return metrics_from_ranks(ranks_from_item_scores(popularity_order(data.item_counts()), targets, exclude), ks)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

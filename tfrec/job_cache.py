@@ -97,23 +97,8 @@ class JobCache:
         return metrics, False
 
 
-# The run's cache: set by tfrec.run.fit (use), None outside a run (everything computed, nothing kept).
-_current: JobCache | None = None
-
-
-def use(job_dir: str | os.PathLike, enabled: bool = True) -> JobCache:
-    """Makes ``job_dir/cache`` the current run's cache."""
-    global _current
-    _current = JobCache(job_dir, enabled)
-    return _current
-
-
-def current() -> JobCache | None:
-    return _current
-
-
-def encode(role: str, encoder) -> Callable[..., np.ndarray]:
-    """``encoder.encode_texts``, kept in the current run's cache (keyed by ``encoder.get_config()``) if any."""
-    if _current is None:
+def encode(cache: JobCache | None, role: str, encoder) -> Callable[..., np.ndarray]:
+    """``encoder.encode_texts``, kept in ``cache`` (keyed by ``encoder.get_config()``); itself when None."""
+    if cache is None:
         return encoder.encode_texts
-    return _current.encoder(role, encoder.encode_texts, encoder.get_config())
+    return cache.encoder(role, encoder.encode_texts, encoder.get_config())

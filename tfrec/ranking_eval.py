@@ -215,7 +215,7 @@ def evaluate_ranking(model, data, split: str, query_embeddings: np.ndarray, item
     train_targets = task.targets(tf.constant(data.train.label)).numpy()
     exclude = None
     if exclude_seen:
-        seen = data.seen_items()
+        seen = data.seen_items(split)
         exclude = [np.array([catalog.position[i] for i in seen.get(u, ())], dtype=np.int64)
                    for u in examples.user_id]
     report = {"objective": task.objective, "pairs": int(len(targets)),

@@ -30,7 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import baseline_runs, evaluate, fileio, hybrid, job_cache, runtime, timings, training, vertex
+from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, runtime, summaries, timings, training,
+                   vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -126,21 +127,27 @@ def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strate
         runtime.set_precision("none")
 
 
-def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel) -> Features:
-    """Sampling probabilities, the frozen encoders' caches and the catalog's item features."""
+def build_features(cfg: Config, data: RetrievalData, model: TwoTowerModel,
+                   cache: job_cache.JobCache | None = None) -> Features:
+    """Sampling probabilities, the frozen encoders' caches and the catalog's item features.
+
+    ``cache``: the job dir's cache (:func:`fit` passes it), where the frozen encoders' outputs are kept for a
+    rerun; None encodes every text and keeps nothing.
+    """
     item_probability = data.item_probability()
     query_encoder, item_encoder = model.query_tower.encoder, model.item_tower.text_encoder
-    cache = cfg.train.cache_frozen_encoders  # a run's encodings are kept in the job dir (tfrec.job_cache)
+    frozen_once = cfg.train.cache_frozen_encoders  # each distinct text encoded once
     query_cache = item_cache = None
-    if cache and query_encoder is not None and query_encoder.frozen and data.stream is not None:
+    if frozen_once and query_encoder is not None and query_encoder.frozen and data.stream is not None:
         # The distinct training queries grow with the data, which a streamed run must not hold in memory.
         log.info("cache: query texts of a streamed run are encoded as they are read, not cached")
-    elif cache and query_encoder is not None and query_encoder.frozen:
+    elif frozen_once and query_encoder is not None and query_encoder.frozen:
         texts = data.train.query_text + data.validation.query_text + data.test.query_text
-        query_cache = pipeline.TextCache(texts, job_cache.encode("query", query_encoder), progress="encoding queries")
+        query_cache = pipeline.TextCache(texts, job_cache.encode(cache, "query", query_encoder),
+                                         progress="encoding queries")
         log.info("cache: %d distinct query texts encoded once (frozen encoder)", len(query_cache.texts))
-    if cache and item_encoder is not None and item_encoder.frozen:
-        item_cache = pipeline.TextCache(data.catalog.texts, job_cache.encode("item", item_encoder),
+    if frozen_once and item_encoder is not None and item_encoder.frozen:
+        item_cache = pipeline.TextCache(data.catalog.texts, job_cache.encode(cache, "item", item_encoder),
                                         progress="encoding items")
         log.info("cache: %d item texts encoded once (frozen encoder)", len(item_cache.texts))
     steps = math.ceil(data.num_train / cfg.train.batch_size)
@@ -218,11 +225,13 @@ def validation_metrics(cfg: Config, model: TwoTowerModel, data: RetrievalData, f
 
 
 def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
-          strategy: tf.distribute.Strategy, ckpt_dir: fileio.Location, tensorboard_dir: fileio.Location) -> dict:
+          strategy: tf.distribute.Strategy, ckpt_dir: fileio.Location, tensorboard_dir: fileio.Location,
+          times: timings.StageTimes | None = None) -> dict:
     """Compiles and fits ``model``, resuming from ``ckpt_dir``; loads the best epoch's weights.
 
     Checkpoints each epoch (and every ``train.checkpoint_every_steps``) and stops
-    early on ``val_<train.early_stopping_metric>``. Returns the checkpoint state:
+    early on ``val_<train.early_stopping_metric>``; ``times`` (None: untimed) records each epoch as a
+    ``train`` call and its validation pass as ``validation``. Returns the checkpoint state:
     ``{"epoch", "batch", "best_epoch", "best", "stopped", ...}`` (0-based epochs).
     """
     steps = features.steps_per_epoch
@@ -246,10 +255,17 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         checkpoint.restore(resume_from).expect_partial()
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
-    # TensorBoard runs last so that it sees the validation metrics the callbacks before it add.
-    callbacks = [training.ValidationMetrics(timings.timed("validation", lambda: validation_metrics(cfg, model, data,
-                                                                                                 features))),
-                 saver, training.EpochLog(cfg.train.epochs), timings.epoch_callback(data.num_train),
+    def validate() -> dict:
+        with timings.stage(times, "validation"):
+            return validation_metrics(cfg, model, data, features)
+
+    # TensorBoard runs last so that it sees the validation metrics and examples/s the callbacks before it add;
+    # the progress lines come after validation and the checkpoint, whose time they measure.
+    epoch_times = [times.epoch_callback("train", data.num_train)] if times is not None else []
+    callbacks = [training.ValidationMetrics(validate), saver,
+                 progress.TrainingProgress(steps, cfg.train.epochs, cfg.train.batch_size, full_softmax_items=(
+                     len(data.catalog) if cfg.retrieval.negatives == "full" else None)),
+                 training.EpochLog(cfg.train.epochs), *epoch_times,
                  training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
                                       histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
                                       profile_batch=0)]
@@ -274,17 +290,21 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
 
 
 def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
-                   split: str = "test") -> Evaluation:
-    """Full-catalog metrics of ``model`` on ``split``, and of the baselines ``eval.baselines`` names."""
-    with timings.stage("evaluate", examples=len(getattr(data, split))):
+                   split: str = "test", times: timings.StageTimes | None = None,
+                   cache: job_cache.JobCache | None = None) -> Evaluation:
+    """Full-catalog metrics of ``model`` on ``split``, and of the baselines ``eval.baselines`` names.
+
+    ``times`` records the stages (None: untimed); ``cache`` keeps the baselines' results for a rerun
+    (None: every baseline computed, nothing kept).
+    """
+    with timings.stage(times, "evaluate", examples=len(getattr(data, split))):
         q, item_embeddings = embed_split(model, data, features, split)
         results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
-    baselines = baseline_runs.run_baselines(cfg, data, split, timings.current(), job_cache.current(),
-                                            (features.query_cache, features.item_cache))
+    baselines = baseline_runs.run_baselines(cfg, data, split, times, cache, (features.query_cache, features.item_cache))
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     extra = None
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
-        with timings.stage("evaluate"):
+        with timings.stage(times, "evaluate"):
             val = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
             results, extra = hybrid.choose_and_evaluate(cfg, data, embed_split(model, val, features, "validation"),
                                                         (q, item_embeddings), results)
@@ -293,19 +313,20 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     ranking = None
     if model.ranking is not None:
         from tfrec import ranking_eval
-        with timings.stage("evaluate"):
+        with timings.stage(times, "evaluate"):
             ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
     return Evaluation(results, baselines, ranking, q, item_embeddings, cold, extra)
 
 
 def export_model(cfg: Config, job: fileio.Location, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
-                 model_dir: str | None = None) -> list[fileio.Location]:
-    """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions."""
+                 model_dir: str | None = None, times: timings.StageTimes | None = None) -> list[fileio.Location]:
+    """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions
+    (``times``: records ``export`` and ``index``, None: untimed)."""
     from tfrec.export.savedmodel import export_run
-    with timings.stage("export", examples=len(data.catalog)):
+    with timings.stage(times, "export", examples=len(data.catalog)):
         return export_run(cfg, job, model, data, evaluation.item_embeddings, model_dir=model_dir,
-                          query_embeddings=evaluation.query_embeddings)
+                          query_embeddings=evaluation.query_embeddings, times=times)
 
 
 def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluation: Evaluation, train_state: dict,
@@ -323,9 +344,8 @@ def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluat
         report["cold_items"] = evaluation.cold_items
     report.update(evaluation.extra or {})
     tb = str(tensorboard_dir or fileio.join(job, "tensorboard"))
-    training.write_hparams(tb, training.flatten(config_lib.to_dict(cfg)),
-                           {f"test_{k}": v for k, v in evaluation.model.items()})
-    training.write_projector(tb, evaluation.item_embeddings, data.catalog)
+    summaries.write_hparams(tb, summaries.compared_settings(cfg), {f"test_{k}": v for k, v in evaluation.model.items()})
+    summaries.write_projector(tb, evaluation.item_embeddings, data.catalog)
     fileio.write_text(fileio.join(job, "eval.json"), json.dumps(report, indent=2))
     log.info("eval: wrote %s", fileio.join(job, "eval.json"))
     return report
@@ -359,30 +379,31 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
         job_dir_lib.prepare(config, job, write_params=scratch is None)
         tf.keras.utils.set_random_seed(config.train.seed)
         strategy = runtime.make_strategy(config.runtime)
-        times, _ = timings.begin(), job_cache.use(job, enabled=scratch is None)  # timings.json; JOB_DIR/cache
+        times, cache = timings.StageTimes(), job_cache.JobCache(job, enabled=scratch is None)  # timings.json; cache/
 
         # input and model (the encode stage: the encoders' weights and the frozen encoders' outputs)
-        with timings.stage("read"):
+        with times.stage("read"):
             data = load_data(config, scratch or job)
-        with timings.stage("encode"):
+        with times.stage("encode"):
             model = build_model(config, data, strategy)
-            features = build_features(config, data, model)
+            features = build_features(config, data, model, cache)
 
         # train (a non-chief keeps a private copy of the checkpoints, resuming like the chief)
         ckpt_dir, tb_dir = (out.checkpoint_dir, out.tensorboard_dir) if scratch is None else (
             scratch / "checkpoints", scratch / "tensorboard")
         if scratch is not None and fileio.isdir(out.checkpoint_dir):
             fileio.copy_tree(out.checkpoint_dir, ckpt_dir)
-        state = train(config, model, data, features, strategy, ckpt_dir, tb_dir)
+        state = train(config, model, data, features, strategy, ckpt_dir, tb_dir, times)
         if scratch is not None:
             return Run(config, model, {}, job, None)  # evaluation, eval.json and the export are the chief's
 
         # evaluate: the model and the baselines on the test split
-        evaluation = evaluate_model(config, model, data, features)
+        evaluation = evaluate_model(config, model, data, features, times=times, cache=cache)
         report = write_report(config, job, data, evaluation, state, time.time() - started, tb_dir)
 
         # export
-        published = export_model(config, job, model, data, evaluation, out.model_dir) if config.export.enabled else []
+        published = (export_model(config, job, model, data, evaluation, out.model_dir, times)
+                     if config.export.enabled else [])
         fileio.write_text(fileio.join(job, "timings.json"), json.dumps(times.to_dict(), indent=2))
         log.info("done in %.0fs; %s (timings.json)", time.time() - started, times.summary())
         return Run(config, model, report, job, published[0] if published else None)

@@ -1,12 +1,16 @@
-"""Picks the tf.distribute strategy: TPU, several GPUs, several workers, or default."""
+"""Picks the tf.distribute strategy: TPU, several GPUs, several workers, or default; precision and layer seeds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import random
+from typing import Iterator
 
 import tensorflow as tf
+from tf_keras.src import backend as keras_backend  # its layer-seed generator has no public handle
 
 from tfrec.config import RuntimeConfig
 from tfrec.errors import UserError
@@ -103,3 +107,21 @@ def is_chief() -> bool:
         return True
     jobs = set(resolver.cluster_spec().jobs)
     return resolver.task_type == "worker" and (resolver.task_id or 0) == 0 and not {"chief", "master"} & jobs
+
+
+@contextlib.contextmanager
+def layer_seed(seed: int) -> Iterator[None]:
+    """Keras layers built inside draw their initial weights from ``seed`` alone; the caller's draws go on after.
+
+    tf-keras seeds every unseeded initialiser from one thread-local generator
+    (Python's ``random`` when none is set), which only ``tf.keras.utils.set_random_seed``
+    sets, along with Python's, NumPy's and TensorFlow's global seeds. Swapping
+    that generator alone for the body seeds the layers and touches nothing else.
+    """
+    state = keras_backend._SEED_GENERATOR
+    previous = getattr(state, "generator", None)
+    state.generator = random.Random(seed)
+    try:
+        yield
+    finally:
+        state.generator = previous

@@ -20,9 +20,8 @@ import json
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
 
 
 # Stages timed inside another (their seconds are part of it): name -> the stage around it.
@@ -89,15 +88,6 @@ class StageTimes:
             self._fold_peak()
             self._open.remove(name)
 
-    def timed(self, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
-        """``fn`` that times each of its calls as stage ``name``."""
-
-        def wrapper():
-            with self.stage(name):
-                return fn()
-
-        return wrapper
-
     def epoch_callback(self, name: str = "train", examples_per_epoch: int | None = None):
         """A Keras callback timing each epoch (its end-of-epoch validation included) as one call of ``name``."""
         import tensorflow as tf
@@ -147,51 +137,7 @@ class StageTimes:
         return f"time: {shares or 'nothing timed'} of {total:.0f}s; peak RSS {report['peak_rss_mb']:.0f} MB"
 
 
-# The run's timer: set by tfrec.run.fit (begin), used by the stages and the export; None outside a run (no-ops).
-_current: StageTimes | None = None
-
-
-def begin() -> StageTimes:
-    """Starts timing a new run; the module-level :func:`stage` calls record into it."""
-    global _current
-    _current = StageTimes()
-    return _current
-
-
-def current() -> StageTimes | None:
-    return _current
-
-
-@contextmanager
-def stage(name: str, examples: int | None = None):
-    """:meth:`StageTimes.stage` on the current run's timer; does nothing outside a run."""
-    if _current is None:
-        yield None
-        return
-    with _current.stage(name, examples) as entry:
-        yield entry
-
-
-def timed(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` whose calls are timed as stage ``name`` of the current run (if any)."""
-
-    def wrapper():
-        with stage(name):
-            return fn()
-
-    return wrapper
-
-
-def epoch_callback(examples_per_epoch: int | None = None):
-    """A Keras callback timing each epoch as a ``train`` call of the current run (validation included)."""
-    import tensorflow as tf
-
-    class EpochTimes(tf.keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.stage = stage("train", examples_per_epoch)
-            self.stage.__enter__()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.stage.__exit__(None, None, None)
-
-    return EpochTimes()
+def stage(times: StageTimes | None, name: str, examples: int | None = None):
+    """``times.stage(name, examples)``; a context that records nothing when ``times`` is None (a stage
+    called by hand, outside :func:`tfrec.fit`)."""
+    return times.stage(name, examples) if times is not None else nullcontext()

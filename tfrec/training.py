@@ -1,6 +1,7 @@
-"""Optimisers, learning-rate schedule, callbacks and TensorBoard extras.
+"""Optimisers, learning-rate schedule and the training callbacks (checkpoints, epoch log, TensorBoard).
 
-:mod:`tfrec.run`'s ``train`` uses these; nothing here owns the loop.
+:mod:`tfrec.run`'s ``train`` uses these; nothing here owns the loop. The progress lines are
+:mod:`tfrec.progress`'s; what TensorBoard gets after training (HParams, Projector) is :mod:`tfrec.summaries`'.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfrec import fileio
+from tfrec import early_stopping, fileio
 
 log = logging.getLogger("tfrec")
 
@@ -119,11 +120,18 @@ class TensorBoard(tf.keras.callbacks.TensorBoard):
     - the learning rate is one curve, ``learning_rate(optimizer, step)`` at ``step`` with
       the batch summaries (``batch_learning_rate``); Keras' own copy is written per epoch on
       the epoch axis, at the step after the epoch, a second curve that disagrees with it.
+
+    Per step it also writes what the callbacks before it add to the batch logs
+    (``batch_examples_per_second`` from :class:`tfrec.progress.TrainingProgress`), and
+    names the in-batch metrics once: ``batch_recall@10``, not ``batch_batch_recall@10``.
     """
 
     def set_model(self, model):
         super().set_model(model)
         self._train_step = model.optimizer.iterations
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return True  # the learning rate and the callbacks' batch logs (examples_per_second) are written here
 
     def _collect_learning_rate(self, logs):
         return logs
@@ -131,7 +139,10 @@ class TensorBoard(tf.keras.callbacks.TensorBoard):
     def on_train_batch_end(self, batch, logs=None):
         if isinstance(logs, dict):
             step = self.model.optimizer.iterations
-            logs = {**logs, "learning_rate": learning_rate(self.model.optimizer, step)}
+            # Keras names a batch summary "batch_" + key: the in-batch metrics (batch_recall@10) lose their own
+            # prefix so that the tag reads once.
+            logs = {k.removeprefix("batch_"): v for k, v in logs.items()}
+            logs["learning_rate"] = learning_rate(self.model.optimizer, step)
             if getattr(self.model, "encoder_optimizer", None) is not None:
                 logs["encoder_learning_rate"] = learning_rate(self.model.encoder_optimizer, step)
         super().on_train_batch_end(batch, logs)
@@ -155,7 +166,8 @@ class EpochLog(tf.keras.callbacks.Callback):
         logs = logs or {}
         shown = [k for k in logs if k in ("loss",) or k.startswith("val_") or k.startswith("batch_")]
         parts = " ".join(f"{k}={logs[k]:.4f}" for k in shown)
-        log.info("epoch %d/%d  %s  (%.0fs)", epoch + 1, self.epochs, parts, time.time() - self.start)
+        rate = f", {logs['examples_per_second']:,.0f} examples/s" if "examples_per_second" in logs else ""
+        log.info("epoch %d/%d  %s  (%.0fs%s)", epoch + 1, self.epochs, parts, time.time() - self.start, rate)
 
 
 class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
@@ -184,7 +196,7 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
       directory: the checkpoints folder.
       checkpoint: a ``tf.train.Checkpoint`` of the model and optimisers.
       monitor: the epoch log key to maximise (``val_recall@10``).
-      patience: epochs without improvement before stopping.
+      patience: epochs without improvement before stopping (:mod:`tfrec.early_stopping`'s rule).
       every_steps: also save every this many training steps inside an epoch
         (``train.checkpoint_every_steps``); None = at epoch ends only.
     """
@@ -268,13 +280,13 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = float((logs or {}).get(self.monitor, np.nan))
-        improved = value > self.state["best"]
-        if improved:
+        rule = early_stopping.EarlyStopping(self.patience, self.state["best"], self.state["best_epoch"],
+                                            self.state["wait"])
+        decision = rule.update(epoch, value)
+        if decision == early_stopping.IMPROVED:
             self._guard(self._save_best, epoch, value)
-            self.state.update(best=value, best_epoch=epoch, wait=0)
-        else:
-            self.state["wait"] += 1
-        if self.state["wait"] > self.patience:
+        self.state.update(best=rule.best, best_epoch=rule.best_epoch, wait=rule.wait)
+        if decision == early_stopping.STOP:
             self.state["stopped"] = True
             self.model.stop_training = True
             log.info("early stop: %s did not improve for %d epochs (best %.4f at epoch %d)", self.monitor,
@@ -342,43 +354,6 @@ def read_state(directory: str | os.PathLike) -> dict | None:
 def write_state(directory: str | os.PathLike, state: dict) -> None:
     """Replaces ``directory/state.json`` atomically (flushed to disk first: it names the checkpoint to resume)."""
     fileio.write_atomic(fileio.join(directory, "state.json"), lambda f: f.write(json.dumps(state)), fsync=True)
-
-
-def write_hparams(log_dir: str, hparams: dict, metrics: dict[str, float]) -> None:
-    """Records the run's hyperparameters and final metrics for TensorBoard's HParams tab."""
-    from tensorboard.plugins.hparams import api as hp
-
-    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-    with tf.summary.create_file_writer(os.path.join(log_dir, "hparams")).as_default():
-        hp.hparams(flat)
-        for key, value in metrics.items():
-            tf.summary.scalar(key, value, step=0)
-
-
-def write_projector(log_dir: str, embeddings: np.ndarray, catalog) -> None:
-    """Item embeddings [num_items, dim] in TensorBoard's projector, with each item's id, title and
-    categorical values (``catalog``: a :class:`tfrec.data.dataset.Catalog`) as metadata columns."""
-    from tensorboard.plugins import projector
-
-    folder = os.path.join(log_dir, "projector")
-    tf.io.gfile.makedirs(folder)
-    columns = {"item_id": catalog.item_ids, "title": catalog.titles, **catalog.categorical}
-
-    def cell(value) -> str:
-        return str(value).replace("\t", " ").replace("\n", " ")
-
-    # The projector reads a header row only when there are two or more columns (always the case here).
-    rows = ["\t".join(columns)] + ["\t".join(cell(col[i]) for col in columns.values())
-                                   for i in range(len(catalog.item_ids))]
-    fileio.write_text(os.path.join(folder, "metadata.tsv"), "\n".join(rows) + "\n")
-    variable = tf.Variable(embeddings, name="item_embeddings")
-    tf.train.Checkpoint(embedding=variable).save(os.path.join(folder, "embedding.ckpt"))
-    config = projector.ProjectorConfig()
-    emb = config.embeddings.add()
-    emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    emb.metadata_path = "metadata.tsv"
-    fileio.remove(os.path.join(folder, "projector_config.pbtxt"))  # ram:// appends to a file opened with "w"
-    projector.visualize_embeddings(folder, config)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow loads)
 import tensorflow as tf
 
+from tfrec.index import scann_index
 from tfrec.index.base import exact_search
 
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0], broadcast to [batch, 0]
@@ -109,7 +110,7 @@ def write_tiny_model(export_dir: str | os.PathLike, seed: int = 0, scann: bool =
                   "embed_query": model.embed_query, "embed_item": model.embed_item,
                   "scaled_embed_query": model.scaled_embed_query}
     tf.saved_model.save(model, str(export_dir), signatures=signatures,
-                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+                        options=scann_index.save_options())
     extra = Path(export_dir, "assets.extra")
     extra.mkdir(exist_ok=True)
     lines = [f"{i.decode()}\tTiny item number {n}" for n, i in enumerate(model.item_ids.numpy())]

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec
 from serving import reindex
 from tfrec import config as config_lib
 from tfrec.export import layout
 from tfrec.export import savedmodel as export
+from tfrec.trained import load_trained
 from tfrec import index as index_lib
 from trainer import task
 
@@ -32,7 +34,7 @@ def small_catalogs_allowed(monkeypatch):
 
 
 def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     cfg = config_lib.updated(cfg, {"export.min_recall": 0.5})
     from tfrec import evaluate
     from tfrec.data import pipeline
@@ -53,8 +55,6 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
     shown = subprocess.run([str(cli), "show", "--dir", str(paths[1]), "--all"], capture_output=True, text=True)
     for name in ("serving_default", "retrieve", "embed_query", "embed_item", "exclude_item_ids", "item_ids"):
         assert name in shown.stdout
-    import scann  # noqa: F401  (registers ScaNN's ops for the _scann model)
-
     # The model's own top 10 without item0001, from the Python towers: the exact index serves exactly these;
     # every index serves each item with its true score, best first.
     query = model.query_tower({"query_text": tf.constant(["looking for ghost"])}).numpy()[0]
@@ -62,7 +62,7 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
     del true_scores["item0001"]
     want = sorted(true_scores, key=true_scores.get, reverse=True)[:10]
     for path in paths:
-        loaded = tf.saved_model.load(str(path))
+        loaded = tfrec.load_export(path)  # ScaNN's ops for the _scann model
         out = loaded.signatures["serving_default"](query_text=tf.constant(["looking for ghost"]),
                                                    exclude_item_ids=tf.constant([["item0001"]]))
         got, scores = out["item_ids"].numpy()[0].astype(str).tolist(), out["scores"].numpy()[0]
@@ -74,7 +74,7 @@ def test_all_indexes_with_signatures_and_report(trained, small_catalogs_allowed)
 
 
 def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     before = {p.name for p in (trained / "export").glob("*/*")} if (trained / "export").exists() else set()
     cfg = config_lib.updated(cfg, {"export.min_recall": 0.99})
     from tfrec import evaluate
@@ -89,7 +89,7 @@ def test_recall_gate_refuses_a_bad_index(trained, small_catalogs_allowed, capsys
 
 
 def test_interrupted_export_publishes_nothing(trained, monkeypatch):
-    cfg, model, data = export.load_trained(trained)
+    cfg, model, data = load_trained(trained)
     from tfrec import evaluate
     from tfrec.data import pipeline
 

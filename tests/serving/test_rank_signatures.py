@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec
+
 QUERIES = ["looking for rocket star", "jazz piano"]
 
 
@@ -14,8 +16,6 @@ def exported(tmp_path_factory):
     Untrained weights are enough: every check compares the SavedModel with the
     Python model it came from.
     """
-    import tensorflow_text  # noqa: F401  (registers the tokeniser ops the SavedModel uses)
-
     from tfrec.export import savedmodel as export
     from tfrec import config as config_lib
     from tfrec import evaluate
@@ -30,7 +30,7 @@ def exported(tmp_path_factory):
     items = evaluate.embed(model.item_tower, pipeline.item_features(data.catalog, np.arange(len(data.catalog))))
     job = tmp_path_factory.mktemp("rank_export")
     (path,) = export.export_run(cfg, job, model, data, items, index="brute_force", k=10)
-    return model, data, items, tf.saved_model.load(str(path)), path
+    return model, data, items, tfrec.load_export(path), path
 
 
 def python_scores(model, data, items, query_text, item_ids):

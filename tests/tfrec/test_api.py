@@ -21,7 +21,7 @@ def test_import_is_cheap_and_dir_shows_the_api_only():
     assert proc.returncode == 0, proc.stderr
     names, tf_loaded = proc.stdout.strip().splitlines()
     assert eval(names) == ["Run", "__version__", "build_model", "evaluate_model", "export_model", "fit",
-                           "load_config", "load_export"]
+                           "load_config", "load_export", "load_trained"]
     assert tf_loaded == "False"  # the API's modules load on first use
 
 
@@ -56,3 +56,15 @@ def test_print_config_prints_the_resolved_yaml_and_exits_0(tmp_path):
     assert printed["name"] == "smoke" and printed["train"]["epochs"] == 3
     assert printed["model"]["query_encoder"]["checkpoint"] == "random://tiny"
     assert not (tmp_path / "never").exists()  # nothing trained, nothing written
+
+
+def test_load_trained_names_what_is_missing(tmp_path):
+    import tfrec
+    from tfrec import config as config_lib
+    from tfrec.errors import UserError
+
+    with pytest.raises(UserError, match=r"no params.yaml; not a tfrec job dir"):
+        tfrec.load_trained(tmp_path)
+    (tmp_path / "params.yaml").write_text(config_lib.to_yaml(config_lib.build("smoke")))
+    with pytest.raises(UserError, match=r"no trained weights at .*checkpoints/best/weights.index"):
+        tfrec.load_trained(tmp_path)

@@ -35,3 +35,23 @@ def test_debug_and_programming_errors_keep_the_traceback():
         run_main(fails_with(OSError(errno.EBADF, "Bad file descriptor")))
     with pytest.raises(ZeroDivisionError):
         run_main(lambda: 1 / 0)
+
+
+def test_quiet_logging_hides_the_libraries_warnings_and_shows_the_users():
+    import warnings
+
+    from tfrec.cli import setup_logging
+
+    def shown(category, module):
+        with warnings.catch_warnings(record=True) as caught:  # the filters come back after
+            warnings.simplefilter("always")
+            setup_logging(debug=False)
+            warnings.warn_explicit("note", category, "x.py", 1, module=module)
+        return len(caught) == 1
+
+    assert not shown(UserWarning, "tensorflow.python.framework.ops")  # raised inside a library
+    assert not shown(FutureWarning, "transformers.modeling_tf_utils")
+    assert not shown(DeprecationWarning, "tfrec.encoders.text")  # a library's API deprecated where tfrec calls it
+    assert shown(UserWarning, "my_pipeline")  # the user's own warnings still show
+    assert shown(RuntimeWarning, "tfrec.evaluate")  # and tfrec's own
+    assert shown(UserWarning, "tensorflowish")  # a name that merely starts like a library's

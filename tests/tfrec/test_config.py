@@ -129,3 +129,45 @@ def test_each_section_validates_itself():
         bad.train.validate(bad)
     with pytest.raises(ConfigError, match=r"'train.log_every_steps': must be >= 1"):
         config.validate(bad)
+
+
+def test_early_stopping_cutoff_must_be_among_eval_ks():
+    # smoke stops on recall@10; validation measures only eval.ks, so [5] would leave every epoch unscored.
+    with pytest.raises(ConfigError, match=r"'train.early_stopping_metric': recall@10 is not measured: its K=10 is "
+                                          r"not in eval.ks=\[5\]; add 10 to eval.ks or set "
+                                          r"train.early_stopping_metric=recall@5$"):
+        config.build("smoke", None, ["eval.ks=[5]"])
+    with pytest.raises(ConfigError, match=r"ndcg@20 is not measured: its K=20 is not in eval.ks=\[1, 5, 10\]"):
+        config.build("smoke", None, ["train.early_stopping_metric=ndcg@20"])
+    cfg = config.build("smoke", None, ["eval.ks=[5]", "train.early_stopping_metric=ndcg@5"])
+    assert cfg.train.early_stopping_metric == "ndcg@5"
+
+
+def test_a_refused_early_stopping_cutoff_stops_the_trainer_before_training(tmp_path, capsys):
+    from trainer import task
+
+    assert task.main(["--preset", "smoke", "--job-dir", str(tmp_path / "job"), "--set", "eval.ks=[5]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.early_stopping_metric" in err[0] and "eval.ks" in err[0]
+    assert not (tmp_path / "job" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["-shop", "_shop", "shop.v2", "shop/x", "shop x", ""])
+def test_export_model_name_follows_the_serving_layout_rule(name):
+    from tfrec.export import layout
+
+    with pytest.raises(ConfigError, match=r"'export.model_name': a letter or digit, then letters, digits, '-' and "
+                                          r"'_'; got "):
+        config.validate(config.updated(config.build("smoke"), {"export.model_name": name}))
+    with pytest.raises(ValueError, match="model name"):  # what the layout itself refuses
+        layout.write_models_config(".", [name])
+
+
+@pytest.mark.parametrize("name", ["shop", "007", "shop-v2_b", "S"])
+def test_export_model_names_the_layout_accepts_pass_the_config(name, tmp_path):
+    from tfrec.export import layout
+
+    assert config.validate(config.updated(config.build("smoke"), {"export.model_name": name}))
+    layout.write_models_config(tmp_path, [name, f"{name}_scann"])  # what the export writes for it
+    assert set(layout.read_models_config(tmp_path / "models.config")) == {name, f"{name}_scann"}
+

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tfrec import evaluate
+from tfrec.data import dataset
 
 
 def test_metrics_from_ranks_by_hand():
@@ -121,6 +122,33 @@ def test_popularity_ranks_by_sorting_equal_the_blocked_ranks():
     for excl in (None, exclude):
         np.testing.assert_array_equal(evaluate.ranks_from_item_scores(scores, targets, excl),
                                       evaluate.target_ranks(ones, scores[:, None], targets, excl, 4, 5))
+
+
+# Training counts of catalog rows 0..3. By hand: row 2 leads (2^24 + 1), then the two 2^24 rows in catalog
+# order (0, then 1), then row 3. The float scores count - row / 8 = [2^24, 2^24 - 0.125, 2^24 + 0.75, 2.625]
+# round to [2^24, 2^24, 2^24, 2.625] in float32, where rows 0, 1 and 2 would all take rank 3.
+COUNTS = np.array([2**24, 2**24, 2**24 + 1, 3])
+
+
+def test_popularity_order_is_integer_and_never_ties_where_float32_would():
+    order = evaluate.popularity_order(COUNTS)
+    assert order.dtype == np.int64 and order.tolist() == [2, 1, 3, 0]
+    assert evaluate.ranks_from_item_scores(order, [0, 1, 2, 3]).tolist() == [2, 3, 1, 4]
+    assert evaluate.ranks_from_item_scores(order, [1], [np.array([0, 2])]).tolist() == [1]  # rows ahead left out
+
+
+def test_popularity_and_bm25_break_ties_by_the_same_order_end_to_end(tmp_path, monkeypatch):
+    from tests.tfrec.data.test_dataset import make_cfg, rows
+    from tfrec import baselines
+
+    data = dataset.load(make_cfg(tmp_path, rows(n_users=4, per_user=4)).data)
+    monkeypatch.setattr(data, "item_counts", lambda: COUNTS)
+    # Test targets: u0 i4, u1 i1, u2 i2, u3 i3 = rows 3, 0, 1, 2, so ranks 4, 2, 3, 1 (the order above).
+    # The query texts ("query 3 3"...) share no word with the titles: BM25 scores all 0, popularity decides.
+    want = {"recall@1": 0.25, "recall@2": 0.5, "recall@3": 0.75, "mrr": (1 / 4 + 1 / 2 + 1 / 3 + 1) / 4}
+    for result in (evaluate.popularity_baseline(data, "test", [1, 2, 3]),
+                   baselines.bm25_baseline(data, "test", [1, 2, 3])):
+        assert {k: result[k] for k in want} == pytest.approx(want)
 
 
 def test_validation_sample_is_seeded_sorted_and_all_when_small():

@@ -40,7 +40,7 @@ def test_digest_tells_text_lists_apart():
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
 
 
-def test_encode_uses_the_current_runs_cache_only(tmp_path, monkeypatch):
+def test_encode_keeps_outputs_only_in_the_cache_it_is_given(tmp_path):
     from tfrec import job_cache
 
     class Encoder:
@@ -51,8 +51,6 @@ def test_encode_uses_the_current_runs_cache_only(tmp_path, monkeypatch):
             return {"checkpoint": "random://tiny"}
 
     encoder = Encoder()
-    monkeypatch.setattr(job_cache, "_current", None)
-    assert job_cache.encode("query", encoder) == encoder.encode_texts  # outside a run: the encoder itself
-    job_cache.use(tmp_path)
-    job_cache.encode("query", encoder)(["a"])
-    assert len(list((tmp_path / "cache" / "encodings").glob("query-*.npy"))) == 1
+    assert job_cache.encode(None, "query", encoder) == encoder.encode_texts  # no cache: the encoder itself
+    job_cache.encode(JobCache(tmp_path / "a"), "query", encoder)(["a"])
+    assert [p.parent.parent.parent.name for p in tmp_path.glob("*/cache/encodings/query-*.npy")] == ["a"]

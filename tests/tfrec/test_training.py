@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import tfrec
 from tfrec import run as stages
-from tfrec import training
+from tfrec import summaries, training
 
 STEPS, EPOCHS, EVERY = 3, 2, 2
 
@@ -64,6 +64,14 @@ def test_training_loss_every_n_steps_and_validation_per_epoch(trained):
         assert sorted(validation[tag]) == [0, 1], tag
     assert all(np.isfinite(v) and v > 0 for v in validation["epoch_loss"].values())
     assert all(0.0 <= v <= 1.0 for v in validation["epoch_recall@10"].values())
+    # examples/s per logged step and per epoch (tfrec.progress.TrainingProgress). The count starts at the end of
+    # each epoch's first step (steps 1 and 4: tracing, the validation pass before it), so of the logged steps
+    # 2, 4, 6 only 2 and 6 have a rate.
+    assert sorted(runs["train"]["batch_examples_per_second"]) == [2, 6]
+    assert sorted(runs["train"]["epoch_examples_per_second"]) == [0, 1]
+    assert all(v > 0 for v in runs["train"]["batch_examples_per_second"].values())
+    names = [tag for tags in runs.values() for tag in tags]
+    assert "batch_recall@10" in runs["train"] and not [t for t in names if "batch_batch_" in t]
     histograms = [tag for tag in runs["train"] if tag.endswith("/histogram")]
     assert histograms and all(sorted(runs["train"][t]) == [0, 1] for t in histograms)
 
@@ -71,7 +79,7 @@ def test_training_loss_every_n_steps_and_validation_per_epoch(trained):
 def test_projector_metadata_has_title_and_categories(trained, tmp_path):
     _, data, _ = trained
     embeddings = np.random.default_rng(0).normal(size=(len(data.catalog), 4)).astype(np.float32)
-    training.write_projector(str(tmp_path), embeddings, data.catalog)
+    summaries.write_projector(str(tmp_path), embeddings, data.catalog)
     rows = (tmp_path / "projector" / "metadata.tsv").read_text(encoding="utf-8").splitlines()
     header = rows[0].split("\t")
     assert header[:2] == ["item_id", "title"] and header[2:] == list(data.catalog.categorical)
@@ -83,7 +91,7 @@ def test_projector_metadata_has_title_and_categories(trained, tmp_path):
 
 
 def test_hparams_hold_the_final_metrics(tmp_path):
-    training.write_hparams(str(tmp_path), {"train.epochs": 2, "train.seed": None}, {"test_recall@10": 0.25})
+    summaries.write_hparams(str(tmp_path), {"train.epochs": 2, "train.seed": None}, {"test_recall@10": 0.25})
     runs = read_events(tmp_path)
     assert float(runs["hparams"]["test_recall@10"][0]) == pytest.approx(0.25)
     assert "_hparams_/session_start_info" in runs["hparams"]

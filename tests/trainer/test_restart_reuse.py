@@ -54,7 +54,7 @@ def kill_at(proc: subprocess.Popen, marker: str) -> str:
 
 def epoch_line(out: str, n: int) -> str:
     line = next(x for x in out.splitlines() if f"epoch {n}/2 " in x)
-    return re.sub(r"^\S+ |\(\d+s\)$", "", line).strip()  # without the clock and the duration
+    return re.sub(r"^\S+ |\(\d+s(, [\d,]+ examples/s)?\)$", "", line).strip()  # without the clock, duration, rate
 
 
 def test_rerun_after_kills_reuses_encodings_and_validates_on_the_same_sample(tmp_path):

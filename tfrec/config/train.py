@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from tfrec.config.parse import check
+from tfrec.export.layout import MODEL_NAME_RULE, valid_model_name
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,9 @@ class TrainConfig:
     encoder_learning_rate: float = 3e-5
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
-    early_stopping_metric: str = "recall@10"
+    early_stopping_metric: str = "recall@10"  # recall@K or ndcg@K on validation; K must be one of eval.ks
+    # Stop after this many epochs in a row without a better validation early_stopping_metric (Keras'
+    # EarlyStopping: 0 stops at the first such epoch, as 1 does); the model and every learned baseline.
     early_stopping_patience: int = 3
     cache_frozen_encoders: bool = True
     steps_per_execution: int = 1
@@ -46,8 +49,13 @@ class TrainConfig:
         check(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
         check(t.histogram_every_epochs >= 0, "train.histogram_every_epochs", "must be >= 0 (0 = no histograms)")
         metric = t.early_stopping_metric
-        check(metric.split("@")[0] in ("recall", "ndcg") and metric.split("@")[-1].isdigit(),
+        name, _, cutoff = metric.partition("@")
+        check(name in ("recall", "ndcg") and cutoff.isdigit(),
               "train.early_stopping_metric", f"expected recall@K or ndcg@K, got {metric!r}")
+        # Validation measures only eval.ks' cutoffs: any other K would leave every epoch unscored, no best one.
+        check(int(cutoff) in cfg.eval.ks, "train.early_stopping_metric",
+              f"{metric} is not measured: its K={cutoff} is not in eval.ks={list(cfg.eval.ks)}; add {cutoff} to "
+              f"eval.ks or set train.early_stopping_metric={name}@{max(cfg.eval.ks)}")
         check(not (cfg.runtime.strategy == "tpu" and t.mixed_precision == "mixed_float16"),
               "train.mixed_precision", "TPUs compute in bfloat16: use mixed_bfloat16 (mixed_float16 needs loss "
               "scaling, which TPUs do not support)")
@@ -100,8 +108,7 @@ class ExportConfig:
         check(self.exclude_history is not True or cfg.data.interactions.query_history_items is not None,
               "export.exclude_history", "true needs history-built queries (data.interactions.query_history_items); "
               "a query of text only sends no history to leave out")
-        check(bool(self.model_name) and self.model_name.replace("_", "").replace("-", "").isalnum(),
-              "export.model_name", "letters, digits, '-' and '_' only")
+        check(valid_model_name(self.model_name), "export.model_name", f"{MODEL_NAME_RULE}; got {self.model_name!r}")
         check(self.k >= 1, "export.k", "must be >= 1")
         check(0.0 <= self.min_recall <= 1.0, "export.min_recall", "must be in [0, 1]")
 

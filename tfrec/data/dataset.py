@@ -117,10 +117,16 @@ class RetrievalData:
         freq[freq == 0] = 0.5
         return (freq / freq.sum()).astype(np.float32)
 
-    def seen_items(self) -> dict[str, set[str]]:
+    def seen_items(self, split: str = "validation") -> dict[str, set[str]]:
+        """Each user's items known before ``split`` is asked: the training items for "validation"; the
+        training and validation items for "test" (RecBole's full-sort protocol). With ``eval.exclude_seen``
+        these leave the ranking; a test query's history (training and validation items) is among them, so
+        an export that leaves the request's history out serves exactly what was measured."""
+        before = (self.train,) if split == "validation" else (self.train, self.validation)
         seen: dict[str, set[str]] = defaultdict(set)
-        for u, i in zip(self.train.user_id, self.train.item_id):
-            seen[u].add(i)
+        for part in before:
+            for u, i in zip(part.user_id, part.item_id):
+                seen[u].add(i)
         return seen
 
 

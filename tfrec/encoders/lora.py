@@ -10,11 +10,14 @@ thousand parameters per layer instead of the whole layer.
 
 :func:`merge_adapters` folds ``A B * scale`` into W and puts the plain
 ``Dense`` back, so an export after it holds plain BERT weights (no adapter
-variables) and costs nothing extra at serving time; ``trainer.task`` calls it
-before exporting.
+variables) and costs nothing extra at serving time; the export does that
+inside :func:`adapters_merged`, which puts the adapters back after it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import tensorflow as tf
 
@@ -104,3 +107,20 @@ def merge_adapters(layer: tf.keras.layers.Layer) -> int:
                 setattr(sub, name, adapter.base)
                 merged += 1
     return merged
+
+
+@contextlib.contextmanager
+def adapters_merged(layer: tf.keras.layers.Layer) -> Iterator[int]:
+    """Inside, ``layer`` is plain BERT (:func:`merge_adapters`); after, its adapters and original kernels are
+    back, so the caller's model is the one it had. Yields how many adapters were merged (0: none, nothing done)."""
+    places = [(sub, name, getattr(sub, name)) for sub in list(layer._flatten_layers(include_self=True, recursive=True))
+              for name in ("query", "key", "value") if isinstance(getattr(sub, name, None), LoRADense)]
+    kernels = [adapter.base.kernel.numpy() for _, _, adapter in places]
+    merged = merge_adapters(layer)
+    try:
+        yield merged
+    finally:
+        for (sub, name, adapter), kernel in zip(places, kernels):
+            adapter.base.kernel.assign(kernel)
+            adapter.merged = False
+            setattr(sub, name, adapter)

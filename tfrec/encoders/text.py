@@ -19,6 +19,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfrec.errors import UserError
+from tfrec.progress import Progress
 
 log = logging.getLogger("tfrec")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -59,6 +60,22 @@ def tiny_vocabulary() -> list[str]:
     return list(dict.fromkeys(tokens))
 
 
+def _draw_weights(bert_model, seed: int) -> None:
+    """Builds a new BERT and draws its random weights from ``seed`` alone.
+
+    BERT's own initialiser (a truncated normal of stddev ``initializer_range``)
+    through stateless ops, one seed per variable: the same seed gives the same
+    weights whatever the process drew before, and no global seed is set. Biases
+    and LayerNorm keep their constant initial values.
+    """
+    bert_model.build_in_name_scope()
+    stddev = bert_model.config.initializer_range
+    for i, variable in enumerate(bert_model.weights):
+        if "bias" not in variable.name and "LayerNorm" not in variable.name:
+            variable.assign(tf.random.stateless_truncated_normal(variable.shape, seed=[seed, i], stddev=stddev,
+                                                                 dtype=variable.dtype))
+
+
 class BertTextEncoder(tf.keras.layers.Layer):
     """Strings [batch] -> float32 [batch, hidden_size] (masked mean or CLS pooling).
 
@@ -72,7 +89,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         the encoder whole.
       train_embeddings: with ``trainable_layers`` > 0, the embedding layer (word,
         position, type) trains too.
-      seed: initialisation seed for ``random://tiny``.
+      seed: initialisation seed for ``random://tiny`` (its weights depend on it alone).
       lora_rank: > 0 adds rank-r LoRA adapters to every layer's attention
         projections and trains only those (:mod:`tfrec.encoders.lora`;
         ``trainable_layers`` must then be 0).
@@ -92,8 +109,8 @@ class BertTextEncoder(tf.keras.layers.Layer):
             vocab, lower = tiny_vocabulary(), True
             config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=max(64, max_length))
-            tf.random.set_seed(seed)
             self.bert = TFBertModel(config, name="bert_model")
+            _draw_weights(self.bert, seed)
         elif checkpoint.startswith("random://"):
             raise UserError(f"model.query_encoder.checkpoint: unknown '{checkpoint}', expected random://tiny")
         else:
@@ -195,11 +212,14 @@ class BertTextEncoder(tf.keras.layers.Layer):
         encode = tf.function(lambda i, m: self.encode_tokens(i, m, training=False), reduce_retracing=True)
         bar = tqdm(total=len(texts), desc=progress, unit="text", mininterval=2.0, leave=False,
                    disable=True if progress is None or not log.isEnabledFor(logging.INFO) else None)  # None: a TTY only
+        lines = None if progress is None else Progress(progress, len(texts), "texts")  # the log: every 30 s
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             width = int(min(self.max_length, -(-int(lengths[idx].max()) // 8) * 8))
             out[idx] = encode(tf.constant(ids[idx, :width]), tf.constant(mask[idx, :width])).numpy()
             bar.update(len(idx))
+            if lines is not None:
+                lines.update(start + len(idx))
         bar.close()
         return out
 

@@ -57,7 +57,9 @@ MODELS_CONFIG = "models.config"
 BATCHING_PARAMETERS = "batching_parameters.txt"
 TMP_PREFIX = ".tmp-"
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-(\d+)$")
-_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# A leading '-' would read as a flag on TF Serving's command line (--model_name=-x) and in docker -e.
+MODEL_NAME_RULE = "a letter or digit, then letters, digits, '-' and '_'"
 
 
 def _versions(model_base_path: str | os.PathLike) -> list[int]:
@@ -207,9 +209,15 @@ def copy_version_to_top(version_dir: str | os.PathLike, model_dir: str | os.Path
              str(model_dir).rstrip("/"))
 
 
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` may name a served model (a folder of versions, a ``models.config`` entry):
+    :data:`MODEL_NAME_RULE`. The config's ``export.model_name`` is checked by this same rule."""
+    return _MODEL_NAME_RE.fullmatch(name) is not None
+
+
 def _check_model_name(name: str) -> None:
-    if not _MODEL_NAME_RE.match(name):
-        raise ValueError(f"model name {name!r}: letters, digits, '-' and '_' only")
+    if not valid_model_name(name):
+        raise ValueError(f"model name {name!r}: {MODEL_NAME_RULE}")
 
 
 def write_models_config(export_root: str | os.PathLike, model_names: list[str], base_path: str | None = None,

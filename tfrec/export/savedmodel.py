@@ -54,6 +54,7 @@ from tfrec import evaluate, fileio
 from tfrec import index as index_lib
 from tfrec.index.base import with_history
 from tfrec import timings
+from tfrec.encoders.lora import adapters_merged
 from tfrec.errors import UserError
 from tfrec.export import layout
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
@@ -288,14 +289,16 @@ def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_em
 
 def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
                index: str | None = None, k: int | None = None, query_embeddings: np.ndarray | None = None,
-               index_params: dict | None = None, model_dir: str | Path | None = None) -> list[Path]:
+               index_params: dict | None = None, model_dir: str | Path | None = None,
+               times: timings.StageTimes | None = None) -> list[Path]:
     """Builds every requested index, checks the approximate ones, then publishes one version each.
 
     Args:
       cfg: the run's config.
       job_dir: the run's folder; output goes to ``job_dir/export``.
-      model: the trained :class:`tfrec.models.TwoTowerModel`. LoRA adapters, if any, are merged
-        into the encoder's weights first (in place: the same function, plain BERT variables).
+      model: the trained :class:`tfrec.models.TwoTowerModel`. LoRA adapters, if any, are folded
+        into the encoder's weights for the export (plain BERT variables), then put back: the model is
+        left as it came.
       data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
       item_embeddings: float32 [num_items, d] from the trained item tower.
       index: brute_force | ivf | scann | all (default ``export.index``).
@@ -305,18 +308,24 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
       index_params: constructor arguments for the approximate indexes (e.g. nprobe).
       model_dir: Vertex AI's ``AIP_MODEL_DIR``: the layout goes there instead of ``job_dir/export``, and the
         first version's files also at its top (``saved_model.pb``, where Vertex AI loads a model).
+      times: the run's timer (records the ``index`` stage), or None.
     Returns:
       The published version folders. Raises ExportRefused (exit code 2) if an
       approximate index's recall@10 is below ``export.min_recall``.
     """
+    with adapters_merged(model) as merged:  # serve plain BERT: LoRA adapters folded into its weights
+        if merged:
+            log.info("lora: merged %d adapters into the encoder for the export", merged)
+        return _publish(cfg, job_dir, model, data, item_embeddings, index, k, query_embeddings, index_params,
+                        model_dir, times)
+
+
+def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
+             index: str | None, k: int | None, query_embeddings: np.ndarray | None, index_params: dict | None,
+             model_dir: str | Path | None, times: timings.StageTimes | None) -> list[Path]:
+    """:func:`export_run`'s indexes and versions, for a model without LoRA adapters (same arguments)."""
     export_root = fileio.location(model_dir) if model_dir else fileio.join(job_dir, "export")  # may be a URL
     k = k or cfg.export.k
-    if cfg.model.query_encoder.lora_rank:  # serve plain BERT: the adapters folded into its weights
-        from tfrec.encoders.lora import merge_adapters
-
-        merged = merge_adapters(model)
-        if merged:
-            log.info("lora: merged %d adapters into the encoder before export", merged)
     kinds = _index_kinds(index or cfg.export.index)
     item_ids = data.catalog.item_ids
     weight = served_weight(job_dir) if model.query_tower.encoder is not None else None
@@ -324,7 +333,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
     if lexical is not None:
         log.info("export: hybrid search, dense + BM25 with lexical weight %s (eval.json's hybrid)", weight)
     built = []
-    with timings.stage("index", examples=len(item_ids)):  # in a run's timings.json (tfrec.run.fit)
+    with timings.stage(times, "index", examples=len(item_ids)):
         for kind in kinds:
             idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
             if note:
@@ -358,7 +367,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
                   "exclude_history_reason": why, "data": data.counts,
                   "skipped": data.skipped, "config_hash": config_lib.config_hash(cfg),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if idx.kind == "scann" else None
+        options = index_lib.save_options_for(idx)
 
         def write(folder: str, module=module, report=report, options=options) -> None:
             tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
@@ -392,36 +401,3 @@ def test_queries(model, data) -> dict:
         queries.update(pipeline.history_features(data.test))
     return queries
 
-
-def load_trained(job_dir: str | Path):
-    """Rebuilds a finished run's model from ``params.yaml`` and its best weights.
-
-    Returns (cfg, model, data).
-    """
-    from tfrec.data import dataset, pipeline
-    from tfrec.models import build_model
-
-    job = fileio.location(job_dir)  # a local Path or a URL (tf.io.gfile)
-    params = fileio.join(job, "params.yaml")
-    if not fileio.isfile(params):
-        raise UserError(f"{job}: no params.yaml; not a tfrec job dir (train first with python -m trainer.task)")
-    cfg = config_lib.validate(config_lib.from_dict(config_lib.read_yaml(params)))
-    best = fileio.join(job, "checkpoints", "best", "weights.index")
-    if not fileio.isfile(best):
-        raise UserError(f"{job}: no trained weights at {best}")
-    data = dataset.load(cfg.data, base_dir=str(job))
-    model = build_model(cfg, data.catalog, data.item_probability())
-    if model.query_tower.history_encoder is not None or model.retrieval.negatives != "in_batch":
-        # The catalog table's values come back with the weights; only its shapes are needed here.
-        table = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
-        encoder = model.item_tower.text_encoder
-        if encoder is not None and encoder.frozen and cfg.train.cache_frozen_encoders:
-            del table["item_text"]
-            table["item_text_encoding"] = np.zeros([len(data.catalog), encoder.hidden_size], np.float32)
-        model.item_tower.set_catalog(table)
-    sample = next(iter(pipeline.make_dataset(
-        pipeline.training_features(data.validation.take(range(2)), data.catalog, data.item_probability(),
-                                   query_text=model.query_tower.encoder is not None), 2)))
-    model.query_tower(sample), model.item_tower(sample)
-    model.load_weights(str(fileio.join(job, "checkpoints", "best", "weights"))).expect_partial()
-    return cfg, model, data

@@ -18,7 +18,7 @@ Kinds:
   stock TensorFlow Serving runs it. ``nprobe`` defaults to the smallest value
   reaching ``target_recall`` (0.95) recall@k on a build-time sample.
 * ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder;
-  needs ``save_options()`` when saving, ``import scann`` before loading, and a
+  needs ``save_options_for(index)`` when saving, ``tfrec.load_export`` to load, and a
   ScaNN-enabled TF Serving.
 
 ``build_index(kind, ...)`` falls back to brute force for catalogs smaller than
@@ -49,8 +49,8 @@ import tensorflow as tf
 
 from tfrec.index.brute_force import BruteForceIndex
 from tfrec.index.ivf import IVFIndex
-from tfrec.index.saving import SearchModule, load_saved_model, save, save_options_for
-from tfrec.index.scann_index import SAVE_OPTIONS, ScannIndex, save_options
+from tfrec.index.saving import SearchModule, save, save_options_for
+from tfrec.index.scann_index import ScannIndex, save_options
 
 # Below this many items build_index returns BruteForceIndex for "ivf"/"scann".
 APPROXIMATE_MIN_ITEMS = 1000
@@ -60,13 +60,11 @@ KINDS = ("brute_force", "ivf", "scann")
 __all__ = [
     "APPROXIMATE_MIN_ITEMS",
     "KINDS",
-    "SAVE_OPTIONS",
     "BruteForceIndex",
     "IVFIndex",
     "ScannIndex",
     "SearchModule",
     "build_index",
-    "load_saved_model",
     "recall_against_exact",
     "save",
     "save_options",

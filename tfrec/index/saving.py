@@ -9,9 +9,9 @@ Production exports put the index inside the retrieval module of
 * a ``serving_default`` signature with the same inputs returning
   ``{"scores", "item_ids"}``.
 
-``save(index, path)`` picks ScaNN's save options when needed;
-``load_saved_model(path)`` imports ScaNN first when it is installed, because
-a SavedModel holding a ``ScannIndex`` only loads once ScaNN's ops exist.
+``save(index, path)`` picks ScaNN's save options when needed
+(:func:`save_options_for`, what every SavedModel holding an index is saved
+with); :func:`tfrec.load_export` loads it, ScaNN's ops registered first.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tfrec.index.scann_index import save_options
 
 
 def save_options_for(index: tf.Module) -> tf.saved_model.SaveOptions | None:
-    """``SaveOptions`` a SavedModel containing ``index`` needs (None = defaults)."""
+    """``SaveOptions`` a SavedModel containing ``index`` needs (None = defaults): ScaNN's for a ScaNN index."""
     if getattr(index, "kind", None) == "scann":
         return save_options()
     return None
@@ -67,12 +67,3 @@ def save(index: tf.Module, path: str | Path) -> None:
         signatures={"serving_default": module.serve.get_concrete_function()},
         options=save_options_for(index),
     )
-
-
-def load_saved_model(path: str | Path):
-    """``tf.saved_model.load`` that first registers ScaNN's ops if available."""
-    try:
-        import scann  # noqa: F401  (optional: registers the Scann>* ops of ScaNN indexes)
-    except ImportError:
-        pass  # fine unless the SavedModel holds a ScaNN index; TF then says so
-    return tf.saved_model.load(str(path))

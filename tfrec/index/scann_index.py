@@ -11,14 +11,13 @@ Usage::
     index = ScannIndex(item_embeddings, item_ids, k=10)
     scores, ids = index.search(query_embeddings, exclude_item_ids=seen)
     tf.saved_model.save(module_holding_index, path, options=save_options())
-    # loading process: `import scann` BEFORE tf.saved_model.load(path)
-    # (or use tfrec.index.load_saved_model, which does that).
+    # loading process: tfrec.load_export(path) (registers ScaNN's ops first)
 
 Serving caveats: the graph uses ScaNN's custom ops (``Scann>...``), so saving
-needs ``SaveOptions(namespace_whitelist=["Scann"])`` (``SAVE_OPTIONS`` /
-``save_options()``), loading in Python needs ``import scann`` first (the import
-registers the ops), and stock TensorFlow Serving cannot run it (use the
-ScaNN-enabled TF Serving build, or ``IVFIndex`` which is core-ops only).
+needs ``save_options()`` (``namespace_whitelist=["Scann"]``), loading in Python
+needs ``import scann`` first (:func:`tfrec.api.register_ops`), and stock
+TensorFlow Serving cannot run it (use the ScaNN-enabled TF Serving build, or
+``IVFIndex`` which is core-ops only).
 ScaNN refuses catalogs of fewer than 16 items (its asymmetric hashing trains 16
 clusters per block); ``ScannIndex`` raises ``ValueError`` below that and
 ``tfrec.index.build_index`` falls back to brute force well before it.
@@ -47,12 +46,10 @@ import tfrec.index.base as base
 MIN_ITEMS = 16
 # Default leaves_to_search scans at least this many candidates per result.
 CANDIDATES_PER_RESULT = 20
-# Custom-op namespace that tf.saved_model.save must be told to accept.
-SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 
 
 def save_options() -> tf.saved_model.SaveOptions:
-    """A fresh ``SaveOptions`` allowing ScaNN's custom ops in a SavedModel."""
+    """A fresh ``SaveOptions`` allowing ScaNN's custom ops (namespace ``Scann``) in a SavedModel."""
     return tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec.encoders.lora import LoRADense, merge_adapters
+from tfrec.encoders.lora import LoRADense, adapters_merged, merge_adapters
 from tfrec.encoders.text import BertTextEncoder
 
 TEXTS = tf.constant(["rocket star", "quiet jazz evening", "a"])
@@ -43,6 +43,25 @@ def test_adapters_start_at_the_pretrained_encoder_and_only_they_train():
     assert merge_adapters(lora) == len(adapters)
     assert not adapters_of(lora) and not [v for v in lora.variables if "lora" in v.name]  # plain BERT again
     np.testing.assert_allclose(lora(TEXTS).numpy(), trained, atol=1e-5)  # the same function
+
+
+def test_adapters_merged_lends_plain_bert_and_gives_the_adapters_back():
+    lora = _encoder(2)
+    lora(TEXTS)  # builds the adapters
+    adapters = adapters_of(lora)
+    for a in adapters:  # a non-zero update, so merged and unmerged kernels differ
+        a.lora_b.assign(tf.fill(a.lora_b.shape, 0.1))
+    want = lora(TEXTS).numpy()
+    kernels = [a.base.kernel.numpy() for a in adapters]
+    with adapters_merged(lora) as merged:
+        assert merged == len(adapters) and not adapters_of(lora)
+        np.testing.assert_allclose(lora(TEXTS).numpy(), want, atol=1e-5)
+    assert adapters_of(lora) == adapters and not any(a.merged for a in adapters)
+    assert all(np.array_equal(k, a.base.kernel.numpy()) for k, a in zip(kernels, adapters))  # exactly as before
+    assert {v.name.split("/")[-1].split(":")[0] for v in lora.trainable_variables} == {"lora_a", "lora_b"}
+    np.testing.assert_allclose(lora(TEXTS).numpy(), want, atol=1e-6)
+    with adapters_merged(_encoder(0)) as merged:
+        assert merged == 0
 
 
 def test_config_refuses_lora_with_trainable_layers(smoke_cfg):

@@ -88,3 +88,24 @@ def test_bad_checkpoint_folders(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(UserError, match="no weights"):
         BertTextEncoder(str(tmp_path))
+
+
+def test_random_weights_depend_on_the_seed_alone_and_leave_the_global_seed_alone():
+    import random
+
+    def weights(seed):
+        encoder = BertTextEncoder("random://tiny", max_length=8, seed=seed)
+        return [w.numpy() for w in encoder.bert.weights]
+
+    tf.random.set_seed(11)
+    want = tf.random.uniform([4]).numpy()
+    tf.random.set_seed(11)
+    random.seed(1)
+    first = weights(3)
+    np.testing.assert_array_equal(tf.random.uniform([4]).numpy(), want)  # the caller's random stream goes on
+    random.seed(2)  # what the process drew before does not matter
+    again, other = weights(3), weights(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], other[0])
+    word_embeddings = first[0]  # truncated normal of stddev 0.02: nothing beyond 2 stddev
+    assert 0.015 < word_embeddings.std() < 0.02 and np.abs(word_embeddings).max() <= 0.04
