@@ -10,6 +10,8 @@ import tensorflow as tf
 
 import tfrec
 from tfrec import evaluate, hybrid
+from tfrec import index as index_lib
+from tfrec.export.savedmodel import export_run
 from tfrec import run as stages
 
 
@@ -51,3 +53,21 @@ def test_eval_json_reports_the_fused_model_beside_dense_and_lexical(trained):
     np.testing.assert_allclose(out["scores"].numpy(), want[0].numpy(), rtol=1e-4, atol=1e-5)
     info = json.loads((published / "assets.extra" / "export_report.json").read_text())["index"]
     assert info["params"]["hybrid"]["lexical_weight"] == weight
+
+
+def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch):
+    cfg, job, data, model, features, state = trained
+    monkeypatch.setattr(index_lib, "APPROXIMATE_MIN_ITEMS", 16)  # the smoke catalog has 160 items
+    evaluation = stages.evaluate_model(cfg, model, data, features)
+    stages.write_report(cfg, job, data, evaluation, state, 1.0)
+    (path,) = export_run(cfg, job, model, data, evaluation.item_embeddings, index="ivf",
+                         query_embeddings=evaluation.query_embeddings)
+    info = json.loads((path / "assets.extra" / "export_report.json").read_text())["index"]
+    assert info["kind"] == "ivf" and info["params"]["hybrid"]["lexical_weight"] == hybrid.served_weight(job)
+    # The gate compares fused top-k lists; ivf probing every partition would give 1.0, fewer can only lose.
+    assert cfg.export.min_recall <= info["recall"]["recall@10"] <= 1.0
+    texts = data.test.query_text[:3]
+    out = tfrec.load_export(path).signatures["serving_default"](query_text=tf.constant(texts),
+                                                                exclude_item_ids=tf.zeros([3, 0], tf.string))
+    scores = out["scores"].numpy()
+    assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores, axis=1) <= 1e-6).all()  # fused, best first
