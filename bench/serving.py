@@ -43,6 +43,7 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+from bench.hybrid_models import write_pair  # noqa: E402
 from tfrec.export import layout  # noqa: E402
 from tfrec.api import load_export  # noqa: E402
 from tests.helpers.spawn import spawn_server as spawn  # noqa: E402
@@ -171,8 +172,6 @@ def main() -> None:
 
 def hybrid_against_dense(num_items: int, seconds: float) -> None:
     """Direct p50/p99 of the hybrid and the dense-only SavedModel on one catalog, and their p50 ratio."""
-    from bench.hybrid_models import write_pair  # only this mode builds BM25 postings
-
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_pair(Path(tmp), num_items)
         p50s = {}

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import tfrec
 from tfrec import evaluate, hybrid
 from tfrec import index as index_lib
 from tfrec.export.savedmodel import export_run
+from tests.helpers.servers import http, predict_request, running_server
 from tfrec import run as stages
 
 
@@ -53,6 +56,14 @@ def test_eval_json_reports_the_fused_model_beside_dense_and_lexical(trained):
     np.testing.assert_allclose(out["scores"].numpy(), want[0].numpy(), rtol=1e-4, atol=1e-5)
     info = json.loads((published / "assets.extra" / "export_report.json").read_text())["index"]
     assert info["params"]["hybrid"]["lexical_weight"] == weight
+    # The local server, over REST and gRPC, returns the SavedModel's own fused top k.
+    with running_server({"smoke": str(published.parent)}, poll_wait_s=0.2) as server:
+        status, answer = http(server.rest_port, "/v1/models/smoke:predict", {"instances": texts}, method="POST")
+        assert status == 200, answer
+        assert [p["item_ids"] for p in answer["predictions"]] == out["item_ids"].numpy().astype(str).tolist()
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        reply = stub.Predict(predict_request(texts, name="smoke"), timeout=60)
+        np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["item_ids"]), out["item_ids"].numpy())
 
 
 def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch):
