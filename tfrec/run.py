@@ -30,7 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import baseline_runs, evaluate, fileio, job_cache, progress, runtime, summaries, timings, training, vertex
+from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, runtime, summaries, timings, training,
+                   vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -100,6 +101,7 @@ class Evaluation:
     query_embeddings: np.ndarray
     item_embeddings: np.ndarray
     cold_items: dict | None = None  # eval.cold_items_fraction: the cold targets' section
+    extra: dict | None = None  # more eval.json entries (tfrec.hybrid: model_variants, hybrid)
 
 
 # ------------------------------------------------------------------ stages
@@ -300,14 +302,21 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
         results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
     baselines = baseline_runs.run_baselines(cfg, data, split, times, cache, (features.query_cache, features.item_cache))
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
-    print("\n" + evaluate.format_table({"model": results, **baselines}) + "\n", flush=True)
+    extra = None
+    if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
+        with timings.stage(times, "evaluate"):
+            val = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
+            results, extra = hybrid.choose_and_evaluate(cfg, data, embed_split(model, val, features, "validation"),
+                                                        (q, item_embeddings), results)
+    variants = {f"model:{name}": m for name, m in (extra or {}).get("model_variants", {}).items()}
+    print("\n" + evaluate.format_table({"model": results, **variants, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:
         from tfrec import ranking_eval
         with timings.stage(times, "evaluate"):
             ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
-    return Evaluation(results, baselines, ranking, q, item_embeddings, cold)
+    return Evaluation(results, baselines, ranking, q, item_embeddings, cold, extra)
 
 
 def export_model(cfg: Config, job: fileio.Location, model: TwoTowerModel, data: RetrievalData, evaluation: Evaluation,
@@ -333,6 +342,7 @@ def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluat
         report["ranking"] = evaluation.ranking
     if evaluation.cold_items is not None:
         report["cold_items"] = evaluation.cold_items
+    report.update(evaluation.extra or {})
     tb = str(tensorboard_dir or fileio.join(job, "tensorboard"))
     summaries.write_hparams(tb, summaries.compared_settings(cfg), {f"test_{k}": v for k, v in evaluation.model.items()})
     summaries.write_projector(tb, evaluation.item_embeddings, data.catalog)

@@ -23,7 +23,8 @@ from trainer import task
 def trained(tmp_path_factory):
     job = tmp_path_factory.mktemp("export_job")
     assert task.main(["--preset", "smoke", "--job-dir", str(job), "--set", "train.epochs=1",
-                      "--set", "eval.baselines=false", "--set", "export.enabled=false"]) == 0
+                      "--set", "eval.baselines=false", "--set", "export.enabled=false",
+                      "--set", "retrieval.hybrid=off"]) == 0  # dense scores (tests/tfrec/test_hybrid_run.py: fused)
     return job
 
 

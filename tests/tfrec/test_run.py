@@ -17,7 +17,7 @@ def smoke(tmp_path_factory):
     # Frozen encoder (trainable_layers=0), so build_features caches the query and item texts.
     cfg = tfrec.load_config(preset="smoke", overrides=[
         "model.query_encoder.trainable_layers=0", "train.epochs=1", "train.max_steps_per_epoch=3",
-        "eval.baselines=false"])
+        "eval.baselines=false", "retrieval.hybrid=off"])  # dense only: tests/tfrec/test_hybrid_run.py has the fused
     job = tmp_path_factory.mktemp("stages")
     data = stages.load_data(cfg, job)
     model = stages.build_model(cfg, data)

@@ -67,6 +67,7 @@ class RetrievalConfig:
     negatives: Literal["in_batch", "sampled", "mixed", "full"] = "in_batch"  # tfrec.tasks
     num_sampled: int = 256  # sampled / mixed: catalog draws per step
     sampling: Literal["uniform", "popularity"] = "uniform"  # sampled / mixed
+    hybrid: Literal["auto", "off", "on"] = "auto"  # BM25 mixed into the served score (tfrec.hybrid)
 
     def validate(self, cfg) -> None:
         """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""

@@ -58,6 +58,10 @@ from tfrec.encoders.lora import adapters_merged
 from tfrec.errors import UserError
 from tfrec.export import layout
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
+from tfrec.hybrid import fused_recall, served_weight
+from tfrec.index.hybrid import HybridIndex
+from tfrec.lexical import BM25
+from tfrec.lexical_graph import LexicalScorer
 
 log = logging.getLogger("tfrec")
 _NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
@@ -179,6 +183,9 @@ class RetrievalModule(tf.Module):
             exclude = with_history(features["history_item_ids"], exclude)
         # Index code is plain graph code (explicit tf.cond); autograph's conversion cache
         # mixed up methods of the three index classes when all are exported in one process.
+        if getattr(self.index, "hybrid", False):  # dense + BM25 (tfrec.index.hybrid)
+            return tf.autograph.experimental.do_not_convert(self.index.search_hybrid)(
+                query, features["query_text"], exclude)
         return tf.autograph.experimental.do_not_convert(self.index.search)(query, exclude)
 
     def _retrieve(self, features, inputs):
@@ -253,17 +260,22 @@ class ExportRefused(UserError):
 
 
 def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_embeddings: np.ndarray, k: int,
-                 min_recall: float) -> dict[str, float]:
+                 min_recall: float, query_text: list[str] | None = None) -> dict[str, float]:
     """Recall of ``idx`` against exact search on held-out queries; raises ExportRefused below the gate.
 
     Args:
       query_embeddings: float32 [num_queries, d], e.g. the test split's queries.
+      query_text: [num_queries] their texts, for a hybrid index (recall of the fused top-k).
     Returns:
       ``{"recall@10": r10, "recall@K": rK}`` (K = the index's k).
     """
     exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
     cutoffs = sorted({min(10, k), k})
-    recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
+    if getattr(idx, "hybrid", False):
+        exact = HybridIndex(exact, idx.lexical, item_embeddings, item_ids, idx.weight)
+        recall = {f"recall@{c}": fused_recall(idx, exact, query_embeddings, query_text, c) for c in cutoffs}
+    else:
+        recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
     gate = recall[f"recall@{min(10, k)}"]
     log.info("export: %s index recall against exact search on %d held-out queries: %s", idx.kind,
              len(query_embeddings), ", ".join(f"{m}={v:.3f}" for m, v in recall.items()))
@@ -316,19 +328,25 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
     k = k or cfg.export.k
     kinds = _index_kinds(index or cfg.export.index)
     item_ids = data.catalog.item_ids
+    weight = served_weight(job_dir) if model.query_tower.encoder is not None else None
+    lexical = None if weight is None else LexicalScorer(BM25(data.catalog.texts))  # shared by every kind
+    if lexical is not None:
+        log.info("export: hybrid search, dense + BM25 with lexical weight %s (eval.json's hybrid)", weight)
     built = []
     with timings.stage(times, "index", examples=len(item_ids)):
         for kind in kinds:
             idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
             if note:
                 log.info("export: %s", note)
+            if lexical is not None:
+                idx = HybridIndex(idx, lexical, item_embeddings, item_ids, weight)
             info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
             if idx.kind != "brute_force":
                 if query_embeddings is None:
                     queries = test_queries(model, data)
                     query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
                 info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
-                                              cfg.export.min_recall)
+                                              cfg.export.min_recall, data.test.query_text)
                 info["min_recall"] = cfg.export.min_recall
             built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
 

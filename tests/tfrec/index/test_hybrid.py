@@ -1,0 +1,120 @@
+"""Hybrid search: candidates joined and fused by hand, the weight validation picks, save/reload, core ops only."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tfrec import evaluate, hybrid, lexical
+from tfrec.index import BruteForceIndex, IVFIndex
+from tfrec.index.hybrid import HybridIndex, fuse
+from tfrec.lexical_graph import LexicalScorer
+
+# Dense scores for q = [1, 0]: 1, 0.9, 0, -1 (min-max: 1, 0.95, 0.5, 0).
+ITEMS = np.array([[1.0, 0.0], [0.9, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+IDS = ["a", "b", "c", "d"]
+TEXTS = ["red shoe", "blue hat", "green sock", "red sock"]  # "sock": c and d, equal BM25 (min-max 1)
+
+
+def make(weight, k=2):
+    return HybridIndex(BruteForceIndex(ITEMS, IDS, k), LexicalScorer(lexical.BM25(TEXTS)), ITEMS, IDS, weight)
+
+
+@pytest.mark.parametrize("weight, want", [
+    (0.0, ["a", "b"]),   # fused 1, 0.95, 0.5, 0: dense order
+    (0.3, ["a", "b"]),   # 0.7, 0.665, 0.65, 0.3
+    (0.4, ["c", "a"]),   # 0.6, 0.57, 0.7, 0.4
+    (0.6, ["c", "d"]),   # 0.4, 0.38, 0.8, 0.6
+])
+def test_fused_top_k_worked_out_by_hand(weight, want):
+    scores, ids = make(weight).search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant(["sock"]))
+    assert [i.decode() for i in ids.numpy()[0]] == want
+    if weight == 0.6:
+        np.testing.assert_allclose(scores.numpy()[0], [0.8, 0.6], rtol=1e-6)
+
+
+def test_exclusions_leave_both_sides_and_change_the_candidates():
+    # c excluded: candidates a, b (dense) and d (lexical); dense min-max 1, 0.95, 0 -> fused 0.4, 0.38, 0.6.
+    scores, ids = make(0.6).search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant(["sock"]), tf.constant([["c", ""]]))
+    assert [i.decode() for i in ids.numpy()[0]] == ["d", "a"]
+    np.testing.assert_allclose(scores.numpy()[0], [0.6, 0.4], rtol=1e-6)
+
+
+def test_empty_text_serves_the_dense_order():
+    _, ids = make(0.9).search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant([""]))
+    assert [i.decode() for i in ids.numpy()[0]] == ["a", "b"]
+
+
+def test_fuse_masks_invalid_and_constant_rows():
+    got = fuse(tf.constant([[2.0, 2.0, 5.0]]), tf.constant([[1.0, 3.0, 0.0]]), tf.constant([[True, True, False]]),
+               0.5).numpy()
+    np.testing.assert_allclose(got[0, :2], [0.0, 0.5])  # dense equal -> 0; lexical 1 -> 0, 3 -> 1
+    assert got[0, 2] == -np.inf
+
+
+def ranks_by_weight(queries, texts, targets):
+    index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), LexicalScorer(lexical.BM25(TEXTS_BIG)),
+                        ITEMS_BIG, IDS_BIG, 0.0)
+    dense = evaluate.target_ranks(queries, ITEMS_BIG, targets, None)
+    ranks = hybrid.fused_ranks(index, queries, texts, targets, None, dense, item_ids=IDS_BIG)
+    return {w: evaluate.metrics_from_ranks(r, [10]) for w, r in ranks.items()}
+
+
+RNG = np.random.default_rng(7)
+ITEMS_BIG = RNG.normal(size=[50, 8]).astype(np.float32)
+IDS_BIG = [f"i{j}" for j in range(50)]
+TEXTS_BIG = [f"word{j} common" for j in range(50)]
+
+
+def test_weight_choice_on_lexical_only_and_dense_only_data():
+    targets = RNG.integers(0, 50, 40)
+    noise = RNG.normal(size=[40, 8]).astype(np.float32)
+    # Lexical-only: the text names the target, the embedding is noise -> a lexical weight wins, dense is chance.
+    by_weight = ranks_by_weight(noise, [f"word{t}" for t in targets], targets)
+    assert by_weight[1.0]["recall@10"] == 1.0 and by_weight[0.0]["recall@10"] < 0.6
+    weight, _ = hybrid.choose_weight("auto", "recall@10", by_weight)
+    # The target (BM25 min-max 1, every other candidate 0) scores >= w, any other candidate <= 1 - w: from 0.5 up
+    # recall@10 is 1, but only above 0.5 is the target always first (at 0.5 it can tie the dense best): mrr picks 0.6.
+    assert weight == 0.6 and by_weight[0.4]["recall@10"] < 1.0 and by_weight[0.6]["mrr"] == 1.0
+    # Dense-only: the embedding is the target's, the text says nothing -> auto keeps dense only.
+    by_weight = ranks_by_weight(ITEMS_BIG[targets] * 10, ["common"] * 40, targets)
+    assert by_weight[0.0]["recall@10"] == 1.0
+    assert hybrid.choose_weight("auto", "recall@10", by_weight)[0] is None
+    assert hybrid.choose_weight("on", "recall@10", by_weight)[0] == 0.1  # on: the best above 0 (ties: smallest)
+
+
+def op_names(folder) -> set[str]:
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+    names = set()
+    for graph in proto.meta_graphs:
+        names |= {n.op for n in graph.graph_def.node}
+        for fn in graph.graph_def.library.function:
+            names |= {n.op for n in fn.node_def}
+    return names
+
+
+@pytest.mark.parametrize("kind", ["brute_force", "ivf"])
+def test_saved_and_reloaded_with_core_ops_only(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=[64, 4]).astype(np.float32)
+    ids = [f"x{j}" for j in range(64)]
+    texts = [f"w{j % 9} w{j % 5}" for j in range(64)]
+    inner = BruteForceIndex(items, ids, 5) if kind == "brute_force" else IVFIndex(items, ids, 5, num_partitions=4,
+                                                                                   nprobe=4)
+    module = tf.Module()
+    module.index = HybridIndex(inner, LexicalScorer(lexical.BM25(texts)), items, ids, 0.5)
+    module.search = tf.function(module.index.search_hybrid, input_signature=[
+        tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    q, text, ex = tf.constant(items[:3]), tf.constant(["w1", "w2 w3", ""]), tf.constant([["x1"], [""], [""]])
+    want = module.search(q, text, ex)
+    tf.saved_model.save(module, str(tmp_path / "m"))
+    loaded = tf.saved_model.load(str(tmp_path / "m"))  # kept: its variables live as long as it does
+    got = loaded.search(q, text, ex)
+    assert got[1].numpy().tolist() == want[1].numpy().tolist()
+    assert b"x1" not in got[1].numpy()[0]
+    names = op_names(tmp_path / "m")
+    assert {"Scann", "PyFunc", "EagerPyFunc"}.isdisjoint(names)
+    assert all(hasattr(tf.raw_ops, n) for n in names), sorted(n for n in names if not hasattr(tf.raw_ops, n))
+    assert {"UnsortedSegmentSum", "LookupTableFindV2"} <= names  # BM25 from the stored postings
+    assert names & {"RegexReplace", "StaticRegexReplace"}  # the query tokenised in the graph

@@ -1,0 +1,84 @@
+"""Hybrid search through the stages: validation picks the weight, eval.json reports it, the export serves it."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+import tfrec
+from tfrec import evaluate, hybrid
+from tfrec import index as index_lib
+from tfrec.export.savedmodel import export_run
+from tests.helpers.servers import http, predict_request, running_server
+from tfrec import run as stages
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = tfrec.load_config(preset="smoke", overrides=[
+        "model.query_encoder.trainable_layers=0", "train.epochs=1", "train.max_steps_per_epoch=3",
+        "eval.baselines=false", "retrieval.hybrid=on"])
+    job = tmp_path_factory.mktemp("hybrid")
+    data = stages.load_data(cfg, job)
+    model = stages.build_model(cfg, data)
+    features = stages.build_features(cfg, data, model)
+    state = stages.train(cfg, model, data, features, tf.distribute.get_strategy(), job / "checkpoints",
+                         job / "tensorboard")
+    return cfg, job, data, model, features, state
+
+
+def test_eval_json_reports_the_fused_model_beside_dense_and_lexical(trained):
+    cfg, job, data, model, features, state = trained
+    evaluation = stages.evaluate_model(cfg, model, data, features)
+    report = stages.write_report(cfg, job, data, evaluation, state, 1.0)
+    weight = report["hybrid"]["weight"]
+    assert 0 < weight <= 1 and report["hybrid"]["setting"] == "on"  # on: a weight above 0 whatever validation says
+    assert set(report["hybrid"]["validation"]) == {str(w) for w in hybrid.WEIGHTS}
+    dense = evaluate.evaluate_embeddings(evaluation.query_embeddings, evaluation.item_embeddings, data, "test",
+                                         cfg.eval.ks)
+    assert report["model_variants"]["dense"] == dense
+    assert json.loads((job / "eval.json").read_text())["hybrid"]["weight"] == weight
+    assert hybrid.served_weight(job) == weight
+
+    (published,) = stages.export_model(cfg, job, model, data, evaluation)
+    served = tfrec.load_export(published)
+    texts = data.test.query_text[:4]
+    out = served.signatures["serving_default"](query_text=tf.constant(texts),
+                                               exclude_item_ids=tf.zeros([4, 0], tf.string))
+    want = hybrid.exact_hybrid(evaluation.item_embeddings, data, cfg.export.k, weight).search_hybrid(
+        tf.constant(evaluation.query_embeddings[:4]), tf.constant(texts))
+    np.testing.assert_array_equal(out["item_ids"].numpy(), want[1].numpy())
+    np.testing.assert_allclose(out["scores"].numpy(), want[0].numpy(), rtol=1e-4, atol=1e-5)
+    info = json.loads((published / "assets.extra" / "export_report.json").read_text())["index"]
+    assert info["params"]["hybrid"]["lexical_weight"] == weight
+    # The local server, over REST and gRPC, returns the SavedModel's own fused top k.
+    with running_server({"smoke": str(published.parent)}, poll_wait_s=0.2) as server:
+        status, answer = http(server.rest_port, "/v1/models/smoke:predict", {"instances": texts}, method="POST")
+        assert status == 200, answer
+        assert [p["item_ids"] for p in answer["predictions"]] == out["item_ids"].numpy().astype(str).tolist()
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}"))
+        reply = stub.Predict(predict_request(texts, name="smoke"), timeout=60)
+        np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["item_ids"]), out["item_ids"].numpy())
+
+
+def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch):
+    cfg, job, data, model, features, state = trained
+    monkeypatch.setattr(index_lib, "APPROXIMATE_MIN_ITEMS", 16)  # the smoke catalog has 160 items
+    evaluation = stages.evaluate_model(cfg, model, data, features)
+    stages.write_report(cfg, job, data, evaluation, state, 1.0)
+    (path,) = export_run(cfg, job, model, data, evaluation.item_embeddings, index="ivf",
+                         query_embeddings=evaluation.query_embeddings)
+    info = json.loads((path / "assets.extra" / "export_report.json").read_text())["index"]
+    assert info["kind"] == "ivf" and info["params"]["hybrid"]["lexical_weight"] == hybrid.served_weight(job)
+    # The gate compares fused top-k lists; ivf probing every partition would give 1.0, fewer can only lose.
+    assert cfg.export.min_recall <= info["recall"]["recall@10"] <= 1.0
+    texts = data.test.query_text[:3]
+    out = tfrec.load_export(path).signatures["serving_default"](query_text=tf.constant(texts),
+                                                                exclude_item_ids=tf.zeros([3, 0], tf.string))
+    scores = out["scores"].numpy()
+    assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores, axis=1) <= 1e-6).all()  # fused, best first
