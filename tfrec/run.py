@@ -30,14 +30,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import config as config_lib
-from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, runtime, summaries, timings, training,
-                   vertex)
+from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, ranking_eval, runtime, summaries,
+                   timings, training, vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
 from tfrec import job_dir as job_dir_lib
-from tfrec.models import TwoTowerModel
+from tfrec.export.savedmodel import export_run
+from tfrec.models import TwoTowerModel, build_model as build_two_tower
+from tfrec.towers import host_features
 
 log = logging.getLogger("tfrec")
 
@@ -116,8 +118,6 @@ def load_data(cfg: Config, base_dir: str | Path) -> RetrievalData:
 def build_model(cfg: Config, data: RetrievalData, strategy: tf.distribute.Strategy | None = None
                 ) -> TwoTowerModel:
     """The two-tower model for ``data``'s catalog, built under ``strategy`` and ``train.mixed_precision``."""
-    from tfrec.models import build_model as build_two_tower
-
     strategy = strategy or tf.distribute.get_strategy()
     runtime.set_precision(cfg.train.mixed_precision)  # layers keep the policy they are built under
     try:
@@ -166,8 +166,6 @@ def training_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, featu
     (TPU, XLA) the text is tokenised and ids looked up in tf.data, so the model
     sees fixed-shape ints only.
     """
-    from tfrec.towers import host_features
-
     batch = cfg.train.batch_size
     host = runtime.host_preprocessing(strategy, cfg.train.jit_compile)
 
@@ -193,8 +191,6 @@ def validation_input(cfg: Config, data: RetrievalData, model: TwoTowerModel, fea
                      strategy: tf.distribute.Strategy) -> tuple[tf.data.Dataset, int | None]:
     """The validation split as training batches for Keras' ``val_loss``, and the steps to take: once through
     (None); under TPU or multi-worker full batches, repeated, so every worker runs the same steps."""
-    from tfrec.towers import host_features
-
     batch, fixed = cfg.train.batch_size, runtime.kind(strategy) in ("tpu", "multi_worker")
     ds = pipeline.make_dataset(pipeline.training_features(data.validation, data.catalog, features.item_probability,
                                                           features.query_cache, features.item_cache),
@@ -218,9 +214,7 @@ def validation_metrics(cfg: Config, model: TwoTowerModel, data: RetrievalData, f
     q, items = embed_split(model, data, features, "validation")
     metrics = evaluate.evaluate_embeddings(q, items, data, "validation", cfg.eval.ks, cfg.eval.exclude_seen)
     if model.ranking is not None:  # the ranking head's rmse/mae (or auc/logloss) on the validation pairs
-        from tfrec.ranking_eval import label_metrics
-
-        metrics.update(label_metrics(model, data, "validation", q, items))
+        metrics.update(ranking_eval.label_metrics(model, data, "validation", q, items))
     return metrics
 
 
@@ -312,7 +306,6 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     print("\n" + evaluate.format_table({"model": results, **variants, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:
-        from tfrec import ranking_eval
         with timings.stage(times, "evaluate"):
             ranking = ranking_eval.evaluate_ranking(model, data, split, q, item_embeddings, cfg.eval.exclude_seen)
         print(ranking_eval.format_report(ranking) + "\n", flush=True)
@@ -323,7 +316,6 @@ def export_model(cfg: Config, job: fileio.Location, model: TwoTowerModel, data: 
                  model_dir: str | None = None, times: timings.StageTimes | None = None) -> list[fileio.Location]:
     """Publishes the SavedModel(s) of ``export.index`` in ``job/export`` or ``model_dir``; returns the versions
     (``times``: records ``export`` and ``index``, None: untimed)."""
-    from tfrec.export.savedmodel import export_run
     with timings.stage(times, "export", examples=len(data.catalog)):
         return export_run(cfg, job, model, data, evaluation.item_embeddings, model_dir=model_dir,
                           query_embeddings=evaluation.query_embeddings, times=times)
