@@ -24,8 +24,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec import config as config_lib
 from tfrec import early_stopping, evaluate
+from tfrec.baselines import bm25_baseline, content_baseline, id_sequence_baseline
 from tfrec.data.dataset import RetrievalData
+from tfrec.errors import ConfigError
 from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
@@ -175,14 +178,10 @@ def _popularity(cfg, data: RetrievalData, split: str, budget: BaselineBudget) ->
 
 
 def _bm25(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
-    from tfrec.baselines import bm25_baseline
-
     return bm25_baseline(data, split, budget.ks, budget.exclude_seen)
 
 
 def _content(cfg, data: RetrievalData, split: str, budget: BaselineBudget, text_caches=None) -> dict:
-    from tfrec.baselines import content_baseline
-
     query_cache, item_cache = text_caches or (None, None)
     return content_baseline(cfg, data, split, budget.ks, budget.exclude_seen, query_cache=query_cache,
                             item_cache=item_cache)
@@ -190,8 +189,6 @@ def _content(cfg, data: RetrievalData, split: str, budget: BaselineBudget, text_
 
 def _id_sequence(cfg, data: RetrievalData, split: str, budget: BaselineBudget) -> dict:
     # The model's own config carries the budget (batch size, epochs, early stopping, negatives) to this baseline.
-    from tfrec.baselines import id_sequence_baseline
-
     return id_sequence_baseline(cfg, data, split, budget.ks, budget.exclude_seen)
 
 
@@ -229,8 +226,6 @@ def unavailable(baseline: Baseline, data: RetrievalData, has_users: bool, has_qu
 
 def baseline_names(choice: bool | list[str]) -> list[str]:
     """``eval.baselines`` as names: true = every baseline, false = none; an unknown name is a ConfigError."""
-    from tfrec.errors import ConfigError
-
     if isinstance(choice, bool):
         return list(BASELINES) if choice else []
     for name in choice:
@@ -254,8 +249,6 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None, 
     Returns:
       name -> metrics, for the baselines that could run.
     """
-    from tfrec import config as config_lib
-
     validation = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
     budget = BaselineBudget(ks=list(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                             batch_size=cfg.train.batch_size, epochs=cfg.train.epochs,

@@ -19,6 +19,7 @@ query against item similarity. ``popularity`` is in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -26,9 +27,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfrec import early_stopping, evaluate, runtime
+from tfrec import early_stopping, evaluate, runtime, training
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
+from tfrec.encoders.text import BertTextEncoder
+from tfrec.lexical import BM25
+from tfrec.models import build_model
 from tfrec.progress import TrainingProgress
 
 log = logging.getLogger("tfrec")
@@ -43,9 +47,6 @@ def id_sequence_embeddings(cfg, data: RetrievalData, split: str) -> tuple[np.nda
       data: the split data; its examples must carry ``history`` (history-built queries).
       split: "validation" or "test", the queries to embed with the best epoch's weights.
     """
-    from tfrec import training
-    from tfrec.models import build_model
-
     if data.train.history is None:
         raise ValueError("the id_sequence baseline needs history-built queries (data.interactions."
                          "query_history_items)")
@@ -94,8 +95,6 @@ def id_sequence_baseline(cfg, data: RetrievalData, split: str, ks: list[int], ex
 
 def bm25_baseline(data: RetrievalData, split: str, ks: list[int], exclude_seen: bool = False) -> dict:
     """Metrics of BM25 over the item texts for ``split``'s query texts (same metrics as the model's)."""
-    from tfrec.lexical import BM25
-
     targets, exclude = evaluate._targets_and_exclusions(data, split, exclude_seen)
     ranks = BM25(data.catalog.texts).ranks(getattr(data, split).query_text, targets,
                                            evaluate.popularity_order(data.item_counts()), exclude)
@@ -167,8 +166,6 @@ def content_baseline(cfg, data: RetrievalData, split: str, ks: list[int], exclud
       query_cache, item_cache: the run's frozen encoder outputs (the untrained checkpoint's), read instead of
         encoding again; used only with ``model.item_text_encoder: shared`` (one encoder for both).
     """
-    from tfrec.encoders.text import BertTextEncoder
-
     q, has_text = cfg.model.query_encoder, cfg.data.interactions.query_column is not None
     if cfg.model.item_text_encoder != "shared":
         query_cache = item_cache = None
@@ -201,8 +198,6 @@ def cold_items_section(cfg, data: RetrievalData, model_queries: np.ndarray, mode
       {"items": num_cold, "targets": rows, "model": metrics, "baselines": {"popularity", "content", "bm25"}}
       (``content`` with history-built queries, ``bm25`` with query text).
     """
-    import dataclasses
-
     cold, ks, exclude_seen = data.cold_items, cfg.eval.ks, cfg.eval.exclude_seen
     item_text_encodings = item_cache.lookup(data.catalog.texts) if item_cache is not None else None
 
