@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import early_stopping, fileio
+from tfrec.errors import UserError
 
 log = logging.getLogger("tfrec")
 
@@ -221,8 +222,6 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         name = self.state.get("checkpoint")
         path = str(fileio.join(self.directory, name)) if name else self.manager.latest_checkpoint  # older state.json
         if not path or not tf.io.gfile.exists(path + ".index"):
-            from tfrec.errors import UserError
-
             raise UserError(f"{self.directory}: state.json names checkpoint '{name}', which is missing; "
                             "delete the checkpoints folder to start over")
         return path
@@ -319,8 +318,6 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         try:
             return fn(*args, **kwargs)
         except (OSError, tf.errors.OpError) as e:
-            from tfrec.errors import UserError
-
             # TF: "{{function_node ...}} /path/ckpt-26_temp/part...; No space left on device [Op:SaveV2]"
             reason = getattr(e, "strerror", None) or re.sub(r"\{\{.*?\}\}|\[Op:[^\]]*\]", "",
                                                             str(getattr(e, "message", e)).splitlines()[0])
@@ -346,8 +343,6 @@ def read_state(directory: str | os.PathLike) -> dict | None:
     try:
         return json.loads(fileio.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        from tfrec.errors import UserError
-
         raise UserError(f"{path}: not valid JSON; delete the checkpoints folder to start over") from None
 
 
