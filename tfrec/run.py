@@ -29,14 +29,13 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
-from tfrec import config as config_lib
+from tfrec import config as config_lib, job_dir as job_dir_lib
 from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, ranking_eval, runtime, summaries,
                    timings, training, vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
 from tfrec.data.dataset import RetrievalData
-from tfrec import job_dir as job_dir_lib
 from tfrec.export.savedmodel import export_run
 from tfrec.models import TwoTowerModel, build_model as build_two_tower
 from tfrec.towers import host_features

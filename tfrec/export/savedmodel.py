@@ -49,11 +49,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfrec import config as config_lib
-from tfrec import evaluate, fileio
-from tfrec import index as index_lib
+from tfrec import config as config_lib, index as index_lib
+from tfrec import evaluate, fileio, timings
+from tfrec.data import pipeline
 from tfrec.index.base import with_history
-from tfrec import timings
 from tfrec.encoders.lora import adapters_merged
 from tfrec.errors import UserError
 from tfrec.export import layout
@@ -392,8 +391,6 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
 
 def test_queries(model, data) -> dict:
     """The query tower's inputs for the test split: ``query_text`` and/or ``history_item_ids`` arrays."""
-    from tfrec.data import pipeline
-
     queries = {}
     if model.query_tower.encoder is not None:
         queries["query_text"] = np.array(data.test.query_text, dtype=object)
