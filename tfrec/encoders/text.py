@@ -17,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
+from tqdm.auto import tqdm
 
+from tfrec.data.readers import resolve_path
+from tfrec.data.synthetic import vocabulary
+from tfrec.encoders.lora import add_adapters
 from tfrec.errors import UserError
 from tfrec.progress import Progress
 
@@ -28,8 +32,6 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def resolve_checkpoint(checkpoint: str) -> str:
     """``pkg://package/sub/folder`` or a plain folder -> an existing folder path."""
     if checkpoint.startswith("pkg://"):
-        from tfrec.data.readers import resolve_path
-
         try:
             checkpoint = resolve_path(checkpoint)[0]
         except UserError as e:
@@ -53,8 +55,6 @@ def resolve_checkpoint(checkpoint: str) -> str:
 
 def tiny_vocabulary() -> list[str]:
     """The random tiny BERT's vocabulary: special tokens, synthetic words, characters."""
-    from tfrec.data.synthetic import vocabulary
-
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-&/|")
     tokens = SPECIAL_TOKENS + vocabulary() + chars + ["##" + c for c in chars if c.isalnum()]
     return list(dict.fromkeys(tokens))
@@ -98,7 +98,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
     def __init__(self, checkpoint: str, max_length: int = 32, pooling: str = "mean", trainable_layers: int = 0,
                  seed: int = 0, lora_rank: int = 0, train_embeddings: bool = False, **kwargs):
         super().__init__(**kwargs)
-        from transformers import BertConfig, TFBertModel
+        from transformers import BertConfig, TFBertModel  # heavy: transformers loads only when an encoder is built
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # "some weights of the checkpoint were not used" (the pooler)
@@ -146,8 +146,6 @@ class BertTextEncoder(tf.keras.layers.Layer):
         self.num_layers = self.bert.config.num_hidden_layers
         self._set_trainable_layers(trainable_layers)
         if lora_rank:
-            from tfrec.encoders.lora import add_adapters
-
             add_adapters(self.bert, lora_rank)
             self.frozen = False
 
@@ -196,8 +194,6 @@ class BertTextEncoder(tf.keras.layers.Layer):
         last real token changes nothing under the attention mask, so the
         result equals :meth:`call` within float tolerance, several times faster.
         """
-        from tqdm.auto import tqdm
-
         if not texts:
             return np.zeros([0, self.hidden_size], np.float32)
         ids, mask = [], []
