@@ -21,6 +21,7 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from tfrec.data.dataset import RetrievalData
 from tfrec.progress import Progress
@@ -65,8 +66,6 @@ def embed(tower: tf.keras.layers.Layer, features: dict, batch_size: int = 1024, 
     The tower is traced once (twice with a last, shorter batch) and the traced
     function is reused by later calls on the same tower (:func:`_tower_fn`).
     """
-    from tqdm.auto import tqdm
-
     n = len(next(iter(features.values())))
     fn = _tower_fn(tower)
     out = []

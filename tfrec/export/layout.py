@@ -37,6 +37,7 @@ against its working directory, write one with the mount point as prefix:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -322,8 +323,6 @@ def _write_atomic(path: fileio.Location, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tfrec.export.layout EXPORT_DIR [--base_path /models] [--output FILE]``: rewrites models.config."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m tfrec.export.layout", description=main.__doc__)
     parser.add_argument("export_dir", help="a run's export folder (JOB_DIR/export)")
     parser.add_argument("--base_path", help="where a server sees EXPORT_DIR, e.g. /models in tensorflow/serving; "
