@@ -20,7 +20,9 @@ from dataclasses import replace
 import serving  # noqa: F401  (environment first)
 import numpy as np
 
+from tfrec import config as config_lib
 from tfrec.cli import run_main, setup_logging
+from tfrec.data import dataset
 
 log = logging.getLogger("tfrec")
 
@@ -33,10 +35,9 @@ def reindex(job_dir: str, items_path: str, index: str | None = None, k: int | No
     (:func:`tfrec.export.savedmodel.test_queries`). A served history is read through the run's own
     catalog, so a history naming an item the run never saw counts that item as padding.
     """
-    # Function-local: TensorFlow loads only once a reindex runs (not for --help).
-    from tfrec import config as config_lib
+    # heavy: these load TensorFlow, so only once a reindex runs (not for --help)
     from tfrec import evaluate
-    from tfrec.data import dataset, pipeline
+    from tfrec.data import pipeline
     from tfrec.export.savedmodel import export_run
     from tfrec.trained import load_trained
 

@@ -28,6 +28,7 @@ import sys
 import tfrec
 from tfrec import vertex
 from tfrec.cli import flags_as_overrides, run_main, setup_logging
+from tfrec.config import config_keys, list_presets, resolve, to_yaml
 from tfrec.config.parse import model_name_from_file
 from tfrec.errors import UserError
 
@@ -44,8 +45,6 @@ def default_job_dir(preset: str | None, config_file: str | None = None) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from tfrec.config import config_keys, list_presets
-
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", help=f"one of: {', '.join(list_presets())} (default: movielens, or default "
                         "with --config: settings chosen from your data)")
@@ -74,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
         if args.print_config:
-            from tfrec.config import resolve, to_yaml
-
             if resolve.pending(cfg):  # printed as the base has them; the run chooses them from the data
                 log.info("config: chosen from the data when it is read: %s", ", ".join(resolve.pending(cfg)))
             print(to_yaml(cfg), end="")
