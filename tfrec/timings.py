@@ -16,12 +16,10 @@ stage reports its own peak; elsewhere every stage reports the process peak so fa
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 
 # Stages timed inside another (their seconds are part of it): name -> the stage around it.
@@ -90,7 +88,7 @@ class StageTimes:
 
     def epoch_callback(self, name: str = "train", examples_per_epoch: int | None = None):
         """A Keras callback timing each epoch (its end-of-epoch validation included) as one call of ``name``."""
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: only a Keras run needs it; the timings stay TensorFlow-free
 
         times = self
 
@@ -116,9 +114,6 @@ class StageTimes:
         self._fold_peak()
         return {"stages": self.stages, "total_seconds": round(time.time() - self.started, 3),
                 "peak_rss_mb": round(max(self._peak_mb, _process_peak_mb()), 1)}
-
-    def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     def summary(self) -> str:
         """One line: each top-level stage's share of the run, largest first, and the peak RSS."""
