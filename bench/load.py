@@ -89,10 +89,10 @@ def run_load(base: Path, model: str, new_version_src: Path, clients: int, second
             while True:
                 exclude = rng.sample(pool, rng.randint(0, min(3, len(pool))))
                 t0 = time.monotonic()
-                kind, version, detail = call(rng.choice(QUERIES), exclude, k)
+                kind, version, _ = call(rng.choice(QUERIES), exclude, k)
                 t1 = time.monotonic()
                 with rec_lock:
-                    records.append(Record(api, t0, t1, kind, version, detail))
+                    records.append(Record(api, t0, t1, kind, version))
                 if term.is_set() and (is_refusal(kind) or t1 > t_term[0] + 15):
                     return  # refused after SIGTERM: this client is done
                 if kind != "ok":

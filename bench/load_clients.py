@@ -38,7 +38,6 @@ class Record:
     t1: float
     kind: str
     version: int | None = None
-    detail: str = ""
 
 
 def is_refusal(kind: str) -> bool:

@@ -34,9 +34,6 @@ OPTIONAL_INPUTS = frozenset({"exclude_item_ids"})
 # so an all-empty history is one "" item: no history). A "" history item is padding, so its label is never read.
 RAGGED_INPUTS = frozenset({"history_item_ids", "history_labels"})
 
-_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-                "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "INTERNAL": 500, "UNKNOWN": 500}
-
 
 class RequestError(Exception):
     """A request the server answers with an error; ``code`` is a gRPC status name."""
@@ -44,10 +41,6 @@ class RequestError(Exception):
     def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
         super().__init__(message)
         self.message, self.code = message, code
-
-    @property
-    def http_status(self) -> int:
-        return _HTTP_STATUS.get(self.code, 500)
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
