@@ -357,11 +357,9 @@ def _worker_dir() -> Iterator[Path | None]:
 def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None = None) -> Run:
     """Trains, evaluates and exports one run in ``job_dir`` (``outputs``: :mod:`tfrec.vertex`); rerunning resumes.
 
-    Under ``runtime.strategy=multi_worker`` a non-chief worker runs every
-    training step with the others (collective ops need all workers) but writes
-    its checkpoints, TensorBoard logs and data into a temporary folder deleted
-    at the end; evaluation, ``eval.json`` and the export are the chief's (a
-    non-chief returns a Run with ``metrics == {}``).
+    Under ``runtime.strategy=multi_worker`` a non-chief worker runs every training step with the others (collective
+    ops need all workers) but writes its checkpoints, TensorBoard logs and data into a temporary folder deleted at the
+    end; evaluation, ``eval.json`` and the export are the chief's (a non-chief returns a Run with ``metrics == {}``).
     """
     with _worker_dir() as scratch:
         # set-up: job dir, seed, strategy
