@@ -63,10 +63,10 @@ from tfrec.lexical import BM25
 from tfrec.lexical_graph import LexicalScorer
 
 log = logging.getLogger("tfrec")
-_NO_EXCLUSIONS = tf.constant([[]], dtype=tf.string)  # [1, 0]: broadcast to [batch, 0]
-_NO_TEXT = tf.constant([""])  # [1]: broadcast to [batch]
-_NO_HISTORY = tf.constant([[""]])  # [1, 1]: broadcast to [batch, 1]
-_NO_LABELS = tf.constant([[float("nan")]])  # [1, 1]: broadcast to the history's [batch, h]; NaN = unknown
+# Optional inputs' defaults, made per module (a tensor made at import would start TF before a multi-worker strategy
+# can configure it): exclusions [1, 0], text [1], history [1, 1], labels NaN [1, 1]; each broadcast to the batch.
+_DEFAULTS = {"exclusions": lambda: tf.constant([[]], dtype=tf.string), "text": lambda: tf.constant([""]),
+             "history": lambda: tf.constant([[""]]), "labels": lambda: tf.constant([[float("nan")]])}
 
 
 def _query_features(inputs: dict) -> dict:
@@ -118,7 +118,7 @@ class RetrievalModule(tf.Module):
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
         self.ranking_head, self.catalog = ranking_head, catalog
-        exclusions = [(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"), _NO_EXCLUSIONS)]
+        exclusions = [(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"), _DEFAULTS["exclusions"]())]
         self.retrieve = self._query_function(self._retrieve, optional=exclusions)
         self.embed_query = self._query_function(self._embed_query)
         if ranking_head is not None:
@@ -136,13 +136,13 @@ class RetrievalModule(tf.Module):
         """(spec, default) of each query input; a model with one query input gets no default (it is required)."""
         inputs = []
         if self.query_tower.encoder is not None:
-            inputs.append((tf.TensorSpec([None], tf.string, name="query_text"), _NO_TEXT))
+            inputs.append((tf.TensorSpec([None], tf.string, name="query_text"), _DEFAULTS["text"]()))
         if self.query_tower.history_encoder is not None:
-            inputs.append((tf.TensorSpec([None, None], tf.string, name="history_item_ids"), _NO_HISTORY))
+            inputs.append((tf.TensorSpec([None, None], tf.string, name="history_item_ids"), _DEFAULTS["history"]()))
         if len(inputs) == 1:
             inputs = [(inputs[0][0], None)]
         if with_labels and self._reads_labels():  # NaN: labels unknown, the head scores without them
-            inputs.append((tf.TensorSpec([None, None], tf.float32, name="history_labels"), _NO_LABELS))
+            inputs.append((tf.TensorSpec([None, None], tf.float32, name="history_labels"), _DEFAULTS["labels"]()))
         return inputs
 
     def _query_function(self, body, required: list[tf.TensorSpec] = (),
