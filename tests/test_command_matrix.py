@@ -196,8 +196,12 @@ def test_serving_reindex_serves_a_new_item_where_its_twin_is(jobs, api_block, sh
     # The new item has its twin's text and genre: the same embedding, so the same score, side by side at the top
     # (any other new row, or one embedded from another item's text, would land elsewhere).
     assert {i for i, _ in top[:2]} == {twin, "new9999"}
-    np.testing.assert_allclose([s for _, s in top[:2]], [twin_score, twin_score], rtol=1e-5, atol=1e-6)
-    assert [i for i, _ in top[2:]] == [i for i, _ in served_top(before, shape)[1:len(top) - 1]]
+    np.testing.assert_allclose(top[0][1], top[1][1], rtol=1e-5, atol=1e-6)
+    if (json.loads((job / "eval.json").read_text()).get("hybrid") or {}).get("weight") is None:
+        # Dense scores do not depend on the catalog: the rest keeps its order and the twin its score. (A hybrid
+        # export's BM25 idf and score normalisation move with the catalog, so only the twins' tie holds there.)
+        np.testing.assert_allclose(top[0][1], twin_score, rtol=1e-5, atol=1e-6)
+        assert [i for i, _ in top[2:]] == [i for i, _ in served_top(before, shape)[1:len(top) - 1]]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
