@@ -3,7 +3,8 @@
 :func:`export_run` (called by :func:`tfrec.fit`, and by ``python -m serving.export
 --job-dir DIR`` for a finished run) writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
 ``export.model_name`` for exact brute force, ``<name>_ivf`` and
-``<name>_scann`` for the approximate indexes) plus ``DIR/export/models.config``
+``<name>_scann`` for the approximate indexes; with ``export.quantization: int8``,
+``<name>_int8`` and ``<name>_ivf_int8``) plus ``DIR/export/models.config``
 and ``DIR/export/batching_parameters.txt``. Each version is written under a temporary name
 and renamed into place when complete (:func:`tfrec.export.layout.publish_version`).
 
@@ -233,17 +234,25 @@ def excludes_history(cfg: config_lib.Config) -> tuple[bool, str]:
     return setting, f"export.exclude_history={str(setting).lower()}"
 
 
-def _index_kinds(choice: str) -> list[str]:
-    return ["brute_force", "ivf", "scann"] if choice == "all" else [choice]
+def _index_kinds(choice: str, quantization: str = "none") -> list[str]:
+    """Index kinds to export: ``export.index`` (all = the three), each in its int8 form if it has one and
+    ``export.quantization`` is int8 (scann quantises already)."""
+    kinds = ["brute_force", "ivf", "scann"] if choice == "all" else [choice]
+    return [index_lib.INT8_KINDS.get(kind, kind) if quantization == "int8" else kind for kind in kinds]
 
 
 def _model_name(base: str, kind: str) -> str:
-    return base if kind == "brute_force" else f"{base}_{kind}"
+    """brute_force -> <base>, brute_force_int8 -> <base>_int8, other kinds -> <base>_<kind>."""
+    if kind.startswith("brute_force"):
+        return base + kind[len("brute_force"):]
+    return f"{base}_{kind}"
 
 
 def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int, params: dict | None = None):
     if kind == "brute_force":
         return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
+    if kind == "brute_force_int8":
+        return index_lib.BruteForceInt8Index(item_embeddings, item_ids, k), None
     return index_lib.build_index(kind, item_embeddings, item_ids, k, **(params or {}))
 
 
@@ -269,9 +278,16 @@ def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_em
     if gate < min_recall:
         raise ExportRefused(f"export: the {idx.kind} index reached recall@{min(10, k)}={gate:.3f} against exact "
                             f"search on {len(query_embeddings)} held-out queries, below export.min_recall="
-                            f"{min_recall}; no version was published (search more partitions/leaves, or lower "
+                            f"{min_recall}; no version was published ({_recall_advice(idx.kind)}, or lower "
                             "export.min_recall)")
     return recall
+
+
+def _recall_advice(kind: str) -> str:
+    if kind == "brute_force_int8":
+        return "int8 codes lose too much here: export.quantization: none"
+    advice = "search more partitions/leaves"
+    return advice + (", or export.quantization: none" if kind.endswith("_int8") else "")
 
 
 def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
@@ -286,7 +302,8 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         into the encoder's weights first (in place: the same function, plain BERT variables).
       data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
       item_embeddings: float32 [num_items, d] from the trained item tower.
-      index: brute_force | ivf | scann | all (default ``export.index``).
+      index: brute_force | ivf | scann | all (default ``export.index``); with ``export.quantization: int8``
+        brute_force and ivf are built in their int8 forms (brute_force_int8, ivf_int8).
       k: results per query (default ``export.k``).
       query_embeddings: float32 [n, d] held-out queries for the recall gate
         (default: the test split's queries through the query tower).
@@ -305,7 +322,7 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         merged = merge_adapters(model)
         if merged:
             log.info("lora: merged %d adapters into the encoder before export", merged)
-    kinds = _index_kinds(index or cfg.export.index)
+    kinds = _index_kinds(index or cfg.export.index, cfg.export.quantization)
     item_ids = data.catalog.item_ids
     built = []
     with timings.stage("index", examples=len(item_ids)):  # in a run's timings.json (tfrec.run.fit)
