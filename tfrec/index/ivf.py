@@ -206,11 +206,13 @@ class IVFIndex(base.ApproximateIndex):
 
         extra = tf.shape(exclude_item_ids)[1]
         wanted = (RESCORE_FACTOR if self.quantization == "none" else 1) * self.k_out + extra
-        # A query's best `wanted` items lie in its `wanted` blocks with the best maxima.
+        # A query's best `wanted` items lie in its `wanted` blocks with the best maxima. Padding slots
+        # score 0 here (masked only below, off the hot path), which can lift the maximum of a partition's
+        # last, partly padded block: taking nprobe more blocks than wanted keeps the selection exact.
         best_in_block = tf.RaggedTensor.from_row_lengths(
             tf.reduce_max(pair_scores[:-1], axis=1), blocks_per_query, validate=False
         ).to_tensor(default_value=base.NEG_INF)  # [B, max blocks per query]
-        num_best = tf.minimum(wanted, tf.shape(best_in_block)[1])
+        num_best = tf.minimum(wanted + self.nprobe, tf.shape(best_in_block)[1])
         _, best_blocks = tf.math.top_k(best_in_block, k=num_best, sorted=False)  # [B, num_best]
         first_pair = tf.cumsum(blocks_per_query, exclusive=True)[:, tf.newaxis]
         pairs = tf.where(best_blocks < blocks_per_query[:, tf.newaxis], first_pair + best_blocks,
@@ -222,8 +224,10 @@ class IVFIndex(base.ApproximateIndex):
                         constant_values=base.NEG_INF)
         slots = tf.pad(slots, [[0, 0], [0, tf.maximum(0, wanted - tf.shape(slots)[1])]],
                        constant_values=self.num_blocks * BLOCK_SIZE)
+        candidate_rows = tf.gather(tf.reshape(self.block_rows, [-1]), slots)
+        scores = tf.where(candidate_rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
         top_scores, positions = tf.math.top_k(scores, k=wanted, sorted=True)
-        rows = tf.gather(tf.reshape(self.block_rows, [-1]), tf.gather(slots, positions, batch_dims=1))
+        rows = tf.gather(candidate_rows, positions, batch_dims=1)
         if self.quantization == "none":
             top_scores = self._rescore(queries, top_scores, rows)
         return base.filter_excluded(top_scores, rows, self.item_ids, exclude_item_ids, self.k_out)
@@ -243,7 +247,7 @@ class IVFIndex(base.ApproximateIndex):
             ``[pairs]`` query row of each pair.
 
         Returns:
-          float32 ``[pairs, BLOCK_SIZE]``, ``-inf`` at padding slots.
+          float32 ``[pairs, BLOCK_SIZE]``; padding slots score 0 (their scale is 0): mask them.
         """
         # One [1, d] x [d, L] product per pair as a flat BatchMatMul
         # [pairs, 1, d] x [pairs, d, L]: the L contiguous columns vectorise
@@ -259,8 +263,7 @@ class IVFIndex(base.ApproximateIndex):
             member_codes = tf.cast(tf.gather(self.codes, blocks), tf.float32)  # [chunk, d, L]
             chunk_queries = tf.gather(queries, query_rows)[:, tf.newaxis, :]  # [chunk, 1, d]
             scales = tf.gather(self.scales, blocks)  # [chunk, L]
-            scores = tf.reshape(tf.matmul(chunk_queries, member_codes), [-1, BLOCK_SIZE]) * scales
-            return tf.where(scales > 0, scores, tf.constant(base.NEG_INF, tf.float32))
+            return tf.reshape(tf.matmul(chunk_queries, member_codes), [-1, BLOCK_SIZE]) * scales
 
         def chunked() -> tf.Tensor:
             num_chunks = (num_pairs + max_chunk - 1) // max_chunk

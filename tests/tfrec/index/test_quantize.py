@@ -109,3 +109,14 @@ def test_small_catalog_int8_ivf_falls_back_to_int8_brute_force(helpers):
     items, ids, _ = helpers.clustered(50, dim=8)
     index, note = index_lib.build_index("ivf_int8", items, ids, 5)
     assert isinstance(index, index_lib.BruteForceInt8Index) and "brute_force_int8" in note
+
+
+def test_ivf_exact_when_every_score_is_negative(helpers):
+    # Padding slots score 0 before masking; with every real score below 0 they must still never
+    # push a real block out of the candidates (items in the positive orthant, queries in the negative one).
+    items, ids, queries = helpers.clustered(1500, dim=16, num_queries=20, seed=6)
+    items, queries = np.abs(items), -np.abs(queries)
+    index = index_lib.IVFIndex(items, ids, k=10, num_partitions=30, nprobe=30)
+    assert index.num_items % 64 and index.max_partition_size % 64  # partly padded blocks exist
+    np.testing.assert_array_equal(index.search(queries)[1].numpy().astype(str),
+                                  ids[helpers.exact_top_k(items, queries, 10)])
