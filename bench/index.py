@@ -88,7 +88,7 @@ def make_data(args, folder: str | None = None) -> tuple[np.ndarray, np.ndarray, 
 
 def timed_calls(signature, batches: list[tf.Tensor], seconds: float, min_calls: int,
                 latencies: list[float] | None = None) -> float:
-    """Queries/sec of ``signature`` over consecutive ``batches`` for about ``seconds``; call times go to ``latencies``."""
+    """Queries/sec of ``signature`` over ``batches`` for about ``seconds``; call times go to ``latencies``."""
     no_exclusions = tf.zeros([int(batches[0].shape[0]), 0], tf.string)
     calls, start = 0, time.perf_counter()
     while calls < min_calls or time.perf_counter() - start < seconds:

@@ -22,9 +22,10 @@ Kinds:
   measured recall@k reaches ``target_recall`` (0.95) on a build-time sample.
 * ``ivf_int8`` (``IVFIndex(quantization="int8")``): the same without the
   float32 copy.
-* ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder;
-  needs ``save_options()`` when saving, ``import scann`` before loading, and a
-  ScaNN-enabled TF Serving.
+* ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder,
+  leaves searched and reorder size chosen from measured recall@k (0.99);
+  needs ``save_options()`` when saving, ``import scann`` before loading, and
+  a ScaNN-enabled TF Serving.
 
 ``build_index(kind, ...)`` falls back to brute force for catalogs smaller than
 ``APPROXIMATE_MIN_ITEMS`` (1000): there a full matmul costs well under a
