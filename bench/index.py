@@ -25,7 +25,9 @@ through the loaded ``serving_default`` signature:
   serves a few batches (the server's memory, as TF Serving would hold it).
 
 The catalog lives in a memory-mapped file (``--n`` rows, generated in chunks),
-so building an index never holds the float32 catalog twice in memory.
+so building an index never holds the float32 catalog twice in memory. With
+``--keep DIR`` the files stay in DIR, and a later run with the same data reuses
+the SavedModels found there (a 10^7 run can be finished in parts).
 
 It prints one detail line per index and then, for the kinds other than
 ``brute_force``, exactly ``<kind>: recall@10=<r> speedup=<s>x`` where speedup
@@ -37,6 +39,7 @@ variables and assets (all of it the item side here) divided by the catalog size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -187,16 +190,19 @@ def server_rss(path: str, queries_file: str) -> tuple[int, int]:
 
 def build_and_load(args, kind: str, items, ids, queries, truth, tmp: str) -> tuple[Any, dict]:
     """Builds, saves, reloads one index; returns its loaded signature and a report of its figures."""
-    t0 = time.perf_counter()
-    index, note = index_lib.build_index(kind, items, ids, K, **index_params(args, kind))
-    build_s = time.perf_counter() - t0
-    params = index.params()
     path = os.path.join(tmp, kind)
-    t0 = time.perf_counter()
-    index_lib.save(index, path)
-    save_s = time.perf_counter() - t0
-    del index
-    gc.collect()
+    build_s = save_s = 0.0
+    note, params = "reused the SavedModel in --keep", {}
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        t0 = time.perf_counter()
+        index, note = index_lib.build_index(kind, items, ids, K, **index_params(args, kind))
+        build_s = time.perf_counter() - t0
+        params = index.params()
+        t0 = time.perf_counter()
+        index_lib.save(index, path)
+        save_s = time.perf_counter() - t0
+        del index
+        gc.collect()
     t0 = time.perf_counter()
     signature = index_lib.load_saved_model(path).signatures["serving_default"]
     load_s = time.perf_counter() - t0
@@ -226,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="timing per (index, batch size), all rounds")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds (best one is kept)")
     parser.add_argument("--tmp", help="folder for the catalog file and SavedModels (default: system temp)")
+    parser.add_argument("--keep", help="work in this folder and keep it; a kind whose SavedModel is already there "
+                                       "(same --n/--seed) is loaded, not rebuilt")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if kinds[0] != "brute_force":
@@ -233,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signatures: dict[str, Any] = {}
     reports: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="tfrec_bench_index_", dir=args.tmp) as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep
+          else tempfile.TemporaryDirectory(prefix="tfrec_bench_index_", dir=args.tmp)) as tmp:
         t0 = time.perf_counter()
         items, ids, queries = make_data(args, tmp)
         np.save(os.path.join(tmp, "queries.npy"), queries)
