@@ -3,7 +3,8 @@
 :func:`export_run` (called by :func:`tfrec.fit`, and by ``python -m serving.export
 --job-dir DIR`` for a finished run) writes, for each index kind, ``DIR/export/<name>/<version>/`` (``<name>`` =
 ``export.model_name`` for exact brute force, ``<name>_ivf`` and
-``<name>_scann`` for the approximate indexes) plus ``DIR/export/models.config``
+``<name>_scann`` for the approximate indexes; with ``export.quantization: int8``,
+``<name>_int8`` and ``<name>_ivf_int8``) plus ``DIR/export/models.config``
 and ``DIR/export/batching_parameters.txt``. Each version is written under a temporary name
 and renamed into place when complete (:func:`tfrec.export.layout.publish_version`).
 
@@ -54,10 +55,11 @@ from tfrec import evaluate, fileio, timings
 from tfrec.data import pipeline
 from tfrec.index.base import with_history
 from tfrec.encoders.lora import adapters_merged
-from tfrec.errors import UserError
 from tfrec.export import layout
+from tfrec.export.indexes import ExportRefused  # noqa: F401  (export_run raises it)
+from tfrec.export.indexes import build_index_of_kind, check_recall, index_kinds, model_name_for
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
-from tfrec.hybrid import fused_recall, served_weight
+from tfrec.hybrid import served_weight
 from tfrec.index.hybrid import HybridIndex
 from tfrec.lexical import BM25
 from tfrec.lexical_graph import LexicalScorer
@@ -240,52 +242,6 @@ def excludes_history(cfg: config_lib.Config) -> tuple[bool, str]:
     return setting, f"export.exclude_history={str(setting).lower()}"
 
 
-def _index_kinds(choice: str) -> list[str]:
-    return ["brute_force", "ivf", "scann"] if choice == "all" else [choice]
-
-
-def _model_name(base: str, kind: str) -> str:
-    return base if kind == "brute_force" else f"{base}_{kind}"
-
-
-def _build_index(kind: str, item_embeddings: np.ndarray, item_ids: list[str], k: int, params: dict | None = None):
-    if kind == "brute_force":
-        return index_lib.BruteForceIndex(item_embeddings, item_ids, k), None
-    return index_lib.build_index(kind, item_embeddings, item_ids, k, **(params or {}))
-
-
-class ExportRefused(UserError):
-    """An approximate index missed ``export.min_recall``; nothing was published."""
-
-
-def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_embeddings: np.ndarray, k: int,
-                 min_recall: float, query_text: list[str] | None = None) -> dict[str, float]:
-    """Recall of ``idx`` against exact search on held-out queries; raises ExportRefused below the gate.
-
-    Args:
-      query_embeddings: float32 [num_queries, d], e.g. the test split's queries.
-      query_text: [num_queries] their texts, for a hybrid index (recall of the fused top-k).
-    Returns:
-      ``{"recall@10": r10, "recall@K": rK}`` (K = the index's k).
-    """
-    exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
-    cutoffs = sorted({min(10, k), k})
-    if getattr(idx, "hybrid", False):
-        exact = HybridIndex(exact, idx.lexical, item_embeddings, item_ids, idx.weight)
-        recall = {f"recall@{c}": fused_recall(idx, exact, query_embeddings, query_text, c) for c in cutoffs}
-    else:
-        recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
-    gate = recall[f"recall@{min(10, k)}"]
-    log.info("export: %s index recall against exact search on %d held-out queries: %s", idx.kind,
-             len(query_embeddings), ", ".join(f"{m}={v:.3f}" for m, v in recall.items()))
-    if gate < min_recall:
-        raise ExportRefused(f"export: the {idx.kind} index reached recall@{min(10, k)}={gate:.3f} against exact "
-                            f"search on {len(query_embeddings)} held-out queries, below export.min_recall="
-                            f"{min_recall}; no version was published (search more partitions/leaves, or lower "
-                            "export.min_recall)")
-    return recall
-
-
 def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embeddings: np.ndarray,
                index: str | None = None, k: int | None = None, query_embeddings: np.ndarray | None = None,
                index_params: dict | None = None, model_dir: str | Path | None = None,
@@ -300,7 +256,8 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
         left as it came.
       data: :class:`tfrec.data.dataset.RetrievalData` (catalog, counts, test queries).
       item_embeddings: float32 [num_items, d] from the trained item tower.
-      index: brute_force | ivf | scann | all (default ``export.index``).
+      index: brute_force | ivf | scann | all (default ``export.index``); with ``export.quantization: int8``
+        brute_force and ivf are built in their int8 forms (brute_force_int8, ivf_int8).
       k: results per query (default ``export.k``).
       query_embeddings: float32 [n, d] held-out queries for the recall gate
         (default: the test split's queries through the query tower).
@@ -325,7 +282,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
     """:func:`export_run`'s indexes and versions, for a model without LoRA adapters (same arguments)."""
     export_root = fileio.location(model_dir) if model_dir else fileio.join(job_dir, "export")  # may be a URL
     k = k or cfg.export.k
-    kinds = _index_kinds(index or cfg.export.index)
+    kinds = index_kinds(index or cfg.export.index, cfg.export.quantization)
     item_ids = data.catalog.item_ids
     weight = served_weight(job_dir) if model.query_tower.encoder is not None else None
     lexical = None if weight is None else LexicalScorer(BM25(data.catalog.texts))  # shared by every kind
@@ -334,7 +291,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
     built = []
     with timings.stage(times, "index", examples=len(item_ids)):
         for kind in kinds:
-            idx, note = _build_index(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
+            idx, note = build_index_of_kind(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
             if note:
                 log.info("export: %s", note)
             if lexical is not None:
@@ -347,7 +304,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
                 info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
                                               cfg.export.min_recall, data.test.query_text)
                 info["min_recall"] = cfg.export.min_recall
-            built.append((kind, _model_name(cfg.export.model_name, kind), idx, info))
+            built.append((kind, model_name_for(cfg.export.model_name, kind), idx, info))
 
     version = max(layout.next_version(fileio.join(export_root, name)) for _, name, _, _ in built)
     ranking_head, catalog = getattr(model, "ranking_head", None), None

@@ -1,4 +1,4 @@
-"""Retrieval indexes over item embeddings: exact, IVF (core TF ops) and ScaNN.
+"""Retrieval indexes over item embeddings: exact, IVF (core TF ops), their int8 forms, and ScaNN.
 
 Every index is a ``tf.Module`` built from ``item_embeddings`` float32
 ``[N, d]`` and unique, non-empty ``item_ids`` ``[N]``, with
@@ -14,12 +14,18 @@ Every index is a ``tf.Module`` built from ``item_embeddings`` float32
 Kinds:
 
 * ``brute_force`` (:class:`BruteForceIndex`): exact; core TF ops.
-* ``ivf`` (:class:`IVFIndex`): k-means inverted file; core TF ops only, so
-  stock TensorFlow Serving runs it. ``nprobe`` defaults to the smallest value
-  reaching ``target_recall`` (0.95) recall@k on a build-time sample.
-* ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder;
-  needs ``save_options_for(index)`` when saving, ``tfrec.load_export`` to load, and a
-  ScaNN-enabled TF Serving.
+* ``brute_force_int8`` (:class:`BruteForceInt8Index`): every item scored from
+  per-item int8 codes (about a quarter of the memory); core TF ops.
+* ``ivf`` (:class:`IVFIndex`): k-means inverted file scanned as int8 blocks,
+  best candidates re-scored exactly from float32; core TF ops only, so stock
+  TensorFlow Serving runs it. ``nprobe`` defaults to the smallest value whose
+  measured recall@k reaches ``target_recall`` (0.95) on a build-time sample.
+* ``ivf_int8`` (``IVFIndex(quantization="int8")``): the same without the
+  float32 copy.
+* ``scann`` (:class:`ScannIndex`): ScaNN tree + anisotropic hashing + reorder,
+  leaves searched and reorder size chosen from measured recall@k (0.99);
+  needs ``save_options_for(index)`` when saving, ``tfrec.load_export`` to
+  load, and a ScaNN-enabled TF Serving.
 
 ``build_index(kind, ...)`` falls back to brute force for catalogs smaller than
 ``APPROXIMATE_MIN_ITEMS`` (1000): there a full matmul costs well under a
@@ -48,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.index.brute_force import BruteForceIndex
+from tfrec.index.brute_force_int8 import BruteForceInt8Index
 from tfrec.index.ivf import IVFIndex
 from tfrec.index.saving import SearchModule, save, save_options_for
 from tfrec.index.scann_index import ScannIndex, save_options
@@ -55,12 +62,16 @@ from tfrec.index.scann_index import ScannIndex, save_options
 # Below this many items build_index returns BruteForceIndex for "ivf"/"scann".
 APPROXIMATE_MIN_ITEMS = 1000
 
-KINDS = ("brute_force", "ivf", "scann")
+KINDS = ("brute_force", "brute_force_int8", "ivf", "ivf_int8", "scann")
+# The int8 form of each kind that has one (export.quantization: int8).
+INT8_KINDS = {"brute_force": "brute_force_int8", "ivf": "ivf_int8"}
 
 __all__ = [
     "APPROXIMATE_MIN_ITEMS",
     "KINDS",
     "BruteForceIndex",
+    "BruteForceInt8Index",
+    "INT8_KINDS",
     "IVFIndex",
     "ScannIndex",
     "SearchModule",
@@ -82,7 +93,7 @@ def build_index(
     """Builds an index of the given kind, or brute force when the catalog is small.
 
     Args:
-      kind: ``"brute_force"``, ``"ivf"`` or ``"scann"``.
+      kind: one of ``KINDS``.
       item_embeddings: float32 ``[N, d]``.
       item_ids: ``[N]`` unique, non-empty strings.
       k: results per query.
@@ -98,14 +109,18 @@ def build_index(
     num_items = int(np.shape(item_embeddings)[0])
     if kind == "brute_force":
         return BruteForceIndex(item_embeddings, item_ids, k, **params), None
+    if kind == "brute_force_int8":
+        return BruteForceInt8Index(item_embeddings, item_ids, k, **params), None
     if num_items < APPROXIMATE_MIN_ITEMS:
+        fallback = "brute_force_int8" if kind == "ivf_int8" else "brute_force"
         note = (
-            f"{kind} index not built: catalog has {num_items} items (< {APPROXIMATE_MIN_ITEMS}, where exact "
-            f"search is as fast and exact); using brute_force"
+            f"{kind} index not built: catalog has {num_items} items (< {APPROXIMATE_MIN_ITEMS}, where a full "
+            f"scan is as fast); using {fallback}"
         )
-        return BruteForceIndex(item_embeddings, item_ids, k), note
-    if kind == "ivf":
-        return IVFIndex(item_embeddings, item_ids, k, **params), None
+        return build_index(fallback, item_embeddings, item_ids, k)[0], note
+    if kind in ("ivf", "ivf_int8"):
+        quantization = "int8" if kind == "ivf_int8" else "none"
+        return IVFIndex(item_embeddings, item_ids, k, quantization=quantization, **params), None
     return ScannIndex(item_embeddings, item_ids, k, **params), None
 
 

@@ -2,36 +2,48 @@
 
 Build (numpy, deterministic per ``seed``): k-means (``tfrec.index.kmeans``)
 splits the catalog into ``num_partitions`` (default ~sqrt(N)) partitions.
-Each partition is stored as whole blocks of ``BLOCK_SIZE`` items, transposed
-to ``[dim, BLOCK_SIZE]`` and zero-padded (``tfrec.index.ivf_build``). Unless
-``nprobe`` is given, it is calibrated: the smallest number of probed
-partitions that reaches ``target_recall`` (default 0.95) recall@k on sample
-queries (``calibration_queries``, or catalog items standing in for queries).
+Each partition is stored as whole blocks of ``BLOCK_SIZE`` items of int8 codes
+with per-item scales (``tfrec.index.quantize``), transposed to
+``[dim, BLOCK_SIZE]`` and zero-padded (``tfrec.index.ivf_build``). With
+``quantization="none"`` (kind ``ivf``) the float32 embeddings are kept too,
+and the best ``RESCORE_FACTOR * k + e`` candidates of the int8 scan are
+re-scored exactly from them; with ``"int8"`` (kind ``ivf_int8``) they are not
+kept and the scan's scores (dot products with the int8 reconstruction) are
+final: a quarter of the memory.
+
+Unless ``nprobe`` is given, it is calibrated from measured recall: the
+partition ranks of sample queries' exact neighbours give a first estimate
+(``ivf_build.estimate_nprobe``), then the built index itself searches those
+queries and ``nprobe`` grows until it reaches ``target_recall`` (default 0.95)
+recall@k (``calibration_queries``, or catalog items standing in for queries).
 
 Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
 partitions and list every probed (query, block) pair (a ragged range of
-block ids per probed partition, flattened). Each pair is scored exactly by a
-``[1, d] x [d, BLOCK_SIZE]`` product (one flat BatchMatMul, in cache-sized
-chunks for big batches); only the resulting scores are padded per query
-before padding is masked and the top ``k`` kept. Cost per query is
-``O(P * d + M * d)`` for ``M ~ nprobe * N / P`` scanned items instead of
-``O(N * d)``.
+block ids per probed partition, flattened). Each pair is scored by a
+``[1, d] x [d, BLOCK_SIZE]`` product of the query and the block's codes cast
+to float32 (one flat BatchMatMul, in cache-sized chunks): the int8 gather moves
+a quarter of the bytes float32 blocks did, which is what bounds this step.
+Candidates are then taken block-wise: a query's best ``c`` items lie in its
+``c`` blocks with the best maxima, so only those blocks' scores are regrouped
+per query. Cost per query is ``O(P * d + M * d)`` for ``M ~ nprobe * N / P``
+scanned items instead of ``O(N * d)``.
 
-Only core TF ops (MatMul, BatchMatMulV2, TopKV2, GatherV2, RaggedRange, If,
-...) are used, so a SavedModel holding this index runs on stock TensorFlow
+Only core TF ops (MatMul, BatchMatMulV2, Cast, TopKV2, GatherV2, RaggedRange,
+If, ...) are used, so a SavedModel holding this index runs on stock TensorFlow
 Serving.
 
 Usage::
 
-    index = IVFIndex(item_embeddings, item_ids, k=10)              # calibrated nprobe
-    index = IVFIndex(item_embeddings, item_ids, k=10, nprobe=16)   # fixed nprobe
+    index = IVFIndex(item_embeddings, item_ids, k=10)                        # calibrated nprobe
+    index = IVFIndex(item_embeddings, item_ids, k=10, quantization="int8")   # kind "ivf_int8"
+    index = IVFIndex(item_embeddings, item_ids, k=10, nprobe=16)             # fixed nprobe
     scores, ids = index.search(query_embeddings, exclude_item_ids=seen)
     index.params()["nprobe"], index.params()["calibrated_recall"]
 
 Guarantee: every search returns ``k' = min(k, num_items)`` results. If the
 probed partitions hold fewer than ``k'`` usable (non-excluded) items for a
-query, that query (only) is answered by exact search instead (rare with
-sensible ``nprobe``; it keeps the output contract of ``BruteForceIndex``).
+query, that query (only) is answered by a full scan instead (exact for
+``ivf``, over the int8 codes for ``ivf_int8``).
 
 Centroids are scored by dot product (the retrieval score) while partitions are
 formed in L2 geometry; for unit-norm embeddings the two agree.
@@ -49,6 +61,7 @@ import tensorflow as tf
 import tfrec.index.base as base
 import tfrec.index.ivf_build as ivf_build
 import tfrec.index.kmeans as kmeans
+import tfrec.index.quantize as quantize
 from tfrec.index.ivf_build import default_num_partitions  # noqa: F401  (re-export)
 
 # Lloyd iterations at build time; partition quality barely moves after ~10.
@@ -56,12 +69,18 @@ KMEANS_ITERATIONS = 10
 # Items per storage block. Partitions are padded to whole blocks (~L/2 wasted
 # slots per partition); smaller blocks waste less but add per-block overhead.
 BLOCK_SIZE = 64
-# Gathered block data scored per step at query time; sized to stay in L2/L3.
+# Gathered block data (as float32) scored per step at query time; sized to stay in cache.
 PAIR_CHUNK_BYTES = 16 * 2**20
+# ivf (float32 kept) re-scores this many times k' best int8 candidates, plus e.
+RESCORE_FACTOR = 2
+# Blocks cast and scored per step of the full scan (rows the probed partitions left short).
+SCAN_BLOCKS_PER_STEP = 512
+# Calibration raises nprobe by this factor (at least 1) until measured recall reaches the target.
+_NPROBE_GROWTH = 1.25
 
 
 class IVFIndex(base.ApproximateIndex):
-    """Approximate dot-product top-k via an inverted file.
+    """Approximate dot-product top-k via an inverted file of int8 blocks.
 
     Args:
       item_embeddings: float32 ``[num_items, dim]``.
@@ -69,18 +88,17 @@ class IVFIndex(base.ApproximateIndex):
       k: results per query; searches return ``k' = min(k, num_items)``.
       num_partitions: k-means partitions ``P``; default ``~sqrt(num_items)``,
         clamped to ``[1, num_items]``.
-      nprobe: partitions scanned per query, clamped to ``[1, P]``;
-        ``nprobe == P`` is exact search. Default: calibrated to
-        ``target_recall``.
+      nprobe: partitions scanned per query, clamped to ``[1, P]``. Default:
+        calibrated to ``target_recall``.
       target_recall: recall@k the calibrated ``nprobe`` must reach on the
         calibration queries (ignored when ``nprobe`` is given).
       calibration_queries: optional float32 ``[Q, dim]`` representative
-        queries for calibration; default: 256 catalog items.
+        queries for calibration; default: 1000 catalog items.
+      quantization: ``"none"`` (kind ``ivf``: float32 kept, candidates
+        re-scored exactly) or ``"int8"`` (kind ``ivf_int8``: codes only).
       seed: k-means and calibration sampling seed (build is deterministic).
       name: ``tf.Module`` name.
     """
-
-    kind = "ivf"
 
     def __init__(
         self,
@@ -91,6 +109,7 @@ class IVFIndex(base.ApproximateIndex):
         nprobe: int | None = None,
         target_recall: float = 0.95,
         calibration_queries: np.ndarray | tf.Tensor | None = None,
+        quantization: str = "none",
         seed: int = 0,
         name: str | None = None,
     ):
@@ -98,6 +117,8 @@ class IVFIndex(base.ApproximateIndex):
         embeddings = base.as_embeddings(item_embeddings)
         ids = base.as_item_ids(item_ids, embeddings.shape[0])
         self.k = base.check_k(k)
+        self.quantization = quantize.check_quantization(quantization)
+        self.kind = "ivf" if self.quantization == "none" else "ivf_int8"
         self.num_items, self.dim = embeddings.shape
         self.k_out = min(self.k, self.num_items)
         if num_partitions is None:
@@ -112,32 +133,57 @@ class IVFIndex(base.ApproximateIndex):
         sizes = np.bincount(labels, minlength=self.num_partitions)
         self.max_partition_size = int(sizes.max())
         self.empty_partitions = int((sizes == 0).sum())
-        if nprobe is None:
-            if calibration_queries is not None:
-                calibration_queries = base.as_embeddings(calibration_queries)
-                if calibration_queries.shape[1] != self.dim:
-                    raise ValueError(
-                        f"calibration_queries have dim {calibration_queries.shape[1]}, items have {self.dim}"
-                    )
-            nprobe, self.calibrated_recall = ivf_build.calibrate_nprobe(
-                embeddings, centroids, labels, self.k_out, target_recall, calibration_queries, seed=self.seed
-            )
-            self.target_recall: float | None = float(target_recall)
-        else:
-            self.target_recall, self.calibrated_recall = None, None
-        self.nprobe = int(min(max(1, nprobe), self.num_partitions))
-        blocks, block_rows, block_offsets, order = ivf_build.pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
+        codes, scales, block_rows, block_offsets = ivf_build.pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
         self.num_blocks = int(block_offsets[-1])
 
         self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-        # [num_blocks + 1, dim, BLOCK_SIZE]; the last block is the all-padding sentinel.
-        self.blocks = tf.Variable(blocks, trainable=False, name="blocks")
-        # [num_blocks + 1, BLOCK_SIZE] int32 position in item_ids, -1 = padding slot.
+        # [num_blocks + 1, dim, BLOCK_SIZE] int8; the last block is the all-padding sentinel.
+        self.codes = tf.Variable(codes, trainable=False, name="codes")
+        # [num_blocks + 1, BLOCK_SIZE] float32 per-item scales, 0 = padding slot.
+        self.scales = tf.Variable(scales, trainable=False, name="scales")
+        # [num_blocks + 1, BLOCK_SIZE] int32 catalog row, -1 = padding slot.
         self.block_rows = tf.Variable(block_rows, trainable=False, name="block_rows")
         # [P + 1] int64: partition p owns blocks block_offsets[p]:block_offsets[p + 1].
         self.block_offsets = tf.Variable(block_offsets, trainable=False, name="block_offsets")
-        # [num_items] ids in partition order (the order block_rows points into).
-        self.item_ids = tf.Variable(ids[order], dtype=tf.string, trainable=False, name="item_ids")
+        self.item_ids = tf.Variable(ids, dtype=tf.string, trainable=False, name="item_ids")
+        del codes, scales, block_rows
+        if self.quantization == "none":  # [num_items, dim] float32, catalog order
+            self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+
+        self.target_recall: float | None = None
+        self.calibrated_recall: float | None = None
+        if nprobe is None:
+            nprobe = self._calibrate(embeddings, centroids, labels, ids, target_recall, calibration_queries)
+        self.nprobe = int(min(max(1, nprobe), self.num_partitions))
+
+    def _calibrate(self, embeddings, centroids, labels, ids, target_recall, calibration_queries) -> int:
+        """Smallest nprobe (from the partition-rank estimate upwards) whose measured recall@k reaches the target."""
+        if calibration_queries is not None:
+            calibration_queries = base.as_embeddings(calibration_queries)
+            if calibration_queries.shape[1] != self.dim:
+                raise ValueError(f"calibration_queries have dim {calibration_queries.shape[1]}, items have {self.dim}")
+        queries, truth, self_rows = ivf_build.calibration_set(embeddings, self.k_out, calibration_queries, self.seed)
+        self.target_recall = float(target_recall)
+        nprobe, self.calibrated_recall = ivf_build.estimate_nprobe(queries, truth, centroids, labels, target_recall)
+        if truth.size == 0:
+            return nprobe
+        exclude = ids[self_rows][:, None] if self_rows is not None else np.zeros([len(queries), 0], object)
+        truth_ids = ids[truth]
+        while True:
+            self.nprobe = int(min(nprobe, self.num_partitions))
+            self.calibrated_recall = _recall(self._measure_search(queries, exclude), truth_ids)
+            if self.calibrated_recall >= target_recall or self.nprobe == self.num_partitions:
+                return self.nprobe
+            nprobe = max(self.nprobe + 1, int(self.nprobe * _NPROBE_GROWTH))
+
+    def _measure_search(self, queries: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """Ids ``[Q, k']`` the index returns at the current ``self.nprobe`` (traced afresh: nprobe is static)."""
+        search = tf.function(self.search, autograph=False)
+        found = []
+        for start in range(0, len(queries), 64):
+            found.append(search(tf.constant(queries[start : start + 64]),
+                                tf.constant(exclude[start : start + 64].astype(bytes)))[1].numpy())
+        return np.concatenate(found)
 
     def _search_approx(
         self, queries: tf.Tensor, exclude_item_ids: tf.Tensor
@@ -150,30 +196,50 @@ class IVFIndex(base.ApproximateIndex):
         limits = tf.gather(self.block_offsets[1:], probed)
         # Every probed (query, block) pair, flat and query-major: no padding
         # where the expensive work (gathering blocks, scoring them) happens.
-        ranges = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1]))
-        pair_blocks = ranges.flat_values  # [pairs] int64
+        pair_blocks = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1])).flat_values  # [pairs]
         blocks_per_query = tf.cast(tf.reduce_sum(limits - starts, axis=1), tf.int32)  # [B]
         pair_query = tf.repeat(tf.range(batch), blocks_per_query)  # [pairs]
         pair_scores = self._score_pairs(queries, pair_blocks, pair_query)  # [pairs, L]
-        pair_rows = tf.gather(self.block_rows, pair_blocks)  # [pairs, L]
-        pair_scores = tf.where(pair_rows >= 0, pair_scores, tf.constant(base.NEG_INF, tf.float32))
-        # Regroup per query, padded to the batch's longest list. Only the
-        # scores and row numbers (8 bytes per slot) get padded; at least k'
-        # slots so top_k below never asks for more than it has.
-        width = tf.maximum(tf.reduce_max(blocks_per_query) * BLOCK_SIZE, self.k_out)
-        scores = tf.RaggedTensor.from_row_lengths(
-            tf.reshape(pair_scores, [-1]), blocks_per_query * BLOCK_SIZE, validate=False
-        ).to_tensor(default_value=base.NEG_INF, shape=tf.stack([batch, width]))  # [B, width]
-        rows = tf.RaggedTensor.from_row_lengths(
-            tf.reshape(pair_rows, [-1]), blocks_per_query * BLOCK_SIZE, validate=False
-        ).to_tensor(default_value=-1, shape=tf.stack([batch, width]))
-        fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], tf.shape(rows)[1])
-        top_scores, positions = base.top_k(scores, fetch)
-        top_rows = tf.gather(rows, positions, batch_dims=1)
-        return base.filter_excluded(top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out)
+        # A sentinel pair (the padding block, all -inf) stands in where a query has fewer blocks than wanted.
+        pair_scores = tf.concat([pair_scores, tf.fill([1, BLOCK_SIZE], base.NEG_INF)], axis=0)
+        pair_blocks = tf.concat([pair_blocks, tf.constant([self.num_blocks], tf.int64)], axis=0)
+
+        extra = tf.shape(exclude_item_ids)[1]
+        wanted = (RESCORE_FACTOR if self.quantization == "none" else 1) * self.k_out + extra
+        # A query's best `wanted` items lie in its `wanted` blocks with the best maxima. Padding slots
+        # score 0 here (masked only below, off the hot path), which can lift the maximum of a partition's
+        # last, partly padded block: taking nprobe more blocks than wanted keeps the selection exact.
+        best_in_block = tf.RaggedTensor.from_row_lengths(
+            tf.reduce_max(pair_scores[:-1], axis=1), blocks_per_query, validate=False
+        ).to_tensor(default_value=base.NEG_INF)  # [B, max blocks per query]
+        num_best = tf.minimum(wanted + self.nprobe, tf.shape(best_in_block)[1])
+        _, best_blocks = tf.math.top_k(best_in_block, k=num_best, sorted=False)  # [B, num_best]
+        first_pair = tf.cumsum(blocks_per_query, exclusive=True)[:, tf.newaxis]
+        pairs = tf.where(best_blocks < blocks_per_query[:, tf.newaxis], first_pair + best_blocks,
+                         tf.shape(pair_scores)[0] - 1)  # [B, num_best]; padding -> sentinel
+        scores = tf.reshape(tf.gather(pair_scores, pairs), [batch, -1])  # [B, num_best * L]
+        slots = tf.reshape(tf.gather(pair_blocks, pairs)[:, :, tf.newaxis] * BLOCK_SIZE
+                           + tf.range(BLOCK_SIZE, dtype=tf.int64), [batch, -1])
+        scores = tf.pad(scores, [[0, 0], [0, tf.maximum(0, wanted - tf.shape(scores)[1])]],
+                        constant_values=base.NEG_INF)
+        slots = tf.pad(slots, [[0, 0], [0, tf.maximum(0, wanted - tf.shape(slots)[1])]],
+                       constant_values=self.num_blocks * BLOCK_SIZE)
+        candidate_rows = tf.gather(tf.reshape(self.block_rows, [-1]), slots)
+        scores = tf.where(candidate_rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
+        top_scores, positions = tf.math.top_k(scores, k=wanted, sorted=True)
+        rows = tf.gather(candidate_rows, positions, batch_dims=1)
+        if self.quantization == "none":
+            top_scores = self._rescore(queries, top_scores, rows)
+        return base.filter_excluded(top_scores, rows, self.item_ids, exclude_item_ids, self.k_out)
+
+    def _rescore(self, queries: tf.Tensor, scores: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+        """Exact float32 scores ``[B, c]`` of candidate ``rows`` ``[B, c]`` (``-inf`` stays ``-inf``)."""
+        embeddings = tf.gather(self.item_embeddings, tf.maximum(rows, 0))  # [B, c, d]
+        exact = tf.squeeze(tf.matmul(embeddings, queries[:, :, tf.newaxis]), axis=2)
+        return tf.where(tf.math.is_finite(scores), exact, tf.constant(base.NEG_INF, tf.float32))
 
     def _score_pairs(self, queries: tf.Tensor, pair_blocks: tf.Tensor, pair_query: tf.Tensor) -> tf.Tensor:
-        """Exact scores of every item in the given (query, block) pairs.
+        """int8-reconstruction scores of every item in the given (query, block) pairs.
 
         Args:
           queries: float32 ``[B, d]``.
@@ -181,23 +247,23 @@ class IVFIndex(base.ApproximateIndex):
             ``[pairs]`` query row of each pair.
 
         Returns:
-          float32 ``[pairs, BLOCK_SIZE]`` (padding slots score 0; mask them).
+          float32 ``[pairs, BLOCK_SIZE]``; padding slots score 0 (their scale is 0): mask them.
         """
         # One [1, d] x [d, L] product per pair as a flat BatchMatMul
         # [pairs, 1, d] x [pairs, d, L]: the L contiguous columns vectorise
-        # well (measured ~1.5-3x faster than gathering rows + matvec). Pairs go
-        # through in chunks of ~PAIR_CHUNK_BYTES so each gathered chunk is
-        # still in cache when the matmul reads it (~25% less CPU than one
-        # big gather at 1M items); chunk sizes are evened out so the last
-        # chunk adds at most a few padding pairs.
+        # well. Pairs go through in chunks of ~PAIR_CHUNK_BYTES (as float32)
+        # so each gathered and cast chunk is still in cache when the matmul
+        # reads it; chunk sizes are evened out so the last chunk adds at most
+        # a few padding pairs.
         num_pairs = tf.shape(pair_blocks)[0]
         max_chunk = max(1, PAIR_CHUNK_BYTES // (4 * self.dim * BLOCK_SIZE))
 
         def score_chunk(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
             blocks, query_rows = args
-            member_blocks = tf.gather(self.blocks, blocks)  # [chunk, d, L]
+            member_codes = tf.cast(tf.gather(self.codes, blocks), tf.float32)  # [chunk, d, L]
             chunk_queries = tf.gather(queries, query_rows)[:, tf.newaxis, :]  # [chunk, 1, d]
-            return tf.reshape(tf.matmul(chunk_queries, member_blocks), [-1, BLOCK_SIZE])
+            scales = tf.gather(self.scales, blocks)  # [chunk, L]
+            return tf.reshape(tf.matmul(chunk_queries, member_codes), [-1, BLOCK_SIZE]) * scales
 
         def chunked() -> tf.Tensor:
             num_chunks = (num_pairs + max_chunk - 1) // max_chunk
@@ -218,19 +284,13 @@ class IVFIndex(base.ApproximateIndex):
         return tf.cond(num_pairs <= max_chunk, lambda: score_chunk((pair_blocks, pair_query)), chunked)
 
     def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Exact search over every block (only for queries IVF left short)."""
-        # [1, B, d] x [NB, d, L] -> [NB, B, L]: broadcasting BatchMatMul reads
-        # the blocks in place (an einsum would first transpose all of them).
-        scores = tf.matmul(queries[tf.newaxis], self.blocks)
-        scores = tf.reshape(tf.transpose(scores, [1, 0, 2]), [tf.shape(queries)[0], -1])  # [B, NB * L]
-        rows = tf.reshape(self.block_rows, [1, -1])
-        scores = tf.where(rows >= 0, scores, tf.constant(base.NEG_INF, tf.float32))
+        """Search over every item (only for queries the probed partitions left short)."""
+        if self.quantization == "none":
+            return base.exact_search(queries, self.item_embeddings, self.item_ids, exclude_item_ids, self.k_out)
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        top_scores, positions = base.top_k(scores, fetch)
-        top_rows = tf.gather(rows[0], positions)
-        top_scores, top_ids, _ = base.filter_excluded(
-            top_scores, top_rows, self.item_ids, exclude_item_ids, self.k_out
-        )
+        scores, slots = quantize.scan_top_k(queries, self.codes, self.scales, fetch, SCAN_BLOCKS_PER_STEP)
+        rows = tf.gather(tf.reshape(self.block_rows, [-1]), slots)
+        top_scores, top_ids, _ = base.filter_excluded(scores, rows, self.item_ids, exclude_item_ids, self.k_out)
         return top_scores, top_ids
 
     def params(self) -> dict[str, Any]:
@@ -241,6 +301,7 @@ class IVFIndex(base.ApproximateIndex):
                 "k": self.k,
                 "num_items": self.num_items,
                 "dim": self.dim,
+                "quantization": self.quantization,
                 "num_partitions": self.num_partitions,
                 "nprobe": self.nprobe,
                 "target_recall": self.target_recall,
@@ -251,5 +312,11 @@ class IVFIndex(base.ApproximateIndex):
                 "block_size": BLOCK_SIZE,
                 "num_blocks": self.num_blocks,
                 "empty_partitions": self.empty_partitions,
+                "rescored_per_result": RESCORE_FACTOR if self.quantization == "none" else None,
             }
         )
+
+
+def _recall(found_ids: np.ndarray, truth_ids: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth_ids`` [Q, k] found in the same row of ``found_ids`` [Q, k']."""
+    return float(np.mean([len(set(t) & set(f)) / len(t) for f, t in zip(found_ids, truth_ids)]))

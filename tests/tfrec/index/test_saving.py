@@ -26,13 +26,13 @@ class Holder(tf.Module):
 
 
 def _build(kind, items, ids):
-    params = {"ivf": {"nprobe": 6}, "scann": {}, "brute_force": {}}[kind]
+    params = {"ivf": {"nprobe": 6}, "ivf_int8": {"nprobe": 6}}.get(kind, {})
     index, note = index_lib.build_index(kind, items, ids, 10, **params)
     assert note is None and index.kind == kind
     return index
 
 
-@pytest.mark.parametrize("kind", ["brute_force", "ivf", "scann"])
+@pytest.mark.parametrize("kind", ["brute_force", "brute_force_int8", "ivf", "ivf_int8", "scann"])
 def test_save_load_same_results(kind, clustered_data, tmp_path):
     items, ids, queries = clustered_data
     index = _build(kind, items, ids)
@@ -81,13 +81,15 @@ def _saved_ops(path) -> set[str]:
     return ops
 
 
-@pytest.mark.parametrize("kind", ["brute_force", "ivf"])
+@pytest.mark.parametrize("kind", ["brute_force", "brute_force_int8", "ivf", "ivf_int8"])
 def test_core_indexes_use_only_core_ops(kind, clustered_data, tmp_path):
     # Stock TF Serving has exactly TF's own kernels: every op must be in tf.raw_ops.
     items, ids, _ = clustered_data
     index_lib.save(_build(kind, items, ids), tmp_path)
     ops = _saved_ops(tmp_path)
     assert "MatMul" in ops and not {op for op in ops if not hasattr(tf.raw_ops, op)}
+    if kind.endswith("_int8") or kind == "ivf":  # int8 codes, cast to float32 in the graph
+        assert "Cast" in ops
 
 
 def test_scann_saved_model_needs_scann_ops(clustered_data, tmp_path):

@@ -61,3 +61,20 @@ def test_params_json(scann_index):
     params = json.loads(json.dumps(scann_index.params()))
     assert params["kind"] == "scann" and params["anisotropic_quantization_threshold"] == 0.2
     assert params["num_leaves"] == 63 and params["reorder_k"] >= 10
+
+
+@pytest.mark.parametrize("target", [0.8, 0.99])
+def test_search_parameters_calibrated_from_measured_recall(clustered_data, target):
+    # Calibrating on the very queries we measure: the chosen setting reaches the target on them.
+    items, ids, queries = clustered_data
+    index = ScannIndex(items, ids, k=10, target_recall=target, calibration_queries=queries)
+    recall = recall_against_exact(index, BruteForceIndex(items, ids, k=10), queries, k=10)
+    params = index.params()
+    assert params["target_recall"] == target and params["calibrated_recall"] >= target
+    assert recall >= target - 1e-6, (recall, params)
+
+
+def test_given_parameters_are_not_calibrated(clustered_data):
+    items, ids, _ = clustered_data
+    params = ScannIndex(items, ids, k=10, num_leaves_to_search=3, reorder_k=40).params()
+    assert (params["num_leaves_to_search"], params["reorder_k"], params["calibrated_recall"]) == (3, 40, None)

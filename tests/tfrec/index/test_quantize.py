@@ -1,0 +1,122 @@
+"""int8 item codes: hand-worked scores, brute force over them, the int8 IVF, the recall gate."""
+
+import tfrec  # noqa: F401
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrec import index as index_lib
+from tfrec.export import savedmodel as export
+from tfrec.index import brute_force_int8, quantize
+
+
+def test_codes_and_scores_on_hand_worked_vectors():
+    # Row 0: max |x| = 0.3, scale 0.3/127; x / scale = [127, -42.33, 84.67, 0] -> codes [127, -42, 85, 0].
+    # Against q = [1, 1, 1, 1]: float32 score 0.4; int8 score (127 - 42 + 85) * 0.3/127 = 51/127 = 0.401575.
+    # Row 1: [0, 0, 0, 0] scores 0 and is still a real item (a padding slot would score -inf).
+    # Row 2: [-1, 0.5, 0, 0.25]: scale 1/127, codes [-127, 64 (63.5 rounds to even), 0, 32 (31.75)];
+    #        int8 score (-127 + 64 + 0 + 32) / 127 = -31/127; float32 score -0.25.
+    items = np.array([[0.3, -0.1, 0.2, 0.0], [0, 0, 0, 0], [-1, 0.5, 0, 0.25]], np.float32)
+    codes, scales = quantize.quantize_rows(items)
+    np.testing.assert_array_equal(codes, [[127, -42, 85, 0], [0, 0, 0, 0], [-127, 64, 0, 32]])
+    np.testing.assert_allclose(scales[[0, 2]], [0.3 / 127, 1 / 127], rtol=1e-6)
+    assert 0 < scales[1] < 1e-30
+
+    index = index_lib.BruteForceInt8Index(items, ["a", "zero", "b"], k=3)
+    scores, ids = index.search(tf.ones([1, 4]))
+    assert ids.numpy().tolist() == [[b"a", b"zero", b"b"]]
+    np.testing.assert_allclose(scores.numpy(), [[51 / 127, 0.0, -31 / 127]], rtol=1e-6)
+    exact = index_lib.BruteForceIndex(items, ["a", "zero", "b"], k=3).search(tf.ones([1, 4]))[0]
+    np.testing.assert_allclose(exact.numpy(), [[0.4, 0.0, -0.25]], rtol=1e-6)
+
+
+def _reconstruction_top_k(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Top-k rows by dot product with each row rounded to 255 levels of its own max |x| (written independently)."""
+    step = np.abs(items).max(axis=1, keepdims=True) / 127
+    rebuilt = np.round(items / step) * step
+    return np.argsort(-(queries @ rebuilt.T), axis=1, kind="stable")[:, :k]
+
+
+def test_brute_force_int8_over_several_chunks_with_exclusion(monkeypatch, helpers):
+    # 64-item chunks: 1000 items in 16 chunks, the last one padded; padding never comes back.
+    monkeypatch.setattr(brute_force_int8, "CHUNK_ITEMS", 64)
+    items, ids, queries = helpers.clustered(1000, dim=16, num_centers=1000, num_queries=12, seed=2)
+    index = index_lib.BruteForceInt8Index(items, ids, k=10)
+    assert index.codes.shape == (16, 16, 64) and index.codes.dtype == tf.int8
+    want = _reconstruction_top_k(items, queries, 10)
+    got = tf.function(index.search)(tf.constant(queries), tf.zeros([12, 0], tf.string))[1].numpy().astype(str)
+    np.testing.assert_array_equal(got, ids[want])
+    exclude = tf.constant([[ids[r] for r in row[:3]] + [""] for row in want])  # [12, 4]
+    got = index.search(queries, exclude)[1].numpy().astype(str)
+    np.testing.assert_array_equal(got[:, :7], ids[want[:, 3:]])
+    assert "" not in got
+
+
+def test_ivf_int8_probing_everything_ranks_as_the_reconstruction(helpers):
+    items, ids, queries = helpers.clustered(1500, dim=16, num_queries=20, seed=3)
+    index = index_lib.IVFIndex(items, ids, k=10, num_partitions=20, nprobe=20, quantization="int8")
+    assert index.kind == "ivf_int8" and not hasattr(index, "item_embeddings")
+    got = index.search(queries)[1].numpy().astype(str)
+    np.testing.assert_array_equal(got, ids[_reconstruction_top_k(items, queries, 10)])
+
+
+def test_ivf_rescores_exactly(helpers):
+    items, ids, queries = helpers.clustered(1500, dim=16, num_queries=20, seed=3)
+    index = index_lib.IVFIndex(items, ids, k=10, num_partitions=20, nprobe=20)
+    scores, got = index.search(queries)
+    want = helpers.exact_top_k(items, queries, 10)
+    np.testing.assert_array_equal(got.numpy().astype(str), ids[want])
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(queries @ items.T, want, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_ivf_short_rows_fall_back_to_a_full_scan(quantization, helpers):
+    # ~3 items per partition and nprobe=1 cannot fill k=10: those queries scan every item.
+    items, ids, queries = helpers.clustered(300, dim=8, num_queries=5, seed=4)
+    index = index_lib.IVFIndex(items, ids, k=10, num_partitions=100, nprobe=1, quantization=quantization)
+    want = helpers.exact_top_k(items, queries, 10) if quantization == "none" else _reconstruction_top_k(
+        items, queries, 10)
+    np.testing.assert_array_equal(index.search(queries)[1].numpy().astype(str), ids[want])
+
+
+def test_recall_gate_refuses_a_quantised_index_below_min_recall(helpers):
+    # 300 items within 1e-4 of one vector: int8 steps (~0.3/127 = 0.0024) cannot tell them apart,
+    # so the int8 top-10 is far from the exact one; well-separated items pass the same gate.
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal(32).astype(np.float32)
+    items = centre + 1e-4 * rng.standard_normal((300, 32)).astype(np.float32)
+    ids = [f"item{i}" for i in range(300)]
+    queries = rng.standard_normal((20, 32)).astype(np.float32)
+    index = index_lib.BruteForceInt8Index(items, ids, k=10)
+    with pytest.raises(export.ExportRefused, match=r"brute_force_int8 index reached recall@10=0\.\d+ .*"
+                                                   r"export.min_recall=0.95.*quantization: none"):
+        export.check_recall(index, items, ids, queries, 10, 0.95)
+    items, ids, queries = helpers.clustered(300, dim=32, num_centers=300, num_queries=20, seed=5)
+    index = index_lib.BruteForceInt8Index(items, ids, k=10)
+    assert export.check_recall(index, items, ids, queries, 10, 0.95)["recall@10"] >= 0.95
+
+
+def test_export_kinds_and_model_names():
+    assert export.index_kinds("all", "int8") == ["brute_force_int8", "ivf_int8", "scann"]
+    assert export.index_kinds("ivf", "none") == ["ivf"]
+    assert export.index_kinds("scann", "int8") == ["scann"]
+    names = [export._model_name("shop", k) for k in ("brute_force", "brute_force_int8", "ivf", "ivf_int8")]
+    assert names == ["shop", "shop_int8", "shop_ivf", "shop_ivf_int8"]
+
+
+def test_small_catalog_int8_ivf_falls_back_to_int8_brute_force(helpers):
+    items, ids, _ = helpers.clustered(50, dim=8)
+    index, note = index_lib.build_index("ivf_int8", items, ids, 5)
+    assert isinstance(index, index_lib.BruteForceInt8Index) and "brute_force_int8" in note
+
+
+def test_ivf_exact_when_every_score_is_negative(helpers):
+    # Padding slots score 0 before masking; with every real score below 0 they must still never
+    # push a real block out of the candidates (items in the positive orthant, queries in the negative one).
+    items, ids, queries = helpers.clustered(1500, dim=16, num_queries=20, seed=6)
+    items, queries = np.abs(items), -np.abs(queries)
+    index = index_lib.IVFIndex(items, ids, k=10, num_partitions=30, nprobe=30)
+    assert index.num_items % 64 and index.max_partition_size % 64  # partly padded blocks exist
+    np.testing.assert_array_equal(index.search(queries)[1].numpy().astype(str),
+                                  ids[helpers.exact_top_k(items, queries, 10)])
