@@ -78,7 +78,7 @@ def test_content_baseline_searches_with_the_untrained_encoder(tmp_path, monkeypa
     assert baselines.content_baseline(cfg, data, "test", [1, 4], encoder=object(), **caches) == pytest.approx(want)
 
     built = []  # without an encoder: the run's checkpoint, frozen, as configured
-    monkeypatch.setattr(text, "BertTextEncoder", lambda *args, **kw: built.append((args, kw)) or encoder)
+    monkeypatch.setattr(baselines, "BertTextEncoder", lambda *args, **kw: built.append((args, kw)) or encoder)
     assert baselines.content_baseline(cfg, data, "test", [1, 4]) == pytest.approx(want)
     q = cfg.model.query_encoder
     assert built[0][0] == (q.checkpoint, q.max_length, q.pooling, 0)

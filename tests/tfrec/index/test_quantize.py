@@ -101,7 +101,7 @@ def test_export_kinds_and_model_names():
     assert export.index_kinds("all", "int8") == ["brute_force_int8", "ivf_int8", "scann"]
     assert export.index_kinds("ivf", "none") == ["ivf"]
     assert export.index_kinds("scann", "int8") == ["scann"]
-    names = [export._model_name("shop", k) for k in ("brute_force", "brute_force_int8", "ivf", "ivf_int8")]
+    names = [export.model_name_for("shop", k) for k in ("brute_force", "brute_force_int8", "ivf", "ivf_int8")]
     assert names == ["shop", "shop_int8", "shop_ivf", "shop_ivf_int8"]
 
 
