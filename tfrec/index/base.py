@@ -74,6 +74,24 @@ def with_history(history_item_ids: tf.Tensor, exclude_item_ids: tf.Tensor) -> tf
                       tf.convert_to_tensor(exclude_item_ids, tf.string)], axis=1)
 
 
+def init_catalog(index: tf.Module, item_embeddings, item_ids, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Checks an index's catalog arguments and sets ``k``, ``num_items``, ``dim`` and ``k_out = min(k, N)`` on it.
+
+    Args:
+      index: the index being constructed.
+      item_embeddings: float32 ``[N, d]``; item_ids: ``[N]`` unique, non-empty strings; k: results per query.
+
+    Returns:
+      ``(embeddings float32 [N, d], ids bytes object array [N])``, checked.
+    """
+    embeddings = as_embeddings(item_embeddings)
+    ids = as_item_ids(item_ids, embeddings.shape[0])
+    index.k = check_k(k)
+    index.num_items, index.dim = embeddings.shape
+    index.k_out = min(index.k, index.num_items)
+    return embeddings, ids
+
+
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -46,11 +46,7 @@ class BruteForceIndex(tf.Module):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        embeddings = base.as_embeddings(item_embeddings)
-        ids = base.as_item_ids(item_ids, embeddings.shape[0])
-        self.k = base.check_k(k)
-        self.num_items, self.dim = embeddings.shape
-        self.k_out = min(self.k, self.num_items)
+        embeddings, ids = base.init_catalog(self, item_embeddings, item_ids, k)
         # Variables rather than constants: they land in the SavedModel's
         # variables/ checkpoint instead of the graph proto (2 GB limit).
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")

@@ -53,11 +53,7 @@ class BruteForceInt8Index(tf.Module):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        embeddings = base.as_embeddings(item_embeddings)
-        ids = base.as_item_ids(item_ids, embeddings.shape[0])
-        self.k = base.check_k(k)
-        self.num_items, self.dim = embeddings.shape
-        self.k_out = min(self.k, self.num_items)
+        embeddings, ids = base.init_catalog(self, item_embeddings, item_ids, k)
         # Equal chunks of at most CHUNK_ITEMS: padding stays under _CHUNK_ALIGN items per chunk.
         chunks = -(-self.num_items // CHUNK_ITEMS)
         self.chunk_items = -(-self.num_items // (chunks * _CHUNK_ALIGN)) * _CHUNK_ALIGN
@@ -84,7 +80,8 @@ class BruteForceInt8Index(tf.Module):
         """
         queries, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        scores, slots = quantize.scan_top_k(queries, self.codes, self.scales, fetch, blocks_per_step=1)
+        scores, slots = quantize.scan_top_k(queries, self.codes, self.scales, fetch, blocks_per_step=1,
+                                            padding_in_last_step=True)
         rows = tf.minimum(slots, self.num_items - 1)  # slots past the catalog only carry -inf scores
         scores, ids, _ = base.filter_excluded(scores, rows, self.item_ids, exclude_item_ids, self.k_out)
         return base.with_static_k(scores, ids, self.k_out)

@@ -114,13 +114,9 @@ class IVFIndex(base.ApproximateIndex):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        embeddings = base.as_embeddings(item_embeddings)
-        ids = base.as_item_ids(item_ids, embeddings.shape[0])
-        self.k = base.check_k(k)
+        embeddings, ids = base.init_catalog(self, item_embeddings, item_ids, k)
         self.quantization = quantize.check_quantization(quantization)
         self.kind = "ivf" if self.quantization == "none" else "ivf_int8"
-        self.num_items, self.dim = embeddings.shape
-        self.k_out = min(self.k, self.num_items)
         if num_partitions is None:
             num_partitions = default_num_partitions(self.num_items)
         self.num_partitions = int(min(max(1, num_partitions), self.num_items))

@@ -57,29 +57,36 @@ def quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
-def block_scores(queries: tf.Tensor, codes: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
+def block_scores(queries: tf.Tensor, codes: tf.Tensor, scales: tf.Tensor, mask: bool = True) -> tf.Tensor:
     """Scores of every query against a stack of int8 blocks.
 
     Args:
       queries: float32 ``[B, d]``.
       codes: int8 ``[G, d, L]`` (items are columns).
       scales: float32 ``[G, L]``; 0 marks a padding slot.
+      mask: give padding slots ``-inf`` (one more pass over the scores); when
+        False they score 0 (:func:`block_mask` masks them later).
 
     Returns:
-      float32 ``[B, G * L]``, ``-inf`` at padding slots.
+      float32 ``[B, G * L]``.
     """
     if codes.shape[0] == 1:  # one wide block: a plain MatMul, no transpose
         scores = tf.matmul(queries, tf.cast(codes[0], tf.float32)) * scales
-        return tf.where(scales > 0, scores, tf.constant(base.NEG_INF, tf.float32))
-    # [1, B, d] x [G, d, L] -> [G, B, L]: broadcasting BatchMatMul reads the blocks in place.
-    dots = tf.matmul(queries[tf.newaxis], tf.cast(codes, tf.float32))
-    scores = tf.transpose(dots, [1, 0, 2]) * scales[tf.newaxis]
-    scores = tf.where(scales[tf.newaxis] > 0, scores, tf.constant(base.NEG_INF, tf.float32))
-    return tf.reshape(scores, [tf.shape(queries)[0], -1])
+    else:
+        # [1, B, d] x [G, d, L] -> [G, B, L]: broadcasting BatchMatMul reads the blocks in place.
+        dots = tf.matmul(queries[tf.newaxis], tf.cast(codes, tf.float32))
+        scores = tf.reshape(tf.transpose(dots, [1, 0, 2]) * scales[tf.newaxis], [tf.shape(queries)[0], -1])
+    return block_mask(scores, scales) if mask else scores
+
+
+def block_mask(scores: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
+    """``scores`` float32 ``[B, G * L]`` with ``-inf`` where ``scales`` ``[G, L]`` marks padding (0)."""
+    return tf.where(tf.reshape(scales, [1, -1]) > 0, scores, tf.constant(base.NEG_INF, tf.float32))
 
 
 def scan_top_k(
-    queries: tf.Tensor, codes: tf.Variable, scales: tf.Variable, fetch: tf.Tensor, blocks_per_step: int
+    queries: tf.Tensor, codes: tf.Variable, scales: tf.Variable, fetch: tf.Tensor, blocks_per_step: int,
+    padding_in_last_step: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact top ``fetch`` slots by reconstructed score over every stored block.
 
@@ -88,6 +95,9 @@ def scan_top_k(
       codes: int8 ``[NB, d, L]``; scales: float32 ``[NB, L]`` (0 = padding).
       fetch: int32 scalar >= 1.
       blocks_per_step: blocks cast and scored per loop step.
+      padding_in_last_step: True when only the last step holds padding
+        slots (one catalog-order chunk per step): the other steps then skip
+        the masking pass over their scores.
 
     Returns:
       ``(scores float32 [B, fetch], slots int32 [B, fetch])``, best first;
@@ -104,7 +114,9 @@ def scan_top_k(
             step_codes, step_scales = codes[start][tf.newaxis], scales[start][tf.newaxis]
         else:
             step_codes, step_scales = codes[start : start + blocks_per_step], scales[start : start + blocks_per_step]
-        scores = block_scores(queries, step_codes, step_scales)  # [B, <= G * L]
+        scores = block_scores(queries, step_codes, step_scales, mask=not padding_in_last_step)  # [B, <= G * L]
+        if padding_in_last_step:
+            scores = tf.cond(i == steps - 1, lambda: block_mask(scores, step_scales), lambda: scores)
         values, columns = base.chunked_top_k(scores, tf.minimum(fetch, tf.shape(scores)[1]))
         # Padded after the selection (small), not before it (a copy of the whole step's scores).
         short = fetch - tf.shape(values)[1]

@@ -136,13 +136,9 @@ class ScannIndex(base.ApproximateIndex):
     ):
         super().__init__(name=name)
         ops = scann_ops()
-        embeddings = base.as_embeddings(item_embeddings)
-        ids = base.as_item_ids(item_ids, embeddings.shape[0])
-        self.k = base.check_k(k)
-        self.num_items, self.dim = embeddings.shape
+        embeddings, ids = base.init_catalog(self, item_embeddings, item_ids, k)
         if self.num_items < MIN_ITEMS:
             raise ValueError(f"ScaNN needs at least {MIN_ITEMS} items, got {self.num_items}; use BruteForceIndex")
-        self.k_out = min(self.k, self.num_items)
         self.num_leaves = int(min(max(1, num_leaves or default_num_leaves(self.num_items)), self.num_items))
         self.training_sample_size = int(min(self.num_items, training_sample_size or 100_000))
         self.anisotropic_quantization_threshold = float(anisotropic_quantization_threshold)
