@@ -169,7 +169,8 @@ _SERVER_RSS = """
 import sys, resource
 sys.path.insert(0, {root!r})
 import tfrec, numpy as np, tensorflow as tf
-tfrec.api.register_ops()  # the op libraries are not the index's memory
+from tfrec.api import register_ops
+register_ops()  # the op libraries are not the index's memory
 before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 signature = tfrec.load_export({path!r}).signatures["serving_default"]
 queries = tf.constant(np.load({queries!r})[:64])
@@ -184,7 +185,9 @@ def server_rss(path: str, queries_file: str) -> tuple[int, int]:
     """(RSS before loading, RSS after loading ``path`` and serving a few batches) of a fresh Python process."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _SERVER_RSS.format(root=root, path=path, queries=queries_file)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the server-memory process for {path} failed: {out.stderr.strip().splitlines()[-1:]}")
     before, after = out.stdout.split()[-2:]
     return int(before), int(after)
 
