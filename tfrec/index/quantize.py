@@ -5,7 +5,9 @@ float32 scale ``s = max|x| / 127``, so ``x ~ codes * s`` with an error of at
 most ``s / 2`` per dimension: 1 + 4/d bytes per dimension instead of 4. A
 query's score against the item is ``s * (q . float(codes))``: the dot product
 with the reconstruction, computed in float32 (TF's CPU MatMul has no int8
-kernel, and its int32 / quantised ones measured 2-3x slower than float32).
+kernel, and its int32 / quantised ones measured 2-3x slower than float32; a
+bfloat16 MatMul is faster than float32 on CPUs with AVX512-BF16, but casting
+its scores back and scaling them costs more than it saves).
 
 The scale doubles as the validity mark of a storage slot: padding slots get
 scale 0 and score ``-inf``; a real all-zero row gets the smallest positive

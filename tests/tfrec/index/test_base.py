@@ -67,3 +67,18 @@ def test_filter_excluded_with_many_exclusions_builds_no_grid():
     _, top_ids, valid = base.filter_excluded(scores, indices, ids, exclude, k)
     assert top_ids.numpy()[0].tolist() == [f"i{e + n}".encode() for n in range(k)]
     assert valid.numpy().tolist() == [k] * rows
+
+
+class _Catalog(tf.Module):
+    pass
+
+
+def test_init_catalog_sets_the_shared_attributes():
+    index = _Catalog()
+    embeddings, ids = base.init_catalog(index, [[1, 0], [0, 1], [1, 1]], ["a", "b", "c"], k=10)
+    assert (index.k, index.num_items, index.dim, index.k_out) == (10, 3, 2, 3)  # k' = min(10, 3)
+    assert embeddings.dtype == np.float32 and ids.tolist() == [b"a", b"b", b"c"]
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        base.init_catalog(_Catalog(), [[1.0]], ["a"], k=0)
+    with pytest.raises(ValueError, match="appears more than once"):
+        base.init_catalog(_Catalog(), [[1.0], [2.0]], ["a", "a"], k=1)

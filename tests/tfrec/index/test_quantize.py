@@ -53,6 +53,23 @@ def test_brute_force_int8_over_several_chunks_with_exclusion(monkeypatch, helper
     assert "" not in got
 
 
+def test_brute_force_int8_padding_never_beats_negative_scores(monkeypatch):
+    # 70 items in two 64-item chunks: the last chunk holds 58 padding slots, which score 0 before masking.
+    # Item i = [-(i + 1) / 70, 0]: codes [-127, 0], scale (i + 1) / (70 * 127), so against q = [1, 0] its
+    # int8 score is exactly -(i + 1) / 70 (all negative): the best three are items 0, 1, 2, and then,
+    # excluding item 1, items 0, 2, 3.
+    monkeypatch.setattr(brute_force_int8, "CHUNK_ITEMS", 64)
+    items = np.stack([-(np.arange(70) + 1) / 70, np.zeros(70)], axis=1).astype(np.float32)
+    ids = [f"i{i}" for i in range(70)]
+    index = index_lib.BruteForceInt8Index(items, ids, k=3)
+    assert index.codes.shape == (2, 2, 64)
+    scores, got = tf.function(index.search)(tf.constant([[1.0, 0.0]]), tf.constant([[""]]))
+    assert got.numpy().tolist() == [[b"i0", b"i1", b"i2"]]
+    np.testing.assert_allclose(scores.numpy(), [[-1 / 70, -2 / 70, -3 / 70]], rtol=1e-6)
+    got = index.search(tf.constant([[1.0, 0.0]]), tf.constant([["i1"]]))[1]
+    assert got.numpy().tolist() == [[b"i0", b"i2", b"i3"]]
+
+
 def test_ivf_int8_probing_everything_ranks_as_the_reconstruction(helpers):
     items, ids, queries = helpers.clustered(1500, dim=16, num_queries=20, seed=3)
     index = index_lib.IVFIndex(items, ids, k=10, num_partitions=20, nprobe=20, quantization="int8")
