@@ -1,0 +1,99 @@
+"""The towers' text skip: a trained model that starts where its pretrained text encoder is.
+
+With ``model.text_skip`` on, each tower's output is
+
+    l2_normalize(head(features) + l2_normalize(t) @ P)
+
+where ``t`` float32 [batch, hidden] is the encoder's pooled output of the
+query (or item) text, ``P`` float32 [hidden, embedding_dim] a trainable
+projection (:class:`TextSkip`), and the head's last layer starts at zero, so
+the id, categorical and history contributions start at zero too. Before
+training, a query scores an item ``(t_q P) . (t_i P)`` up to a per-query
+factor, which ranks the catalog by ``t_q . t_i``, the ``content`` baseline's
+cosine, when the item directions lie in the span of ``P``'s columns:
+
+* ``embedding_dim >= hidden``: ``P`` is the identity (padded with zero columns);
+* ``embedding_dim < hidden``: ``P``'s columns are the top right singular vectors
+  of the catalog's unit-length text encodings (:func:`principal_directions`),
+  exact when the catalog has at most ``embedding_dim`` distinct texts and the
+  closest ``embedding_dim``-dimensional fit of their dot products otherwise.
+
+:func:`tfrec.run.train` sets ``P`` from the catalog (:func:`start_from_encoder`) and scores
+this starting point on validation as epoch 0, which the best checkpoint keeps unless an
+epoch beats it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class TextSkip(tf.keras.layers.Layer):
+    """float32 [batch, hidden] pooled encoder outputs -> float32 [batch, embedding_dim]: ``l2_normalize(t) @ P``.
+
+    ``P`` (``projection``, float32 [hidden, embedding_dim]) starts as the identity (``tf.eye``, zero
+    columns or rows where the two widths differ); it trains with the head. Computed in float32 under
+    every precision policy. An all-zero row (a history query's empty text) gives zeros.
+
+    Args:
+      hidden_size: the encoder's output width.
+      embedding_dim: the tower's output width.
+    """
+
+    def __init__(self, hidden_size: int, embedding_dim: int, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.hidden_size, self.embedding_dim = hidden_size, embedding_dim
+        self.projection = self.add_weight(name="projection", shape=[hidden_size, embedding_dim],
+                                          initializer=tf.keras.initializers.Identity(), trainable=True)
+
+    def call(self, encodings: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(tf.math.l2_normalize(tf.cast(encodings, tf.float32), axis=-1), self.projection)
+
+    def get_config(self) -> dict:
+        config = {**super().get_config(), "hidden_size": self.hidden_size, "embedding_dim": self.embedding_dim}
+        config.pop("dtype", None)  # always float32
+        return config
+
+
+tf.keras.utils.register_keras_serializable("tfrec")(TextSkip)
+
+
+def principal_directions(encodings: np.ndarray, embedding_dim: int) -> np.ndarray:
+    """The starting ``P``: float32 [hidden, embedding_dim] for encodings float32 [num_items, hidden].
+
+    The identity when ``embedding_dim >= hidden``; else the top ``embedding_dim`` right singular
+    vectors of the unit-length rows (not centred: what is kept is their dot products), orthonormal
+    columns, so ``(u P) . (v P) = u . v`` for every ``v`` in their span.
+    """
+    hidden = encodings.shape[1]
+    if embedding_dim >= hidden:
+        return np.eye(hidden, embedding_dim, dtype=np.float32)
+    rows = encodings / np.maximum(np.linalg.norm(encodings, axis=1, keepdims=True), 1e-12)
+    _, _, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=True)  # vt [hidden, hidden]
+    return vt[:embedding_dim].T.astype(np.float32)
+
+
+def starts_at_encoder(model) -> bool:
+    """Whether ``model`` (a :class:`tfrec.models.TwoTowerModel`) has the text skip in its towers."""
+    return model.item_tower.skip is not None
+
+
+def start_from_encoder(model, catalog_texts: list[str], item_cache=None) -> None:
+    """Sets both towers' ``P`` from the catalog's text encodings (:func:`principal_directions`).
+
+    Args:
+      model: a built :class:`tfrec.models.TwoTowerModel` with the text skip (its variables made).
+      catalog_texts: [num_items] the item texts in catalog order.
+      item_cache: the frozen item encoder's outputs (:class:`tfrec.data.pipeline.TextCache`), or None
+        (the item tower's encoder encodes the texts).
+    """
+    skips = [s for s in (model.query_tower.skip, model.item_tower.skip) if s is not None]
+    if not skips or skips[0].embedding_dim >= skips[0].hidden_size:
+        return  # the identity it was built with
+    encoder = model.item_tower.text_encoder
+    encodings = item_cache.lookup(catalog_texts) if item_cache is not None else encoder.encode_texts(catalog_texts)
+    start = principal_directions(np.asarray(encodings), skips[0].embedding_dim)
+    for skip in skips:
+        skip.projection.assign(start)
