@@ -2,21 +2,26 @@
 
 With ``model.text_skip`` on, each tower's output is
 
-    l2_normalize(head(features) + l2_normalize(t) @ P)
+    l2_normalize(gate * l2_normalize(head(features)) + l2_normalize(t) @ P)
 
 where ``t`` float32 [batch, hidden] is the encoder's pooled output of the
-query (or item) text, ``P`` float32 [hidden, embedding_dim] a trainable
-projection (:class:`TextSkip`), and the head's last layer starts at zero, so
-the id, categorical and history contributions start at zero too. Before
-training, a query scores an item ``(t_q P) . (t_i P)`` up to a per-query
-factor, which ranks the catalog by ``t_q . t_i``, the ``content`` baseline's
-cosine, when the item directions lie in the span of ``P``'s columns:
+query (or item) text, ``P`` float32 [hidden, embedding_dim] a fixed projection
+and ``gate`` a trainable scalar that starts at 0 (:class:`TextSkip`), so the
+head, with the id, categorical and history features it reads, starts with no
+say and training adds it. Before training, a query scores an item
+``(t_q P) . (t_i P)`` up to a per-query factor, which ranks the catalog by
+``t_q . t_i``, the ``content`` baseline's cosine, when the item directions lie
+in the span of ``P``'s columns:
 
 * ``embedding_dim >= hidden``: ``P`` is the identity (padded with zero columns);
 * ``embedding_dim < hidden``: ``P``'s columns are the top right singular vectors
   of the catalog's unit-length text encodings (:func:`principal_directions`),
   exact when the catalog has at most ``embedding_dim`` distinct texts and the
   closest ``embedding_dim``-dimensional fit of their dot products otherwise.
+
+``P`` stays fixed: trained at the heads' learning rate it drifted from the
+encoder within the first epoch and lost to the fixed one on the smoke log
+with MiniLM, as did a head whose last layer starts at zero instead of the gate.
 
 :func:`tfrec.run.train` sets ``P`` from the catalog (:func:`start_from_encoder`) and scores
 this starting point on validation as epoch 0, which the best checkpoint keeps unless an
@@ -30,11 +35,13 @@ import tensorflow as tf
 
 
 class TextSkip(tf.keras.layers.Layer):
-    """float32 [batch, hidden] pooled encoder outputs -> float32 [batch, embedding_dim]: ``l2_normalize(t) @ P``.
+    """(text [batch, hidden], head [batch, embedding_dim]) -> float32 [batch, embedding_dim]:
+    ``gate * l2_normalize(head) + l2_normalize(text) @ P`` (not normalised: the tower does that).
 
-    ``P`` (``projection``, float32 [hidden, embedding_dim]) starts as the identity (``tf.eye``, zero
-    columns or rows where the two widths differ); it trains with the head. Computed in float32 under
-    every precision policy. An all-zero row (a history query's empty text) gives zeros.
+    ``P`` (``projection``, float32 [hidden, embedding_dim], not trained) starts as the identity
+    (``tf.eye``, zero columns or rows where the two widths differ), ``gate`` (trainable) at 0.
+    Computed in float32 under every precision policy. An all-zero text row (a history query's
+    empty text) adds nothing.
 
     Args:
       hidden_size: the encoder's output width.
@@ -46,10 +53,12 @@ class TextSkip(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size, self.embedding_dim = hidden_size, embedding_dim
         self.projection = self.add_weight(name="projection", shape=[hidden_size, embedding_dim],
-                                          initializer=tf.keras.initializers.Identity(), trainable=True)
+                                          initializer=tf.keras.initializers.Identity(), trainable=False)
+        self.gate = self.add_weight(name="gate", shape=[], initializer="zeros", trainable=True)
 
-    def call(self, encodings: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(tf.math.l2_normalize(tf.cast(encodings, tf.float32), axis=-1), self.projection)
+    def call(self, text: tf.Tensor, head: tf.Tensor) -> tf.Tensor:
+        skip = tf.matmul(tf.math.l2_normalize(tf.cast(text, tf.float32), axis=-1), self.projection)
+        return self.gate * tf.math.l2_normalize(tf.cast(head, tf.float32), axis=-1) + skip
 
     def get_config(self) -> dict:
         config = {**super().get_config(), "hidden_size": self.hidden_size, "embedding_dim": self.embedding_dim}

@@ -32,16 +32,13 @@ from tfrec.encoders.text import BertTextEncoder
 from tfrec.text_skip import TextSkip
 
 
-def _mlp(hidden_units: list[int], embedding_dim: int, dropout: float, name: str, zero_output: bool = False
-         ) -> tf.keras.Sequential:
-    """The head; ``zero_output``: its last layer starts at zero (under the text skip, :mod:`tfrec.text_skip`)."""
+def _mlp(hidden_units: list[int], embedding_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
     layers = []
     for units in hidden_units:
         layers.append(tf.keras.layers.Dense(units, activation="gelu"))
         if dropout:
             layers.append(tf.keras.layers.Dropout(dropout))
-    layers.append(tf.keras.layers.Dense(embedding_dim, kernel_initializer="zeros") if zero_output
-                  else tf.keras.layers.Dense(embedding_dim))
+    layers.append(tf.keras.layers.Dense(embedding_dim))
     return tf.keras.Sequential(layers, name=name)
 
 
@@ -49,7 +46,7 @@ def _with_skip(skip: TextSkip | None, head: tf.Tensor, text: tf.Tensor | None) -
     """The head's output [batch, dim] plus the text skip's (:mod:`tfrec.text_skip`), unit length."""
     if skip is None or text is None:
         return _l2(head)
-    return _l2(tf.cast(head, tf.float32) + skip(text))
+    return _l2(skip(text, head))
 
 
 def _l2(x: tf.Tensor) -> tf.Tensor:
@@ -119,8 +116,8 @@ class QueryTower(tf.keras.layers.Layer):
       dropout: dropout after each hidden layer.
       history_encoder: a :mod:`tfrec.encoders.history` layer, or None (no history path).
       history_length: the padded history length (``data.interactions.query_history_items``).
-      text_skip: add the encoder's output through a :class:`tfrec.text_skip.TextSkip` to a head
-        that starts at zero (needs ``encoder``).
+      text_skip: the encoder's output through a :class:`tfrec.text_skip.TextSkip`, the head gated
+        from zero (needs ``encoder``).
     """
 
     def __init__(self, encoder: BertTextEncoder | None, hidden_units: list[int], embedding_dim: int,
@@ -130,7 +127,7 @@ class QueryTower(tf.keras.layers.Layer):
         self.encoder, self.history_encoder, self.history_length = encoder, history_encoder, history_length
         self.hidden_units, self.embedding_dim, self.dropout = list(hidden_units), embedding_dim, dropout
         self.text_skip = bool(text_skip and encoder is not None)
-        self.head = _mlp(self.hidden_units, embedding_dim, dropout, "query_head", zero_output=self.text_skip)
+        self.head = _mlp(self.hidden_units, embedding_dim, dropout, "query_head")
         self.skip = TextSkip(encoder.hidden_size, embedding_dim, name="query_text_skip") if self.text_skip else None
         # The item tower embeds history items; a one-element list so that it is set after construction (the
         # model owns it; Keras de-duplicates its weights when they are reached through both towers).
@@ -217,8 +214,8 @@ class ItemTower(tf.keras.layers.Layer):
       categorical_vocabularies: column -> known values.
       categorical_embedding_dim: width of each categorical embedding.
       hidden_units, embedding_dim, dropout: the fusion MLP.
-      text_skip: add the text encoder's output through a :class:`tfrec.text_skip.TextSkip` to a head
-        that starts at zero, so ids and categories start at zero too (needs ``text_encoder``).
+      text_skip: the text encoder's output through a :class:`tfrec.text_skip.TextSkip`, the head (and
+        with it the ids and categories) gated from zero (needs ``text_encoder``).
     """
 
     def __init__(self, item_ids: list[str], id_embedding_dim: int, text_encoder: BertTextEncoder | None,
@@ -235,7 +232,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.categorical = {col: IdEmbedding(vocab, categorical_embedding_dim, name=f"item_{col}")
                             for col, vocab in self.categorical_vocabularies.items()}
         self.text_skip = bool(text_skip and text_encoder is not None)
-        self.head = _mlp(self.hidden_units, embedding_dim, dropout, "item_head", zero_output=self.text_skip)
+        self.head = _mlp(self.hidden_units, embedding_dim, dropout, "item_head")
         self.skip = TextSkip(text_encoder.hidden_size, embedding_dim, name="item_text_skip") if self.text_skip \
             else None
         self.row_lookup = tf.keras.layers.StringLookup(vocabulary=self.item_ids, num_oov_indices=1, mask_token=None)

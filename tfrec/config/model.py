@@ -35,8 +35,8 @@ class ModelConfig:
     # History-built queries (data.interactions.query_history_items): how the history items, each embedded by
     # the item tower, are pooled; text = the titles joined into one query string for the BERT query tower.
     history_encoder: Literal["mean", "attention", "gru", "transformer", "text"] = "attention"
-    # Both towers add a projection of the encoder's unit-length pooled output to their head, whose last layer
-    # starts at zero, so the untrained model ranks as the encoder does (the content baseline; tfrec.text_skip).
+    # Both towers add a fixed projection of the encoder's unit-length pooled output to their head, gated from
+    # zero, so the untrained model ranks as the encoder does (the content baseline; tfrec.text_skip).
     # auto: on where a pretrained (not random://) encoder reads the query and the item text.
     text_skip: Literal["auto", "on", "off"] = "auto"
 
