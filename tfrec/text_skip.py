@@ -30,8 +30,12 @@ epoch beats it.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
+
+log = logging.getLogger("tfrec")
 
 
 class TextSkip(tf.keras.layers.Layer):
@@ -99,10 +103,21 @@ def start_from_encoder(model, catalog_texts: list[str], item_cache=None) -> None
         (the item tower's encoder encodes the texts).
     """
     skips = [s for s in (model.query_tower.skip, model.item_tower.skip) if s is not None]
-    if not skips or skips[0].embedding_dim >= skips[0].hidden_size:
-        return  # the identity it was built with
+    if not skips:
+        return
+    hidden, dim = skips[0].hidden_size, skips[0].embedding_dim
+    if dim >= hidden:  # the identity it was built with
+        log.info("text skip: the towers start as the encoder's cosine (model.embedding_dim %d >= its width %d)",
+                 dim, hidden)
+        return
     encoder = model.item_tower.text_encoder
     encodings = item_cache.lookup(catalog_texts) if item_cache is not None else encoder.encode_texts(catalog_texts)
-    start = principal_directions(np.asarray(encodings), skips[0].embedding_dim)
+    encodings = np.asarray(encodings, np.float32)
+    start = principal_directions(encodings, dim)
     for skip in skips:
         skip.projection.assign(start)
+    units = encodings / np.maximum(np.linalg.norm(encodings, axis=1, keepdims=True), 1e-12)
+    kept = float(np.mean(np.sum((units @ start) ** 2, axis=1)))
+    log.info("text skip: the towers start near the encoder's cosine: the top %d of its %d directions hold %.1f%% "
+             "of the item texts' encodings (set model.embedding_dim to %d for an exact start)", dim, hidden,
+             100 * kept, hidden)

@@ -10,7 +10,9 @@ import tfrec
 from tfrec import evaluate
 from tfrec import run as stages
 from tfrec.baselines import content_baseline
+from tfrec.data import pipeline
 from tfrec.text_skip import TextSkip, principal_directions, start_from_encoder
+from tfrec.trained import load_trained
 from tfrec.towers import ItemTower, QueryTower
 
 ITEMS = ["i1", "i2", "i3", "i4", "i5"]
@@ -133,3 +135,30 @@ def test_a_run_keeps_its_start_when_no_epoch_beats_it(tmp_path, caplog):
     assert run.metrics["training"]["best_epoch"] == 0 and run.metrics["training"]["epochs_run"] == 1
     for key in ("recall@1", "recall@10", "ndcg@10", "mrr"):
         assert run.metrics["model"][key] == pytest.approx(run.metrics["baselines"]["content"][key], abs=1e-6)
+
+
+def test_an_export_with_the_skip_serves_the_trained_towers(tmp_path):
+    # Width 16 < the encoder's 32: the skip's projection comes from the catalog, is saved with the weights,
+    # and the SavedModel serves the towers that trained.
+    cfg = tfrec.load_config(preset="smoke", overrides=[
+        "model.text_skip=on", "train.epochs=1", "eval.baselines=false", "retrieval.hybrid=off"])
+    run = tfrec.fit(cfg, tmp_path / "job")
+    projection = run.model.item_tower.skip.projection.numpy()
+    assert projection.shape == (32, 16) and not np.allclose(projection, np.eye(32, 16))
+    _, reloaded, data = load_trained(tmp_path / "job")
+    np.testing.assert_array_equal(reloaded.query_tower.skip.projection.numpy(), projection)
+    assert reloaded.item_tower.skip.gate.numpy() == run.model.item_tower.skip.gate.numpy() != 0.0
+
+    texts = tf.constant(["looking for ghost", "rocket"])
+    query = run.model.query_tower({"query_text": texts}).numpy()
+    scores = query @ _catalog_embeddings(run.model, data).T
+    served = tfrec.load_export(run.export_dir).signatures["serving_default"](
+        query_text=texts, exclude_item_ids=tf.constant([[""], [""]]))
+    for row, got in zip(scores, served["item_ids"].numpy().astype(str)):
+        want = [data.catalog.item_ids[i] for i in np.argsort(-row, kind="stable")[:10]]
+        assert got.tolist() == want
+    np.testing.assert_allclose(served["scores"].numpy(), -np.sort(-scores, 1)[:, :10], atol=1e-5)
+
+
+def _catalog_embeddings(model, data) -> np.ndarray:
+    return evaluate.embed(model.item_tower, pipeline.item_features(data.catalog, np.arange(len(data.catalog))))

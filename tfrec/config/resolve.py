@@ -154,7 +154,7 @@ def choose_text_skip(cfg: Config) -> tuple[str, str]:
     if m.item_text_encoder == "none":
         return "off", "the item tower reads no text (model.item_text_encoder none)"
     if m.query_encoder.checkpoint.startswith("random://"):
-        return "off", "a randomly initialised encoder ranks no better than chance before training"
+        return "off", "a randomly initialised encoder: its untrained ranking is no start worth keeping"
     return "on", "a pretrained encoder reads the query and item text: the untrained towers rank as its cosine " \
                  "(the content baseline), and validation keeps that start unless an epoch beats it"
 
