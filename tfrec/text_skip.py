@@ -14,8 +14,8 @@ say and training adds it. Before training, a query scores an item
 in the span of ``P``'s columns:
 
 * ``embedding_dim >= hidden``: ``P`` is the identity (padded with zero columns);
-* ``embedding_dim < hidden``: ``P``'s columns are the top right singular vectors
-  of the catalog's unit-length text encodings (:func:`principal_directions`),
+* ``embedding_dim < hidden``: ``P``'s columns are the top principal directions
+  (uncentred) of the catalog's unit-length text encodings (:func:`principal_directions`),
   exact when the catalog has at most ``embedding_dim`` distinct texts and the
   closest ``embedding_dim``-dimensional fit of their dot products otherwise.
 
@@ -73,19 +73,27 @@ class TextSkip(tf.keras.layers.Layer):
 tf.keras.utils.register_keras_serializable("tfrec")(TextSkip)
 
 
-def principal_directions(encodings: np.ndarray, embedding_dim: int) -> np.ndarray:
-    """The starting ``P``: float32 [hidden, embedding_dim] for encodings float32 [num_items, hidden].
+def principal_directions(encodings: np.ndarray, embedding_dim: int) -> tuple[np.ndarray, float]:
+    """The starting ``P`` float32 [hidden, embedding_dim] for encodings float32 [num_items, hidden], and the
+    share of the unit-length rows' squared length it keeps (1.0: every row lies in its span).
 
-    The identity when ``embedding_dim >= hidden``; else the top ``embedding_dim`` right singular
-    vectors of the unit-length rows (not centred: what is kept is their dot products), orthonormal
-    columns, so ``(u P) . (v P) = u . v`` for every ``v`` in their span.
+    The identity when ``embedding_dim >= hidden``; else the top ``embedding_dim`` eigenvectors of
+    the rows' second-moment matrix (not centred: what is kept is their dot products), i.e. their
+    top right singular vectors: orthonormal columns, so ``(u P) . (v P) = u . v`` for every ``v``
+    in their span. Memory [hidden, hidden] plus one chunk of rows, whatever the catalog size.
     """
     hidden = encodings.shape[1]
     if embedding_dim >= hidden:
-        return np.eye(hidden, embedding_dim, dtype=np.float32)
-    rows = encodings / np.maximum(np.linalg.norm(encodings, axis=1, keepdims=True), 1e-12)
-    _, _, vt = np.linalg.svd(rows.astype(np.float64), full_matrices=True)  # vt [hidden, hidden]
-    return vt[:embedding_dim].T.astype(np.float32)
+        return np.eye(hidden, embedding_dim, dtype=np.float32), 1.0
+    moments = np.zeros([hidden, hidden])
+    for start in range(0, len(encodings), 65_536):
+        rows = np.asarray(encodings[start:start + 65_536], np.float64)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        moments += rows.T @ rows
+    values, vectors = np.linalg.eigh(moments)  # ascending
+    top = np.argsort(-values, kind="stable")[:embedding_dim]
+    kept = float(values[top].sum() / max(values.sum(), 1e-12))
+    return vectors[:, top].astype(np.float32), kept
 
 
 def starts_at_encoder(model) -> bool:
@@ -112,12 +120,9 @@ def start_from_encoder(model, catalog_texts: list[str], item_cache=None) -> None
         return
     encoder = model.item_tower.text_encoder
     encodings = item_cache.lookup(catalog_texts) if item_cache is not None else encoder.encode_texts(catalog_texts)
-    encodings = np.asarray(encodings, np.float32)
-    start = principal_directions(encodings, dim)
+    start, kept = principal_directions(np.asarray(encodings, np.float32), dim)
     for skip in skips:
         skip.projection.assign(start)
-    units = encodings / np.maximum(np.linalg.norm(encodings, axis=1, keepdims=True), 1e-12)
-    kept = float(np.mean(np.sum((units @ start) ** 2, axis=1)))
     log.info("text skip: the towers start near the encoder's cosine: the top %d of its %d directions hold %.1f%% "
              "of the item texts' encodings (set model.embedding_dim to %d for an exact start)", dim, hidden,
              100 * kept, hidden)

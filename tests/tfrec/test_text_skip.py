@@ -43,14 +43,18 @@ def content_scores(encoder) -> np.ndarray:
 
 def test_principal_directions_keep_the_dot_products_of_the_rows():
     # Rows (3, 4, 0) and (0, 0, 2): unit rows (0.6, 0.8, 0) and (0, 0, 1) span the first two columns' space.
-    p = principal_directions(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]], np.float32), 2)
-    assert p.shape == (3, 2)
+    p, kept = principal_directions(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 2.0]], np.float32), 2)
+    assert p.shape == (3, 2) and kept == pytest.approx(1.0)
     np.testing.assert_allclose(p.T @ p, np.eye(2), atol=1e-6)  # orthonormal columns
     units = np.array([[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
     np.testing.assert_allclose(units @ p @ p.T, units, atol=1e-6)  # each row is in their span
     # (1, 0, 0) projects onto (0.6, 0.8, 0) by 0.6: its dot products with the rows stay 0.6 and 0.
     np.testing.assert_allclose(np.array([1.0, 0.0, 0.0]) @ p @ p.T @ units.T, [0.6, 0.0], atol=1e-6)
-    np.testing.assert_array_equal(principal_directions(np.ones([2, 3], np.float32), 4), np.eye(3, 4))
+    np.testing.assert_array_equal(principal_directions(np.ones([2, 3], np.float32), 4)[0], np.eye(3, 4))
+    # Unit rows e1, e1, e2: the moments are diag(2, 1, 0), one direction keeps e1 and 2 of the 3 squared lengths.
+    p, kept = principal_directions(np.array([[5.0, 0, 0], [1.0, 0, 0], [0, 3.0, 0]], np.float32), 1)
+    np.testing.assert_allclose(np.abs(p[:, 0]), [1.0, 0.0, 0.0], atol=1e-6)
+    assert kept == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("dim", [32, 48])
