@@ -23,7 +23,7 @@ class EarlyStopping:
     Attributes:
       patience: epochs without improvement before stopping (``train.early_stopping_patience``).
       best: the best validation value so far (-inf before the first epoch).
-      best_epoch: the 0-based epoch that reached ``best`` (-1 before the first).
+      best_epoch: the 0-based epoch that reached ``best`` (-1 before the first, or the untrained start).
       wait: epochs since ``best_epoch``.
     """
 

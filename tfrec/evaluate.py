@@ -153,7 +153,8 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
     """1-based rank of each query's target among all items, in blocks of queries x items.
 
     rank = 1 + the number of other, not excluded items scoring at least the
-    target's score (ties count against the target). Each block counts all its
+    target's score (ties count against the target); a target whose score is
+    not finite (NaN, inf: a diverged model) ranks last. Each block counts all its
     items, then the target and the excluded items are taken back out using
     their scores from that same block; so the target always counts exactly
     once, whatever the rounding. One compiled call per chunk of queries walks
@@ -191,7 +192,14 @@ def target_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, targ
                                      tf.constant(cols, tf.int32),
                                      tf.constant(np.searchsorted(cols, bounds), tf.int32)).numpy())
         lines.update(start + len(t))
-    return np.concatenate(ranks).astype(np.int64) if ranks else np.zeros([0], np.int64)
+    if not ranks:
+        return np.zeros([0], np.int64)
+    ranks = np.concatenate(ranks).astype(np.int64)
+    # A NaN target score compares false with everything, which would rank it first: a diverged model's
+    # target is ranked last instead.
+    target_scores = np.einsum("ij,ij->i", np.asarray(query_embeddings, np.float32), item_embeddings[targets])
+    ranks[~np.isfinite(target_scores)] = n_items
+    return ranks
 
 
 def ranks_from_item_scores(item_scores: np.ndarray, targets: np.ndarray,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec.config.resolve import choose_text_skip
 from tfrec.encoders.history import make_history_encoder
 from tfrec.encoders.text import BertTextEncoder
 from tfrec.ranking import RankingHead, RankingTask
@@ -193,11 +194,14 @@ def build_model(cfg, catalog, item_probability=None, ids_only: bool = False, tra
                                            seed=cfg.train.seed + 1, lora_rank=q.lora_rank,
                                            train_embeddings=q.train_embeddings, name="item_encoder")
     vocabularies = {} if ids_only else {c: sorted(set(v)) for c, v in catalog.categorical.items()}
+    # Text in both towers: the text skip (tfrec.text_skip) starts them as the encoder's cosine.
+    skip = (m.text_skip if m.text_skip != "auto" else choose_text_skip(cfg)[0]) == "on" and wants_query_text \
+        and query_encoder is not None and item_encoder is not None
     query_tower = QueryTower(query_encoder if wants_query_text else None, m.hidden_units, m.embedding_dim,
-                             m.dropout, history_encoder, history_length, name="query_tower")
+                             m.dropout, history_encoder, history_length, text_skip=skip, name="query_tower")
     id_dim = m.item_id_embedding_dim or (m.embedding_dim if ids_only else 0)
-    item_tower = ItemTower(catalog.item_ids, id_dim, item_encoder, vocabularies,
-                           m.categorical_embedding_dim, m.hidden_units, m.embedding_dim, m.dropout, name="item_tower")
+    item_tower = ItemTower(catalog.item_ids, id_dim, item_encoder, vocabularies, m.categorical_embedding_dim,
+                           m.hidden_units, m.embedding_dim, m.dropout, text_skip=skip, name="item_tower")
     query_tower.attach_item_tower(item_tower)
     r = cfg.retrieval
     retrieval = RetrievalTask(r.temperature, r.logq_correction, r.remove_accidental_hits, r.num_hard_negatives,

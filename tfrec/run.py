@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tfrec import config as config_lib, job_dir as job_dir_lib
 from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, ranking_eval, runtime, summaries,
-                   timings, training, vertex)
+                   text_skip, timings, training, vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -234,11 +234,9 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
             data.validation.take(range(2)), data.catalog, features.item_probability, features.query_cache,
             features.item_cache, model.query_tower.encoder is not None), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
-
-    state_objects = {"model": model, "optimizer": head_opt}
-    if model.encoder_optimizer is not None:
-        state_objects["encoder_optimizer"] = model.encoder_optimizer
-    checkpoint = tf.train.Checkpoint(**state_objects)
+        text_skip.start_from_encoder(model, data.catalog.texts, features.item_cache)  # the skip's start, if any
+    encoder_opt = {"encoder_optimizer": model.encoder_optimizer} if model.encoder_optimizer is not None else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=head_opt, **encoder_opt)
     saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
                                             cfg.train.early_stopping_patience, cfg.train.checkpoint_every_steps)
     initial_epoch = saver.state["epoch"] + 1
@@ -251,6 +249,8 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
     def validate() -> dict:
         with timings.stage(times, "validation"):
             return validation_metrics(cfg, model, data, features)
+    if text_skip.starts_at_encoder(model):  # untrained, the towers rank as the encoder: epoch 0 competes for best
+        saver.evaluate_start(model, validate, cfg.train.epochs)
 
     # TensorBoard runs last so that it sees the validation metrics and examples/s the callbacks before it add;
     # the progress lines come after validation and the checkpoint, whose time they measure.

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfrec.encoders.ids import IdEmbedding
 from tfrec.encoders.text import BertTextEncoder
+from tfrec.text_skip import TextSkip
 
 
 def _mlp(hidden_units: list[int], embedding_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
@@ -39,6 +40,13 @@ def _mlp(hidden_units: list[int], embedding_dim: int, dropout: float, name: str)
             layers.append(tf.keras.layers.Dropout(dropout))
     layers.append(tf.keras.layers.Dense(embedding_dim))
     return tf.keras.Sequential(layers, name=name)
+
+
+def _with_skip(skip: TextSkip | None, head: tf.Tensor, text: tf.Tensor | None) -> tf.Tensor:
+    """The head's output [batch, dim] plus the text skip's (:mod:`tfrec.text_skip`), unit length."""
+    if skip is None or text is None:
+        return _l2(head)
+    return _l2(skip(text, head))
 
 
 def _l2(x: tf.Tensor) -> tf.Tensor:
@@ -108,15 +116,19 @@ class QueryTower(tf.keras.layers.Layer):
       dropout: dropout after each hidden layer.
       history_encoder: a :mod:`tfrec.encoders.history` layer, or None (no history path).
       history_length: the padded history length (``data.interactions.query_history_items``).
+      text_skip: the encoder's output through a :class:`tfrec.text_skip.TextSkip`, the head gated
+        from zero (needs ``encoder``).
     """
 
     def __init__(self, encoder: BertTextEncoder | None, hidden_units: list[int], embedding_dim: int,
                  dropout: float = 0.0, history_encoder: tf.keras.layers.Layer | None = None, history_length: int = 0,
-                 **kwargs):
+                 text_skip: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.history_encoder, self.history_length = encoder, history_encoder, history_length
         self.hidden_units, self.embedding_dim, self.dropout = list(hidden_units), embedding_dim, dropout
+        self.text_skip = bool(text_skip and encoder is not None)
         self.head = _mlp(self.hidden_units, embedding_dim, dropout, "query_head")
+        self.skip = TextSkip(encoder.hidden_size, embedding_dim, name="query_text_skip") if self.text_skip else None
         # The item tower embeds history items; a one-element list so that it is set after construction (the
         # model owns it; Keras de-duplicates its weights when they are reached through both towers).
         self._item_tower_ref: list = []
@@ -144,15 +156,13 @@ class QueryTower(tf.keras.layers.Layer):
     def call(self, features: dict, training: bool = False, catalog_embeddings: tf.Tensor | None = None
              ) -> tf.Tensor:
         parts = []
-        batch = None
+        batch = text = None
         if self.encoder is not None:
             if any(k in features for k in ("query_text", "query_text_encoding", "query_input_ids")):
                 text = tf.cast(_encode(self.encoder, features, "query_text", training), tf.float32)
                 if self.history_encoder is not None and "query_text" in features:  # "" = no text, not a text
                     text *= tf.cast(tf.reshape(features["query_text"], [-1]) != "", tf.float32)[:, None]
                 batch = tf.shape(text)[0]
-            else:
-                text = None
             parts.append(text)
         if self.history_encoder is not None:
             history = features.get("history_item_ids")
@@ -165,7 +175,7 @@ class QueryTower(tf.keras.layers.Layer):
             raise ValueError("the query tower needs query_text or history_item_ids")
         widths = self._part_widths()
         parts = [p if p is not None else tf.zeros([batch, w]) for p, w in zip(parts, widths)]
-        return _l2(self.head(tf.concat(parts, -1), training=training))
+        return _with_skip(self.skip, self.head(tf.concat(parts, -1), training=training), text)
 
     def _part_widths(self) -> list[int]:
         widths = []
@@ -177,14 +187,14 @@ class QueryTower(tf.keras.layers.Layer):
 
     def project(self, encodings: tf.Tensor) -> tf.Tensor:
         """float32 [batch, hidden] text encoder outputs -> [batch, embedding_dim] (text-only towers)."""
-        return _l2(self.head(encodings))
+        return _with_skip(self.skip, self.head(encodings), encodings)
 
     def get_config(self) -> dict:
         encoder = tf.keras.layers.serialize(self.encoder) if self.encoder is not None else None
         history = tf.keras.layers.serialize(self.history_encoder) if self.history_encoder is not None else None
         return {**super().get_config(), "encoder": encoder, "hidden_units": self.hidden_units,
                 "embedding_dim": self.embedding_dim, "dropout": self.dropout, "history_encoder": history,
-                "history_length": self.history_length}
+                "history_length": self.history_length, "text_skip": self.text_skip}
 
     @classmethod
     def from_config(cls, config: dict) -> "QueryTower":
@@ -204,11 +214,14 @@ class ItemTower(tf.keras.layers.Layer):
       categorical_vocabularies: column -> known values.
       categorical_embedding_dim: width of each categorical embedding.
       hidden_units, embedding_dim, dropout: the fusion MLP.
+      text_skip: the text encoder's output through a :class:`tfrec.text_skip.TextSkip`, the head (and
+        with it the ids and categories) gated from zero (needs ``text_encoder``).
     """
 
     def __init__(self, item_ids: list[str], id_embedding_dim: int, text_encoder: BertTextEncoder | None,
                  categorical_vocabularies: dict[str, list[str]], categorical_embedding_dim: int,
-                 hidden_units: list[int], embedding_dim: int, dropout: float = 0.0, **kwargs):
+                 hidden_units: list[int], embedding_dim: int, dropout: float = 0.0, text_skip: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.item_ids, self.id_embedding_dim = list(item_ids), id_embedding_dim
         self.text_encoder = text_encoder
@@ -218,20 +231,25 @@ class ItemTower(tf.keras.layers.Layer):
         self.id_embedding = IdEmbedding(self.item_ids, id_embedding_dim, name="item_id") if id_embedding_dim else None
         self.categorical = {col: IdEmbedding(vocab, categorical_embedding_dim, name=f"item_{col}")
                             for col, vocab in self.categorical_vocabularies.items()}
+        self.text_skip = bool(text_skip and text_encoder is not None)
         self.head = _mlp(self.hidden_units, embedding_dim, dropout, "item_head")
+        self.skip = TextSkip(text_encoder.hidden_size, embedding_dim, name="item_text_skip") if self.text_skip \
+            else None
         self.row_lookup = tf.keras.layers.StringLookup(vocabulary=self.item_ids, num_oov_indices=1, mask_token=None)
         self.catalog_table: dict = {}
 
     def call(self, features: dict, training: bool = False) -> tf.Tensor:
         parts = []
+        text = None
         if self.id_embedding is not None:
             parts.append(_embed_ids(self.id_embedding, features["item_id"]))
         if self.text_encoder is not None:
-            parts.append(_encode(self.text_encoder, features, "item_text", training))
+            text = _encode(self.text_encoder, features, "item_text", training)
+            parts.append(text)
         for col, layer in self.categorical.items():
             parts.append(_embed_ids(layer, features[f"item_{col}"]))
         fused = tf.concat([tf.cast(p, tf.float32) for p in parts], axis=-1)
-        return _l2(self.head(fused, training=training))
+        return _with_skip(self.skip, self.head(fused, training=training), text)
 
     def set_catalog(self, catalog_features: dict) -> None:
         """Keeps the whole catalog's inputs in the tower so items can be embedded by row (history, negatives).
@@ -281,7 +299,7 @@ class ItemTower(tf.keras.layers.Layer):
         return {**super().get_config(), "item_ids": self.item_ids, "id_embedding_dim": self.id_embedding_dim,
                 "text_encoder": encoder, "categorical_vocabularies": self.categorical_vocabularies,
                 "categorical_embedding_dim": self.categorical_embedding_dim, "hidden_units": self.hidden_units,
-                "embedding_dim": self.embedding_dim, "dropout": self.dropout}
+                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "text_skip": self.text_skip}
 
     @classmethod
     def from_config(cls, config: dict) -> "ItemTower":

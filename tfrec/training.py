@@ -258,6 +258,26 @@ class CheckpointAndEarlyStop(tf.keras.callbacks.Callback):
         first_full = epoch + 1 if batch else epoch
         return [leg for leg in plan + [(first_full, epochs, steps, first_full * steps)] if leg[0] < leg[1]]
 
+    def evaluate_start(self, model, validate: Callable[[], dict], epochs: int) -> None:
+        """Epoch 0: ``model`` before any training step, scored by ``validate`` and kept as the best (epoch
+        index -1, ``best_epoch`` 0 in ``eval.json``) until an epoch beats it; patience counts from it.
+
+        Once per run: a resumed run finds its value in ``state.json``.
+        """
+        if self.state["epoch"] >= 0 or self.state["batch"] or self.state["best"] > -np.inf:
+            return
+        started = time.time()
+        logs = {f"val_{k}": v for k, v in validate().items()}
+        log.info("epoch 0/%d (start)  %s  (%.0fs)", epochs, " ".join(f"{k}={v:.4f}" for k, v in logs.items()),
+                 time.time() - started)
+        self.set_model(model)
+        value = float(logs.get(self.monitor, np.nan))
+        rule = early_stopping.EarlyStopping(self.patience)
+        if rule.update(-1, value) == early_stopping.IMPROVED:
+            self._guard(self._save_best, -1, value)
+            self.state.update(best=rule.best, best_epoch=rule.best_epoch, wait=rule.wait)
+            self._guard(write_state, self.directory, self.state)
+
     # -- saving -------------------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

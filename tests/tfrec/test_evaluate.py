@@ -34,6 +34,13 @@ def test_constant_model_gets_worst_rank():
     assert evaluate.target_ranks(q, items, np.array([0, 9])).tolist() == [10, 10]
 
 
+def test_a_diverged_model_ranks_its_targets_last():
+    # NaN compares false with every score, so without a rule the NaN target would count no item above it.
+    q = np.array([[np.nan, 1.0], [1.0, 0.0], [np.inf, 0.0]], np.float32)
+    items = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
+    assert evaluate.target_ranks(q, items, np.array([0, 0, 1])).tolist() == [3, 1, 3]
+
+
 def test_embed_runs_in_batches_with_a_terminal_only_progress_bar(capsys):
     import tensorflow as tf
 

@@ -35,6 +35,10 @@ class ModelConfig:
     # History-built queries (data.interactions.query_history_items): how the history items, each embedded by
     # the item tower, are pooled; text = the titles joined into one query string for the BERT query tower.
     history_encoder: Literal["mean", "attention", "gru", "transformer", "text"] = "attention"
+    # Both towers add a fixed projection of the encoder's unit-length pooled output to their head, gated from
+    # zero, so the untrained model ranks as the encoder does (the content baseline; tfrec.text_skip).
+    # auto: on where a pretrained (not random://) encoder reads the query and the item text.
+    text_skip: Literal["auto", "on", "off"] = "auto"
 
     def validate(self, cfg) -> None:
         """Checks this section; raises ConfigError naming the key."""
@@ -54,6 +58,15 @@ class ModelConfig:
         check(m.categorical_embedding_dim >= 1, "model.categorical_embedding_dim", "must be >= 1")
         check(m.item_id_embedding_dim > 0 or m.item_text_encoder != "none", "model.item_text_encoder",
               "the item tower needs ids or text: item_id_embedding_dim is 0 and item_text_encoder is none")
+        if m.text_skip == "on":
+            check(query_reads_text(cfg) and m.item_text_encoder != "none", "model.text_skip",
+                  "on needs text in both towers: query text (or history_encoder text) and an item_text_encoder")
+
+
+def query_reads_text(cfg) -> bool:
+    """Whether the query tower has a text path: a query column, no history, or history titles as text."""
+    ic = cfg.data.interactions
+    return ic.query_column is not None or not ic.query_history_items or cfg.model.history_encoder == "text"
 
 
 @dataclass(frozen=True)

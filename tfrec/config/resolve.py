@@ -11,6 +11,7 @@ with every value explicit. Every function here is pure: no TensorFlow, no I/O.
 
     data.split.method    files with held-out paths; leave_last with history-built queries and
                          timestamps; time with timestamps; random otherwise
+    model.text_skip      on where a pretrained encoder reads the query and the item text, off otherwise
     train.batch_size,    by training rows (ROW_TIERS): small data gets small batches and more
     train.epochs         epochs, 10^6 rows batches of 1,024 and 3 epochs
     retrieval.negatives  full up to FULL_SOFTMAX_MAX_ITEMS items, mixed above; in_batch when
@@ -30,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tfrec.config.model import query_reads_text
 from tfrec.config.parse import check, merge, nest
 
 log = logging.getLogger("tfrec")
@@ -144,7 +146,20 @@ def choose_split(cfg: Config) -> tuple[str, str]:
     return "random", "no timestamp column: a seeded random share of the interactions is held out"
 
 
-CONFIG_RULES = {"data.split.method": choose_split}
+def choose_text_skip(cfg: Config) -> tuple[str, str]:
+    """``model.text_skip``: the towers start as the encoder's cosine where that is worth starting from."""
+    m = cfg.model
+    if not query_reads_text(cfg):
+        return "off", "queries are history items, not text"
+    if m.item_text_encoder == "none":
+        return "off", "the item tower reads no text (model.item_text_encoder none)"
+    if m.query_encoder.checkpoint.startswith("random://"):
+        return "off", "a randomly initialised encoder: its untrained ranking is no start worth keeping"
+    return "on", "a pretrained encoder reads the query and item text: the untrained towers rank as its cosine " \
+                 "(the content baseline), and validation keeps that start unless an epoch beats it"
+
+
+CONFIG_RULES = {"data.split.method": choose_split, "model.text_skip": choose_text_skip}
 
 
 def resolve_config(cfg: Config) -> tuple[Config, list[str]]:
