@@ -130,20 +130,34 @@ def metrics_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: st
     return {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in ranks.items()}
 
 
+def plateau(weights: list[float]) -> list[float]:
+    """The longest run of consecutive :data:`WEIGHTS` in ``weights`` (the first such run)."""
+    longest, run = [], []
+    for w in WEIGHTS:
+        run = run + [w] if w in weights else []
+        if len(run) > len(longest):
+            longest = run
+    return longest
+
+
 def choose(setting: str, metric: str, validation: dict[Choice, dict]) -> tuple[Choice | None, str]:
     """The (fusion, lexical weight) to serve (None: dense only) and why, from validation metrics.
 
-    ``auto`` keeps the best choice only when it beats weight 0 (dense); ``on`` keeps the best above 0.
-    Choices are compared by ``metric``, then by mrr; equal values go to the smaller weight, then to the
-    fusion listed first in :data:`FUSIONS`.
+    Choices are compared by ``metric``, then by mrr. Several weights often share the best values (on a
+    few hundred queries, whole ranges of weights give the same ranks): the one served is the middle of the
+    longest run of consecutive best weights, of the fusion with the longest such run (ties: the fusion listed
+    first in :data:`FUSIONS`), so that a weight at the run's edge, one step from worse, is not what ships.
+    ``auto`` keeps it only when it beats weight 0 (dense); ``on`` keeps the best above 0.
     """
     def key(c):
         return validation[c][metric], validation[c]["mrr"]
 
     dense_choice = min(c for c in validation if c[1] == 0.0)
     dense = validation[dense_choice][metric]
-    candidates = [c for c in validation if c[1] > 0]
-    best = max(candidates, key=lambda c: (*key(c), -c[1], -FUSIONS.index(c[0])))
+    top = max(key(c) for c in validation if c[1] > 0)
+    runs = {f: plateau([w for g, w in validation if g == f and w > 0 and key((g, w)) == top]) for f in FUSIONS}
+    fusion = max(FUSIONS, key=lambda f: (len(runs[f]), -FUSIONS.index(f)))
+    best = (fusion, runs[fusion][(len(runs[fusion]) - 1) // 2])
     got, named = validation[best][metric], f"{best[0]} with lexical weight {best[1]}"
     if setting == "on":
         return best, f"retrieval.hybrid=on: {named} (validation {metric}={got:.4f}, dense {dense:.4f})"
@@ -171,8 +185,8 @@ def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.n
     chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
     log.info("hybrid: %s", reason)
     for fusion in FUSIONS:
-        log.info("hybrid: validation %s of %s by lexical weight: %s", metric, fusion,
-                 ", ".join(f"{w}={m[metric]:.4f}" for (f, w), m in validation.items() if f == fusion))
+        log.info("hybrid: validation %s, mrr of %s by lexical weight: %s", metric, fusion,
+                 ", ".join(f"{w}={m[metric]:.4f},{m['mrr']:.4f}" for (f, w), m in validation.items() if f == fusion))
     fusion = FUSIONS[0] if chosen is None else chosen[0]
     weights = [1.0] + ([chosen[1]] if chosen is not None and chosen[1] != 1.0 else [])
     test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion])

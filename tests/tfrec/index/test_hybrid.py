@@ -102,13 +102,23 @@ def test_choice_on_lexical_only_and_dense_only_data():
     # Reciprocal rank over c <= 30 candidates: the target gets >= w / 61 + (1 - w) / 90, another <= (1 - w) / 61,
     # so from w = 0.3 on (0.3 / 61 + 0.7 / 90 = .0127 > 0.7 / 61 = .0115) every target is first.
     assert by_choice[rrf, 0.3]["mrr"] == 1.0
-    (fusion, weight), _ = hybrid.choose("auto", "recall@10", by_choice)
-    assert fusion == rrf and weight <= 0.3  # the same metrics at a smaller weight than min-max can reach
+    # Both reach recall@10 = mrr = 1 up to weight 1: reciprocal rank over the longer run of weights, its middle.
+    run = [w for w in hybrid.WEIGHTS if by_choice[rrf, w]["mrr"] == 1.0]
+    assert run[0] <= 0.3 and run[-1] == 1.0 and by_choice[minmax, 0.4]["mrr"] < 1.0
+    assert hybrid.choose("auto", "recall@10", by_choice)[0] == (rrf, run[(len(run) - 1) // 2])
     # Dense-only: the embedding is the target's, the text says nothing -> auto keeps dense only.
     by_choice = metrics_by_choice(ITEMS_BIG[targets] * 10, ["common"] * 40, targets)
     assert by_choice[minmax, 0.0]["recall@10"] == 1.0
     assert hybrid.choose("auto", "recall@10", by_choice)[0] is None
-    assert hybrid.choose("on", "recall@10", by_choice)[0] == (minmax, 0.1)  # on: the best above 0 (ties: smallest)
+    # on: the best above 0. Both fusions keep the dense order from 0.1 to 0.99 (11 weights; at 1 every item ties):
+    # the first fusion listed, the middle of that run.
+    assert hybrid.choose("on", "recall@10", by_choice)[0] == (minmax, 0.6)
+
+
+def test_plateau_is_the_longest_run_of_consecutive_weights():
+    assert hybrid.plateau([0.1, 0.3, 0.4, 0.5, 0.9]) == [0.3, 0.4, 0.5]
+    assert hybrid.plateau([0.9, 0.95, 0.99, 1.0, 0.2]) == [0.9, 0.95, 0.99, 1.0]
+    assert hybrid.plateau([]) == []
 
 
 def test_weight_one_ranks_exactly_as_the_bm25_baseline():
