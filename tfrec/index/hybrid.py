@@ -4,7 +4,8 @@ For a query (embedding ``q`` [d] and text), the candidates are the wrapped
 index's top k (its dense candidates, exclusions applied), the top k items by
 in-graph BM25 (:class:`tfrec.lexical_graph.LexicalScorer`; only items some
 query word reaches) and the first k + e items of the tie order (what BM25 puts
-next when its words reach fewer than k items). Each candidate gets its exact
+next when its words reach fewer than k items), BM25's taking k + e too (e =
+exclusions, dropped from the union). Each candidate gets its exact
 dense score ``q . item`` and its BM25 score, and one of two fusions
 (:data:`FUSIONS`) mixes them with the lexical share ``weight``:
 
@@ -17,7 +18,7 @@ Equal fused scores go by the lexical scorer's tie order (e.g. training
 popularity; default: catalog order), so ``weight = 1`` returns exactly the
 ``bm25`` baseline's top k (BM25, ties by the same order) and ``weight = 0`` the
 dense index's. Nothing costs [batch, num_items] beyond the wrapped index: the
-lexical side touches the query words' postings and the 3k + e candidates. The
+lexical side touches the query words' postings and the 3k + 2e candidates. The
 same code serves (inside the SavedModel, every index kind: brute force, IVF,
 ScaNN) and evaluates (:mod:`tfrec.hybrid`), so what validation chose is what
 the export serves.
@@ -144,29 +145,30 @@ class HybridIndex(tf.Module):
         """The wrapped index's dense search (for callers without query text)."""
         return self.index.search(query_embeddings, exclude_item_ids)
 
-    def _lexical_top_k(self, keys: tf.Tensor, scores: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    def _lexical_top_k(self, keys: tf.Tensor, scores: tf.Tensor, batch: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
         """Each query's k best reached items by BM25, ties by tie order: int64 [batch, k] positions (n: none).
 
         Args:
-          keys: int64 [u] ascending ``query * num_items + position``; scores: float32 [u] >= 0; batch: int64 scalar.
+          keys: int64 [u] ascending ``query * num_items + position``; scores: float32 [u] > 0;
+          batch, k: int64 scalars.
         """
         n = self.num_items
         splits = tf.searchsorted(keys // n, tf.range(batch + 1), out_type=tf.int64)
-        pad = [[0, 0], [0, self.k_out]]  # at least k columns for top_k; score 0 = nothing there
+        pad = tf.stack([tf.zeros([2], tf.int64), tf.stack([0, k])])  # at least k columns; score 0 = nothing there
         grid = tf.pad(tf.RaggedTensor.from_row_splits(scores, splits, validate=False).to_tensor(), pad)
         positions = tf.pad(tf.RaggedTensor.from_row_splits(keys % n, splits, validate=False).to_tensor(), pad)
-        top, at = tf.math.top_k(grid, k=self.k_out)  # equal scores: the smaller column, i.e. the earlier position
+        top, at = tf.math.top_k(grid, k=tf.cast(k, tf.int32))  # equal scores: the smaller column, the earlier item
         return tf.where(top > 0, tf.gather(positions, at, batch_dims=1), n)
 
     def candidates(self, query_embeddings: tf.Tensor, query_text: tf.Tensor, exclude_item_ids: tf.Tensor):
-        """The dense top k, the lexical top k and the first k + e of the tie order, with both raw scores.
+        """The dense top k, the lexical top k + e and the first k + e of the tie order, with both raw scores.
 
         Args:
           query_embeddings: float32 [batch, d]; query_text: string [batch];
           exclude_item_ids: string [batch, e], "" padded.
         Returns:
           (rows int64 [batch, c], dense float32 [batch, c], lexical float32 [batch, c], valid bool [batch, c]),
-          c = 3k + e; each row's columns in tie order (a row found twice is valid once, excluded rows and -1,
+          c = 3k + 2e; each row's columns in tie order (a row found twice is valid once, excluded rows and -1,
           nothing found, are not valid), so equal fused scores go to the earlier column.
         """
         query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
@@ -181,10 +183,10 @@ class HybridIndex(tf.Module):
         excluded = positions(self.rows.lookup(exclude_item_ids))  # "" padding and unknown ids -> n
         excluded_keys = tf.sort(tf.reshape(query_row * n + excluded, [-1]))
         keys, scores = self.lexical.reached(query_text)
-        excluded_pair = sorted_lookup(excluded_keys, excluded_keys, keys, -1)[0]
-        scores = tf.where(excluded_pair, tf.zeros_like(scores), scores)  # 0: neither a lexical pick nor scored
+        # k + e from BM25 and from the tie order: at least k of each are not excluded (they are dropped below).
         fill = tf.minimum(self.k_out + tf.shape(exclude_item_ids, out_type=tf.int64)[1], n)
-        position = tf.sort(tf.concat([positions(self.rows.lookup(dense_ids)), self._lexical_top_k(keys, scores, batch),
+        lexical_top = self._lexical_top_k(keys, scores, batch, fill)
+        position = tf.sort(tf.concat([positions(self.rows.lookup(dense_ids)), lexical_top,
                                       tf.tile(tf.range(fill)[None], tf.stack([batch, 1]))], axis=1), axis=1)
         candidate_keys = query_row * n + position
         repeated = tf.pad(tf.equal(position[:, 1:], position[:, :-1]), [[0, 0], [1, 0]])
