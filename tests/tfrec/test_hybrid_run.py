@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_text
+from tensorflow.python.framework import op_def_registry
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import tfrec
 from tfrec import evaluate, hybrid
+from tfrec.index.hybrid import FUSIONS
 from tfrec import index as index_lib
 from tfrec.export.savedmodel import export_run
 from tests.helpers.servers import http, predict_request, running_server
+from tests.tfrec.index.test_hybrid import op_names
 from tfrec import run as stages
 
 
@@ -36,26 +41,33 @@ def test_eval_json_reports_the_fused_model_beside_dense_and_lexical(trained):
     cfg, job, data, model, features, state = trained
     evaluation = stages.evaluate_model(cfg, model, data, features)
     report = stages.write_report(cfg, job, data, evaluation, state, 1.0)
-    weight = report["hybrid"]["weight"]
+    weight, fusion = report["hybrid"]["weight"], report["hybrid"]["fusion"]
     assert 0 < weight <= 1 and report["hybrid"]["setting"] == "on"  # on: a weight above 0 whatever validation says
-    assert set(report["hybrid"]["validation"]) == {str(w) for w in hybrid.WEIGHTS}
+    assert set(report["hybrid"]["validation"]) == set(FUSIONS)
+    assert all(set(by_weight) == {str(w) for w in hybrid.WEIGHTS} for by_weight in report["hybrid"]["validation"].values())
     dense = evaluate.evaluate_embeddings(evaluation.query_embeddings, evaluation.item_embeddings, data, "test",
                                          cfg.eval.ks)
     assert report["model_variants"]["dense"] == dense
     assert json.loads((job / "eval.json").read_text())["hybrid"]["weight"] == weight
-    assert hybrid.served_weight(job) == weight
+    assert hybrid.served_choice(job) == (fusion, weight)
 
     (published,) = stages.export_model(cfg, job, model, data, evaluation)
     served = tfrec.load_export(published)
     texts = data.test.query_text[:4]
     out = served.signatures["serving_default"](query_text=tf.constant(texts),
                                                exclude_item_ids=tf.zeros([4, 0], tf.string))
-    want = hybrid.exact_hybrid(evaluation.item_embeddings, data, cfg.export.k, weight).search_hybrid(
+    want = hybrid.exact_hybrid(evaluation.item_embeddings, data, cfg.export.k, weight, fusion=fusion).search_hybrid(
         tf.constant(evaluation.query_embeddings[:4]), tf.constant(texts))
     np.testing.assert_array_equal(out["item_ids"].numpy(), want[1].numpy())
     np.testing.assert_allclose(out["scores"].numpy(), want[0].numpy(), rtol=1e-4, atol=1e-5)
     info = json.loads((published / "assets.extra" / "export_report.json").read_text())["index"]
-    assert info["params"]["hybrid"]["lexical_weight"] == weight
+    assert info["params"]["hybrid"] == {"fusion": fusion, "lexical_weight": weight, "lexical_candidates": cfg.export.k}
+    # What stock TF Serving runs: TensorFlow's own ops and tensorflow-text's (the tokenizer), nothing else.
+    text_ops = {n for so in (Path(tensorflow_text.__file__).parent / "python" / "ops").glob("_*.so")
+                for n in dir(tf.load_op_library(str(so))) if op_def_registry.get(n) is not None}
+    names = op_names(published)
+    assert {n for n in names if not hasattr(tf.raw_ops, n)} <= text_ops
+    assert {"FastWordpieceTokenizeWithOffsets", "SegmentSum", "LookupTableFindV2"} <= names  # text and BM25 in
     # The local server, over REST and gRPC, returns the SavedModel's own fused top k.
     with running_server({"smoke": str(published.parent)}, poll_wait_s=0.2) as server:
         status, answer = http(server.rest_port, "/v1/models/smoke:predict", {"instances": texts}, method="POST")
@@ -66,19 +78,26 @@ def test_eval_json_reports_the_fused_model_beside_dense_and_lexical(trained):
         np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["item_ids"]), out["item_ids"].numpy())
 
 
-def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch):
+@pytest.mark.parametrize("kind", ["ivf", "scann"])
+def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch, kind):
     cfg, job, data, model, features, state = trained
-    monkeypatch.setattr(index_lib, "APPROXIMATE_MIN_ITEMS", 16)  # the smoke catalog has 160 items
+    monkeypatch.setattr(index_lib, "APPROXIMATE_MIN_ITEMS", 16)  # the smoke catalog has 160 items (ScaNN: >= 16)
     evaluation = stages.evaluate_model(cfg, model, data, features)
     stages.write_report(cfg, job, data, evaluation, state, 1.0)
-    (path,) = export_run(cfg, job, model, data, evaluation.item_embeddings, index="ivf",
+    (path,) = export_run(cfg, job, model, data, evaluation.item_embeddings, index=kind,
                          query_embeddings=evaluation.query_embeddings)
     info = json.loads((path / "assets.extra" / "export_report.json").read_text())["index"]
-    assert info["kind"] == "ivf" and info["params"]["hybrid"]["lexical_weight"] == hybrid.served_weight(job)
-    # The gate compares fused top-k lists; ivf probing every partition would give 1.0, fewer can only lose.
+    fusion, weight = hybrid.served_choice(job)
+    assert info["kind"] == kind and info["params"]["hybrid"]["lexical_weight"] == weight
+    assert info["params"]["hybrid"]["fusion"] == fusion
+    # The gate compares fused top-k lists; searching everything would give 1.0, less can only lose.
     assert cfg.export.min_recall <= info["recall"]["recall@10"] <= 1.0
     texts = data.test.query_text[:3]
     out = tfrec.load_export(path).signatures["serving_default"](query_text=tf.constant(texts),
                                                                 exclude_item_ids=tf.zeros([3, 0], tf.string))
     scores = out["scores"].numpy()
-    assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores, axis=1) <= 1e-6).all()  # fused, best first
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if fusion == "minmax_weighted_sum":
+        assert ((scores >= 0) & (scores <= 1)).all()  # fused, not dot products
+    else:
+        assert ((scores >= 0) & (scores <= 1 / 61 + 1e-7)).all()  # reciprocal ranks: (1 - w) / 61 + w / 61 at best

@@ -9,7 +9,6 @@ import numpy as np
 
 from tfrec import index as index_lib
 from tfrec.errors import UserError
-from tfrec.hybrid import fused_recall
 from tfrec.index.hybrid import HybridIndex
 
 log = logging.getLogger("tfrec")
@@ -53,11 +52,12 @@ def check_recall(idx, item_embeddings: np.ndarray, item_ids: list[str], query_em
     """
     exact = index_lib.BruteForceIndex(item_embeddings, item_ids, k)
     cutoffs = sorted({min(10, k), k})
-    if getattr(idx, "hybrid", False):
-        exact = HybridIndex(exact, idx.lexical, item_embeddings, item_ids, idx.weight)
-        recall = {f"recall@{c}": fused_recall(idx, exact, query_embeddings, query_text, c) for c in cutoffs}
-    else:
-        recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c) for c in cutoffs}
+    hybrid = getattr(idx, "hybrid", False)
+    if hybrid:
+        exact = HybridIndex(exact, idx.lexical, item_embeddings, item_ids, idx.weight, idx.fusion)
+    recall = {f"recall@{c}": index_lib.recall_against_exact(idx, exact, query_embeddings, k=c,
+                                                            query_text=query_text if hybrid else None)
+              for c in cutoffs}
     gate = recall[f"recall@{min(10, k)}"]
     log.info("export: %s index recall against exact search on %d held-out queries: %s", idx.kind,
              len(query_embeddings), ", ".join(f"{m}={v:.3f}" for m, v in recall.items()))

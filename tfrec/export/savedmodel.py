@@ -59,10 +59,8 @@ from tfrec.export import layout
 from tfrec.export.indexes import ExportRefused  # noqa: F401  (export_run raises it)
 from tfrec.export.indexes import build_index_of_kind, check_recall, index_kinds, model_name_for
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
-from tfrec.hybrid import served_weight
+from tfrec.hybrid import lexical_scorer, served_choice
 from tfrec.index.hybrid import HybridIndex
-from tfrec.lexical import BM25
-from tfrec.lexical_graph import LexicalScorer
 
 log = logging.getLogger("tfrec")
 # Optional inputs' defaults, made per module (a tensor made at import would start TF before a multi-worker strategy
@@ -284,10 +282,10 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
     k = k or cfg.export.k
     kinds = index_kinds(index or cfg.export.index, cfg.export.quantization)
     item_ids = data.catalog.item_ids
-    weight = served_weight(job_dir) if model.query_tower.encoder is not None else None
-    lexical = None if weight is None else LexicalScorer(BM25(data.catalog.texts))  # shared by every kind
+    choice = served_choice(job_dir) if model.query_tower.encoder is not None else None
+    lexical = None if choice is None else lexical_scorer(data)  # shared by every kind
     if lexical is not None:
-        log.info("export: hybrid search, dense + BM25 with lexical weight %s (eval.json's hybrid)", weight)
+        log.info("export: hybrid search, dense + BM25 by %s with lexical weight %s (eval.json's hybrid)", *choice)
     built = []
     with timings.stage(times, "index", examples=len(item_ids)):
         for kind in kinds:
@@ -295,7 +293,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
             if note:
                 log.info("export: %s", note)
             if lexical is not None:
-                idx = HybridIndex(idx, lexical, item_embeddings, item_ids, weight)
+                idx = HybridIndex(idx, lexical, item_embeddings, item_ids, choice[1], choice[0])
             info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
             if idx.kind != "brute_force":
                 if query_embeddings is None:

@@ -125,7 +125,8 @@ def build_index(
 
 
 def recall_against_exact(
-    index: Any, exact_index: Any, query_embeddings: np.ndarray | tf.Tensor, k: int = 10, batch_size: int = 64
+    index: Any, exact_index: Any, query_embeddings: np.ndarray | tf.Tensor, k: int = 10, batch_size: int = 64,
+    query_text: Sequence[str] | None = None,
 ) -> float:
     """Mean fraction of the exact top-k ids that ``index`` also returns in its top-k.
 
@@ -136,6 +137,8 @@ def recall_against_exact(
       query_embeddings: float32 ``[num_queries, d]``.
       k: cut-off; both result lists are truncated to their first ``k``.
       batch_size: queries per call (bounds brute force's ``[B, N]`` scores).
+      query_text: ``[num_queries]`` the queries' texts: both are hybrid indexes
+        (:class:`tfrec.index.hybrid.HybridIndex`), compared on their fused top-k.
 
     Returns:
       recall@k in [0, 1] (queries whose exact list is empty are skipped).
@@ -145,8 +148,11 @@ def recall_against_exact(
     for start in range(0, queries.shape[0], batch_size):
         batch = tf.constant(queries[start : start + batch_size])
         no_exclusions = tf.zeros([batch.shape[0], 0], tf.string)
-        got = index.search(batch, no_exclusions)[1].numpy()[:, :k]
-        want = exact_index.search(batch, no_exclusions)[1].numpy()[:, :k]
+        if query_text is None:
+            got, want = (i.search(batch, no_exclusions)[1].numpy()[:, :k] for i in (index, exact_index))
+        else:
+            text = tf.constant(list(query_text[start : start + batch_size]), tf.string)
+            got, want = (i.search_hybrid(batch, text, no_exclusions)[1].numpy()[:, :k] for i in (index, exact_index))
         for got_row, want_row in zip(got, want):
             truth = {item for item in want_row if item}
             if truth:

@@ -1,18 +1,27 @@
 """Hybrid search around any index: its dense candidates joined with BM25's, re-scored by one fused score.
 
 For a query (embedding ``q`` [d] and text), the candidates are the wrapped
-index's top k (its dense candidates, exclusions applied) together with the
-top k items by in-graph BM25 (:class:`tfrec.lexical_graph.LexicalScorer`; only
-items some query word reaches). Each candidate gets its exact dense score
-``q . item`` and its BM25 score; both are min-max normalised over the query's
-candidates and mixed:
+index's top k (its dense candidates, exclusions applied), the top k items by
+in-graph BM25 (:class:`tfrec.lexical_graph.LexicalScorer`; only items some
+query word reaches) and the first k + e items of the tie order (what BM25 puts
+next when its words reach fewer than k items), BM25's taking k + e too (e =
+exclusions, dropped from the union). Each candidate gets its exact
+dense score ``q . item`` and its BM25 score, and one of two fusions
+(:data:`FUSIONS`) mixes them with the lexical share ``weight``:
 
-    fused = (1 - weight) * dense_norm + weight * bm25_norm
+* ``minmax_weighted_sum``: both scores min-max normalised over the query's
+  candidates, ``(1 - weight) * dense_norm + weight * bm25_norm``;
+* ``reciprocal_rank``: ``(1 - weight) / (60 + dense rank) + weight / (60 + bm25
+  rank)``, ranks among the candidates (an item no query word reaches adds 0).
 
-so ``weight = 0`` orders the dense candidates as the dense index does and
-``weight = 1`` puts BM25's order first. The same code serves (inside the
-SavedModel, every index kind: brute force, IVF, ScaNN) and evaluates
-(:mod:`tfrec.hybrid`), so what validation chose is what the export serves.
+Equal fused scores go by the lexical scorer's tie order (e.g. training
+popularity; default: catalog order), so ``weight = 1`` returns exactly the
+``bm25`` baseline's top k (BM25, ties by the same order) and ``weight = 0`` the
+dense index's. Nothing costs [batch, num_items] beyond the wrapped index: the
+lexical side touches the query words' postings and the 3k + 2e candidates. The
+same code serves (inside the SavedModel, every index kind: brute force, IVF,
+ScaNN) and evaluates (:mod:`tfrec.hybrid`), so what validation chose is what
+the export serves.
 
 Usage::
 
@@ -20,7 +29,7 @@ Usage::
     from tfrec.lexical import BM25
     from tfrec.lexical_graph import LexicalScorer
 
-    hybrid = HybridIndex(index, LexicalScorer(BM25(texts)), item_embeddings, weight=0.3)
+    hybrid = HybridIndex(index, LexicalScorer(BM25(texts)), item_embeddings, item_ids, weight=0.3)
     scores, ids = hybrid.search_hybrid(query_embeddings, query_text, exclude_item_ids)  # [B, k], [B, k]
 """
 
@@ -35,6 +44,10 @@ import tensorflow as tf
 
 import tfrec.index.base as base
 from tfrec.lexical_graph import LexicalScorer
+
+FUSIONS = ("minmax_weighted_sum", "reciprocal_rank")
+RRF_K = 60.0  # reciprocal rank fusion's constant (Cormack et al. 2009)
+_LAST = np.iinfo(np.int64).max  # a sorted key list's sentinel: no key equals it
 
 
 def minmax(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
@@ -53,26 +66,41 @@ def minmax(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return tf.where(valid, out, tf.zeros_like(out))
 
 
-def fuse(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor, weight: float | tf.Tensor) -> tf.Tensor:
+def rank_among(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """float32 [batch, c]: 1 + how many valid candidates of the row score higher (equal scores share a rank)."""
+    higher = tf.logical_and(scores[:, None, :] > scores[:, :, None], valid[:, None, :])  # [batch, c, c]
+    return 1.0 + tf.reduce_sum(tf.cast(higher, tf.float32), axis=2)
+
+
+def fuse(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor, weight: float | tf.Tensor,
+         fusion: str = FUSIONS[0]) -> tf.Tensor:
     """The fused score of each candidate: float32 [batch, c] (``-inf`` where not ``valid``).
 
     Args:
-      dense, lexical: float32 [batch, c] raw scores of the candidates; valid: bool [batch, c].
-      weight: the lexical side's share in [0, 1].
+      dense, lexical: float32 [batch, c] raw scores of the candidates (lexical >= 0); valid: bool [batch, c].
+      weight: the lexical side's share in [0, 1]; fusion: one of :data:`FUSIONS`.
     """
     weight = tf.cast(weight, tf.float32)
-    fused = (1.0 - weight) * minmax(dense, valid) + weight * minmax(lexical, valid)
+    if fusion == "reciprocal_rank":
+        reached = tf.logical_and(valid, lexical > 0)
+        lexical_part = tf.where(reached, 1.0 / (RRF_K + rank_among(lexical, reached)), 0.0)
+        fused = (1.0 - weight) / (RRF_K + rank_among(dense, valid)) + weight * lexical_part
+    elif fusion == "minmax_weighted_sum":
+        fused = (1.0 - weight) * minmax(dense, valid) + weight * minmax(lexical, valid)
+    else:
+        raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
     return tf.where(valid, fused, tf.fill(tf.shape(fused), -np.inf))
 
 
-def first_occurrence(rows: tf.Tensor) -> tf.Tensor:
-    """bool [batch, c]: ``rows`` [batch, c] int64 is >= 0 and not equal to an earlier entry of its row."""
-    c = tf.shape(rows)[1]
-    same = tf.equal(rows[:, :, None], rows[:, None, :])  # [batch, c, c]
-    earlier = tf.linalg.band_part(tf.ones(tf.stack([c, c]), tf.bool), -1, 0)  # j <= i
-    earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(c, dtype=tf.bool)))  # j < i
-    repeated = tf.reduce_any(tf.logical_and(same, earlier[None]), axis=2)
-    return tf.logical_and(rows >= 0, tf.logical_not(repeated))
+def sorted_lookup(keys: tf.Tensor, values: tf.Tensor, wanted: tf.Tensor, default) -> tuple[tf.Tensor, tf.Tensor]:
+    """``values`` at ``wanted``'s positions in the ascending ``keys`` [u]: (found bool, value), shaped as ``wanted``."""
+    keys = tf.concat([keys, tf.constant([_LAST], tf.int64)], axis=0)
+    values = tf.concat([values, tf.fill([1], tf.cast(default, values.dtype))], axis=0)
+    flat = tf.reshape(wanted, [-1])
+    at = tf.searchsorted(keys, flat, out_type=tf.int64)
+    found = tf.equal(tf.gather(keys, at), flat)
+    value = tf.where(found, tf.gather(values, at), tf.cast(default, values.dtype))
+    return tf.reshape(found, tf.shape(wanted)), tf.reshape(value, tf.shape(wanted))
 
 
 class HybridIndex(tf.Module):
@@ -84,14 +112,17 @@ class HybridIndex(tf.Module):
       item_embeddings: float32 [num_items, d], the catalog rows (exact dense re-scoring).
       item_ids: [num_items] strings, the catalog rows' ids (the index's ids).
       weight: the lexical share of the fused score, in [0, 1].
+      fusion: one of :data:`FUSIONS`.
     """
 
     hybrid = True
 
     def __init__(self, index, lexical: LexicalScorer, item_embeddings, item_ids, weight: float,
-                 name: str | None = None):
+                 fusion: str = FUSIONS[0], name: str | None = None):
         super().__init__(name=name)
-        self.index, self.lexical, self.weight = index, lexical, float(weight)
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+        self.index, self.lexical, self.weight, self.fusion = index, lexical, float(weight), fusion
         self.kind, self.k = index.kind, index.k
         embeddings = base.as_embeddings(item_embeddings)
         ids = base.as_item_ids(item_ids, embeddings.shape[0])
@@ -99,10 +130,12 @@ class HybridIndex(tf.Module):
         self.k_out = min(self.k, self.num_items)
         stored = getattr(index, "item_embeddings", None)
         # Re-scoring needs float32 rows: the wrapped index's own when it keeps them, else a copy.
-        if isinstance(stored, tf.Variable) and stored.dtype == tf.float32 and stored.shape == embeddings.shape:
-            self.item_embeddings = stored
-        else:
-            self.item_embeddings = tf.Variable(embeddings, trainable=False, name="hybrid_item_embeddings")
+        shared = isinstance(stored, tf.Variable) and stored.dtype == tf.float32 and stored.shape == embeddings.shape
+        self.item_embeddings = stored if shared else tf.Variable(embeddings, trainable=False,
+                                                                 name="hybrid_item_embeddings")
+        # Once a variable is gathered from (ResourceGather), TF copies it whole on every full read (copy-on-read
+        # mode): where the wrapped index reads all rows (brute force's matmul), gather from that read instead.
+        self.gather_from_value = shared and index.kind == "brute_force"
         self.item_ids = tf.Variable(ids, dtype=tf.string, trainable=False, name="hybrid_item_ids")
         self.rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
@@ -112,32 +145,59 @@ class HybridIndex(tf.Module):
         """The wrapped index's dense search (for callers without query text)."""
         return self.index.search(query_embeddings, exclude_item_ids)
 
+    def _lexical_top_k(self, keys: tf.Tensor, scores: tf.Tensor, batch: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+        """Each query's k best reached items by BM25, ties by tie order: int64 [batch, k] positions (n: none).
+
+        Args:
+          keys: int64 [u] ascending ``query * num_items + position``; scores: float32 [u] > 0;
+          batch, k: int64 scalars.
+        """
+        n = self.num_items
+        splits = tf.searchsorted(keys // n, tf.range(batch + 1), out_type=tf.int64)
+        pad = tf.stack([tf.zeros([2], tf.int64), tf.stack([0, k])])  # at least k columns; score 0 = nothing there
+        grid = tf.pad(tf.RaggedTensor.from_row_splits(scores, splits, validate=False).to_tensor(), pad)
+        positions = tf.pad(tf.RaggedTensor.from_row_splits(keys % n, splits, validate=False).to_tensor(), pad)
+        top, at = tf.math.top_k(grid, k=tf.cast(k, tf.int32))  # equal scores: the smaller column, the earlier item
+        return tf.where(top > 0, tf.gather(positions, at, batch_dims=1), n)
+
     def candidates(self, query_embeddings: tf.Tensor, query_text: tf.Tensor, exclude_item_ids: tf.Tensor):
-        """The union of the dense and the lexical top k, with both raw scores.
+        """The dense top k, the lexical top k + e and the first k + e of the tie order, with both raw scores.
 
         Args:
           query_embeddings: float32 [batch, d]; query_text: string [batch];
           exclude_item_ids: string [batch, e], "" padded.
         Returns:
-          (rows int64 [batch, c], dense float32 [batch, c], lexical float32 [batch, c], valid bool [batch, c]);
-          ``rows`` is -1 where nothing was found; a row found by both sides is valid once.
+          (rows int64 [batch, c], dense float32 [batch, c], lexical float32 [batch, c], valid bool [batch, c]),
+          c = 3k + 2e; each row's columns in tie order (a row found twice is valid once, excluded rows and -1,
+          nothing found, are not valid), so equal fused scores go to the earlier column.
         """
         query_embeddings, exclude_item_ids = base.search_inputs(query_embeddings, exclude_item_ids)
+        n, batch = self.num_items, tf.shape(query_embeddings, out_type=tf.int64)[0]
+        query_row = tf.range(batch)[:, None]
+        position_of, row_at = self.lexical.position, self.lexical.by_position
+
+        def positions(rows):  # catalog rows -> tie positions, -1 -> n (after every item)
+            return tf.where(rows >= 0, tf.gather(position_of, tf.maximum(rows, 0)), n)
+
         _, dense_ids = self.index.search(query_embeddings, exclude_item_ids)
-        dense_rows = self.rows.lookup(dense_ids)  # "" padding -> -1
-        lexical = self.lexical.scores(query_text)  # [batch, num_items]
-        excluded = self.rows.lookup(exclude_item_ids)
-        where = tf.where(excluded >= 0)  # [m, 2]: (query, position in its exclusion list)
-        hits = tf.stack([where[:, 0], tf.gather_nd(excluded, where)], axis=1)
-        lexical = tf.tensor_scatter_nd_update(lexical, hits, tf.fill(tf.shape(hits)[:1], -1.0))
-        top_scores, top_rows = tf.math.top_k(lexical, k=self.k_out)
-        lexical_rows = tf.where(top_scores > 0, tf.cast(top_rows, tf.int64), -tf.ones_like(top_rows, tf.int64))
-        rows = tf.concat([dense_rows, lexical_rows], axis=1)
-        valid = first_occurrence(rows)
-        safe = tf.maximum(rows, 0)
-        dense = tf.reduce_sum(tf.gather(self.item_embeddings, safe) * query_embeddings[:, None, :], axis=2)
-        lexical_scores = tf.maximum(tf.gather(lexical, safe, batch_dims=1), 0.0)
-        return rows, dense, lexical_scores, valid
+        excluded = positions(self.rows.lookup(exclude_item_ids))  # "" padding and unknown ids -> n
+        excluded_keys = tf.sort(tf.reshape(query_row * n + excluded, [-1]))
+        keys, scores = self.lexical.reached(query_text)
+        # k + e from BM25 and from the tie order: at least k of each are not excluded (they are dropped below).
+        fill = tf.minimum(self.k_out + tf.shape(exclude_item_ids, out_type=tf.int64)[1], n)
+        lexical_top = self._lexical_top_k(keys, scores, batch, fill)
+        position = tf.sort(tf.concat([positions(self.rows.lookup(dense_ids)), lexical_top,
+                                      tf.tile(tf.range(fill)[None], tf.stack([batch, 1]))], axis=1), axis=1)
+        candidate_keys = query_row * n + position
+        repeated = tf.pad(tf.equal(position[:, 1:], position[:, :-1]), [[0, 0], [1, 0]])
+        valid = tf.logical_and(position < n, tf.logical_not(repeated))
+        valid = tf.logical_and(valid, tf.logical_not(sorted_lookup(excluded_keys, excluded_keys,
+                                                                   candidate_keys, -1)[0]))
+        rows = tf.where(position < n, tf.gather(row_at, tf.minimum(position, n - 1)), -1)
+        table = self.item_embeddings.value() if self.gather_from_value else self.item_embeddings
+        dense = tf.reduce_sum(tf.gather(table, tf.maximum(rows, 0)) * query_embeddings[:, None, :], axis=2)
+        lexical = sorted_lookup(keys, scores, candidate_keys, 0.0)[1]
+        return rows, dense, lexical, valid
 
     def search_hybrid(self, query_embeddings: tf.Tensor, query_text: tf.Tensor,
                       exclude_item_ids: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
@@ -152,12 +212,13 @@ class HybridIndex(tf.Module):
         if exclude_item_ids is None:
             exclude_item_ids = base.empty_exclusion(query_embeddings)
         rows, dense, lexical, valid = self.candidates(query_embeddings, query_text, exclude_item_ids)
-        scores, order = tf.math.top_k(fuse(dense, lexical, valid, self.weight), k=self.k_out)
+        fused = fuse(dense, lexical, valid, self.weight, self.fusion)
+        scores, order = tf.math.top_k(fused, k=self.k_out)  # equal scores: the earlier column (tie order)
         picked = tf.gather(rows, order, batch_dims=1)
         ids = tf.where(tf.math.is_finite(scores), tf.gather(self.item_ids, tf.maximum(picked, 0)), "")
         return base.with_static_k(scores, ids, self.k_out)
 
     def params(self) -> dict[str, Any]:
         """The wrapped index's description plus the fusion's."""
-        return {**self.index.params(), "hybrid": {"fusion": "minmax_weighted_sum", "lexical_weight": self.weight,
+        return {**self.index.params(), "hybrid": {"fusion": self.fusion, "lexical_weight": self.weight,
                                                   "lexical_candidates": self.k_out}}

@@ -52,12 +52,36 @@ def test_fuse_masks_invalid_and_constant_rows():
     assert got[0, 2] == -np.inf
 
 
-def ranks_by_weight(queries, texts, targets):
-    index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), LexicalScorer(lexical.BM25(TEXTS_BIG)),
+@pytest.mark.parametrize("weight, want", [
+    (0.01, ["a", "b"]),  # a .99/61 = .01623, b .99/62 = .01597, c .99/63 + .01/61 = .01588, d .99/64 + .01/61
+    (0.1, ["c", "d"]),   # c .9/63 + .1/61 = .01593, d .9/64 + .1/61 = .01570, a .9/61 = .01475, b .9/62
+])
+def test_reciprocal_rank_fusion_worked_out_by_hand(weight, want):
+    # Dense ranks a 1, b 2, c 3, d 4; c and d share BM25 rank 1 ("sock"), a and b add nothing.
+    index = HybridIndex(BruteForceIndex(ITEMS, IDS, 2), LexicalScorer(lexical.BM25(TEXTS)), ITEMS, IDS, weight,
+                        "reciprocal_rank")
+    _, ids = index.search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant(["sock"]))
+    assert [i.decode() for i in ids.numpy()[0]] == want
+
+
+def test_equal_fused_scores_follow_the_tie_order():
+    # Weight 1, "sock": c and d tie; a tie order putting d first serves d first, and the fill (the first
+    # k + e items of the tie order: d, b) is what follows: a and b both score 0, b is before a.
+    scorer = LexicalScorer(lexical.BM25(TEXTS), tie_order=[0, 2, 1, 3])
+    _, ids = HybridIndex(BruteForceIndex(ITEMS, IDS, 3), scorer, ITEMS, IDS, 1.0).search_hybrid(
+        tf.constant([[1.0, 0.0]]), tf.constant(["sock"]))
+    assert [i.decode() for i in ids.numpy()[0]] == ["d", "c", "b"]
+
+
+def ranks_by_choice(queries, texts, targets, scorer=None):
+    index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), scorer or LexicalScorer(lexical.BM25(TEXTS_BIG)),
                         ITEMS_BIG, IDS_BIG, 0.0)
     dense = evaluate.target_ranks(queries, ITEMS_BIG, targets, None)
-    ranks = hybrid.fused_ranks(index, queries, texts, targets, None, dense, item_ids=IDS_BIG)
-    return {w: evaluate.metrics_from_ranks(r, [10]) for w, r in ranks.items()}
+    return hybrid.fused_ranks(index, queries, texts, targets, None, dense, item_ids=IDS_BIG)
+
+
+def metrics_by_choice(queries, texts, targets):
+    return {c: evaluate.metrics_from_ranks(r, [10]) for c, r in ranks_by_choice(queries, texts, targets).items()}
 
 
 RNG = np.random.default_rng(7)
@@ -66,21 +90,57 @@ IDS_BIG = [f"i{j}" for j in range(50)]
 TEXTS_BIG = [f"word{j} common" for j in range(50)]
 
 
-def test_weight_choice_on_lexical_only_and_dense_only_data():
+def test_choice_on_lexical_only_and_dense_only_data():
     targets = RNG.integers(0, 50, 40)
     noise = RNG.normal(size=[40, 8]).astype(np.float32)
     # Lexical-only: the text names the target, the embedding is noise -> a lexical weight wins, dense is chance.
-    by_weight = ranks_by_weight(noise, [f"word{t}" for t in targets], targets)
-    assert by_weight[1.0]["recall@10"] == 1.0 and by_weight[0.0]["recall@10"] < 0.6
-    weight, _ = hybrid.choose_weight("auto", "recall@10", by_weight)
-    # The target (BM25 min-max 1, every other candidate 0) scores >= w, any other candidate <= 1 - w: from 0.5 up
-    # recall@10 is 1, but only above 0.5 is the target always first (at 0.5 it can tie the dense best): mrr picks 0.6.
-    assert weight == 0.6 and by_weight[0.4]["recall@10"] < 1.0 and by_weight[0.6]["mrr"] == 1.0
+    by_choice = metrics_by_choice(noise, [f"word{t}" for t in targets], targets)
+    minmax, rrf = "minmax_weighted_sum", "reciprocal_rank"
+    assert by_choice[minmax, 1.0]["recall@10"] == 1.0 and by_choice[minmax, 0.0]["recall@10"] < 0.6
+    # Min-max: the target scores >= w, any other candidate <= 1 - w: first for every query from 0.6 up, not at 0.4.
+    assert by_choice[minmax, 0.6]["mrr"] == 1.0 and by_choice[minmax, 0.4]["recall@10"] < 1.0
+    # Reciprocal rank over c <= 30 candidates: the target gets >= w / 61 + (1 - w) / 90, another <= (1 - w) / 61,
+    # so from w = 0.3 on (0.3 / 61 + 0.7 / 90 = .0127 > 0.7 / 61 = .0115) every target is first.
+    assert by_choice[rrf, 0.3]["mrr"] == 1.0
+    # Both reach recall@10 = mrr = 1 up to weight 1: reciprocal rank over the longer run of weights, its middle.
+    run = [w for w in hybrid.WEIGHTS if by_choice[rrf, w]["mrr"] == 1.0]
+    assert run[0] <= 0.3 and run[-1] == 1.0 and by_choice[minmax, 0.4]["mrr"] < 1.0
+    assert hybrid.choose("auto", "recall@10", by_choice)[0] == (rrf, run[(len(run) - 1) // 2])
     # Dense-only: the embedding is the target's, the text says nothing -> auto keeps dense only.
-    by_weight = ranks_by_weight(ITEMS_BIG[targets] * 10, ["common"] * 40, targets)
-    assert by_weight[0.0]["recall@10"] == 1.0
-    assert hybrid.choose_weight("auto", "recall@10", by_weight)[0] is None
-    assert hybrid.choose_weight("on", "recall@10", by_weight)[0] == 0.1  # on: the best above 0 (ties: smallest)
+    by_choice = metrics_by_choice(ITEMS_BIG[targets] * 10, ["common"] * 40, targets)
+    assert by_choice[minmax, 0.0]["recall@10"] == 1.0
+    assert hybrid.choose("auto", "recall@10", by_choice)[0] is None
+    # on: the best above 0. Both fusions keep the dense order from 0.1 to 0.99 (11 weights; at 1 every item ties):
+    # the first fusion listed, the middle of that run.
+    assert hybrid.choose("on", "recall@10", by_choice)[0] == (minmax, 0.6)
+
+
+def test_plateau_is_the_longest_run_of_consecutive_weights():
+    assert hybrid.plateau([0.1, 0.3, 0.4, 0.5, 0.9]) == [0.3, 0.4, 0.5]
+    assert hybrid.plateau([0.9, 0.95, 0.99, 1.0, 0.2]) == [0.9, 0.95, 0.99, 1.0]
+    assert hybrid.plateau([]) == []
+
+
+def test_weight_one_ranks_exactly_as_the_bm25_baseline():
+    rng = np.random.default_rng(11)
+    vocab = ["red", "blue", "shoe", "hat", "sock", "box"]
+    texts = [" ".join(rng.choice(vocab, 2)) for _ in range(50)]  # 2 words of 6: many exact ties
+    tie = rng.permutation(50)  # a popularity order: the baseline breaks ties by it
+    queries = [" ".join(rng.choice(vocab + ["none"], 2)) for _ in range(40)]
+    # Half the targets share the query's first word (near the top), half are any item (mostly far down).
+    targets = np.array([rng.choice([j for j, t in enumerate(texts) if q.split()[0] in t.split()] or [0])
+                        if i % 2 else rng.integers(50) for i, q in enumerate(queries)])
+    want = lexical.BM25(texts).ranks(queries, targets, tie)
+    scorer = LexicalScorer(lexical.BM25(texts), tie_order=tie)
+    index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), scorer, ITEMS_BIG, IDS_BIG, 1.0)
+    dense = evaluate.target_ranks(RNG.normal(size=[40, 8]).astype(np.float32), ITEMS_BIG, targets, None)
+    got = hybrid.fused_ranks(index, RNG.normal(size=[40, 8]).astype(np.float32), queries, targets, None, dense,
+                             weights=[1.0], item_ids=IDS_BIG)
+    within = want <= 10
+    assert within.sum() > 10 and (~within).sum() > 5  # both kinds of target
+    for fusion in ("minmax_weighted_sum", "reciprocal_rank"):
+        np.testing.assert_array_equal(got[fusion, 1.0][within], want[within])
+        assert (got[fusion, 1.0][~within] > 10).all()
 
 
 def op_names(folder) -> set[str]:
