@@ -38,6 +38,15 @@ def _reconstruction_top_k(items: np.ndarray, queries: np.ndarray, k: int) -> np.
     return np.argsort(-(queries @ rebuilt.T), axis=1, kind="stable")[:, :k]
 
 
+def _residual_reconstruction_top_k(items: np.ndarray, centroids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Top-k rows by dot product with each row's nearest centroid plus its residual rounded as above."""
+    nearest = np.argmin(((items[:, None, :] - centroids[None]) ** 2).sum(axis=2), axis=1)
+    residuals = items - centroids[nearest]
+    step = np.maximum(np.abs(residuals).max(axis=1, keepdims=True) / 127, np.finfo(np.float32).tiny)
+    rebuilt = centroids[nearest] + np.round(residuals / step) * step
+    return np.argsort(-(queries @ rebuilt.T), axis=1, kind="stable")[:, :k]
+
+
 def test_brute_force_int8_over_several_chunks_with_exclusion(monkeypatch, helpers):
     # 64-item chunks: 1000 items in 16 chunks, the last one padded; padding never comes back.
     monkeypatch.setattr(brute_force_int8, "CHUNK_ITEMS", 64)
@@ -75,7 +84,8 @@ def test_ivf_int8_probing_everything_ranks_as_the_reconstruction(helpers):
     index = index_lib.IVFIndex(items, ids, k=10, num_partitions=20, nprobe=20, quantization="int8")
     assert index.kind == "ivf_int8" and not hasattr(index, "item_embeddings")
     got = index.search(queries)[1].numpy().astype(str)
-    np.testing.assert_array_equal(got, ids[_reconstruction_top_k(items, queries, 10)])
+    want = _residual_reconstruction_top_k(items, index.centroids.numpy(), queries, 10)
+    np.testing.assert_array_equal(got, ids[want])
 
 
 def test_ivf_rescores_exactly(helpers):
@@ -92,8 +102,8 @@ def test_ivf_short_rows_fall_back_to_a_full_scan(quantization, helpers):
     # ~3 items per partition and nprobe=1 cannot fill k=10: those queries scan every item.
     items, ids, queries = helpers.clustered(300, dim=8, num_queries=5, seed=4)
     index = index_lib.IVFIndex(items, ids, k=10, num_partitions=100, nprobe=1, quantization=quantization)
-    want = helpers.exact_top_k(items, queries, 10) if quantization == "none" else _reconstruction_top_k(
-        items, queries, 10)
+    want = helpers.exact_top_k(items, queries, 10) if quantization == "none" else _residual_reconstruction_top_k(
+        items, index.centroids.numpy(), queries, 10)
     np.testing.assert_array_equal(index.search(queries)[1].numpy().astype(str), ids[want])
 
 
