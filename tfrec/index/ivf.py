@@ -3,7 +3,9 @@
 Build (numpy, deterministic per ``seed``): k-means (``tfrec.index.kmeans``)
 splits the catalog into ``num_partitions`` (default ~sqrt(N)) partitions.
 Each partition is stored as whole blocks of ``BLOCK_SIZE`` items of int8 codes
-with per-item scales (``tfrec.index.quantize``), transposed to
+of the items' residuals to the partition's centroid, with per-item scales
+(``tfrec.index.quantize``; a residual is smaller than the item, so its codes
+lose less), transposed to
 ``[dim, BLOCK_SIZE]`` and zero-padded (``tfrec.index.ivf_build``). With
 ``quantization="none"`` (kind ``ivf``) the float32 embeddings are kept too,
 and the best ``RESCORE_FACTOR * k + e`` candidates of the int8 scan are
@@ -21,7 +23,8 @@ Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
 partitions and list every probed (query, block) pair (a ragged range of
 block ids per probed partition, flattened). Each pair is scored by a
 ``[1, d] x [d, BLOCK_SIZE]`` product of the query and the block's codes cast
-to float32 (one flat BatchMatMul, in cache-sized chunks): the int8 gather moves
+to float32 (one flat BatchMatMul, in cache-sized chunks), scaled, plus the
+query's score against the partition's centroid: the int8 gather moves
 a quarter of the bytes float32 blocks did, which is what bounds this step.
 Candidates are then taken block-wise: a query's best ``c`` items lie in its
 ``c`` blocks with the best maxima, so only those blocks' scores are regrouped
