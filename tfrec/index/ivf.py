@@ -3,7 +3,9 @@
 Build (numpy, deterministic per ``seed``): k-means (``tfrec.index.kmeans``)
 splits the catalog into ``num_partitions`` (default ~sqrt(N)) partitions.
 Each partition is stored as whole blocks of ``BLOCK_SIZE`` items of int8 codes
-with per-item scales (``tfrec.index.quantize``), transposed to
+of the items' residuals to the partition's centroid, with per-item scales
+(``tfrec.index.quantize``; a residual is smaller than the item, so its codes
+lose less), transposed to
 ``[dim, BLOCK_SIZE]`` and zero-padded (``tfrec.index.ivf_build``). With
 ``quantization="none"`` (kind ``ivf``) the float32 embeddings are kept too,
 and the best ``RESCORE_FACTOR * k + e`` candidates of the int8 scan are
@@ -21,7 +23,8 @@ Query: score the centroids (``[B, P]`` matmul), take the ``nprobe`` best
 partitions and list every probed (query, block) pair (a ragged range of
 block ids per probed partition, flattened). Each pair is scored by a
 ``[1, d] x [d, BLOCK_SIZE]`` product of the query and the block's codes cast
-to float32 (one flat BatchMatMul, in cache-sized chunks): the int8 gather moves
+to float32 (one flat BatchMatMul, in cache-sized chunks), scaled, plus the
+query's score against the partition's centroid: the int8 gather moves
 a quarter of the bytes float32 blocks did, which is what bounds this step.
 Candidates are then taken block-wise: a query's best ``c`` items lie in its
 ``c`` blocks with the best maxima, so only those blocks' scores are regrouped
@@ -75,7 +78,8 @@ PAIR_CHUNK_BYTES = 16 * 2**20
 RESCORE_FACTOR = 2
 # Blocks cast and scored per step of the full scan (rows the probed partitions left short).
 SCAN_BLOCKS_PER_STEP = 512
-# Calibration raises nprobe by this factor (at least 1) until measured recall reaches the target.
+# Calibration raises nprobe by this factor (at least 1) until measured recall reaches the target,
+# then bisects back over the last step.
 _NPROBE_GROWTH = 1.25
 
 
@@ -129,13 +133,14 @@ class IVFIndex(base.ApproximateIndex):
         sizes = np.bincount(labels, minlength=self.num_partitions)
         self.max_partition_size = int(sizes.max())
         self.empty_partitions = int((sizes == 0).sum())
-        codes, scales, block_rows, block_offsets = ivf_build.pack_blocks(embeddings, labels, sizes, BLOCK_SIZE)
+        codes, scales, block_rows, block_offsets = ivf_build.pack_blocks(
+            embeddings, labels, sizes, BLOCK_SIZE, centroids)
         self.num_blocks = int(block_offsets[-1])
 
         self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-        # [num_blocks + 1, dim, BLOCK_SIZE] int8; the last block is the all-padding sentinel.
+        # [num_blocks + 1, dim, BLOCK_SIZE] int8 residual codes; the last block is the all-padding sentinel.
         self.codes = tf.Variable(codes, trainable=False, name="codes")
-        # [num_blocks + 1, BLOCK_SIZE] float32 per-item scales, 0 = padding slot.
+        # [num_blocks + 1, BLOCK_SIZE] float32 per-item residual scales, 0 = padding slot.
         self.scales = tf.Variable(scales, trainable=False, name="scales")
         # [num_blocks + 1, BLOCK_SIZE] int32 catalog row, -1 = padding slot.
         self.block_rows = tf.Variable(block_rows, trainable=False, name="block_rows")
@@ -165,12 +170,25 @@ class IVFIndex(base.ApproximateIndex):
             return nprobe
         exclude = ids[self_rows][:, None] if self_rows is not None else np.zeros([len(queries), 0], object)
         truth_ids = ids[truth]
+        failing = None  # largest nprobe measured below the target
         while True:
             self.nprobe = int(min(nprobe, self.num_partitions))
             self.calibrated_recall = _recall(self._measure_search(queries, exclude), truth_ids)
             if self.calibrated_recall >= target_recall or self.nprobe == self.num_partitions:
-                return self.nprobe
+                break
+            failing = self.nprobe
             nprobe = max(self.nprobe + 1, int(self.nprobe * _NPROBE_GROWTH))
+        passing, passing_recall = self.nprobe, self.calibrated_recall
+        # The growth steps can overshoot: bisect between the last failing and the first passing nprobe.
+        while failing is not None and passing_recall >= target_recall and passing - failing > 1:
+            self.nprobe = (failing + passing) // 2
+            recall = _recall(self._measure_search(queries, exclude), truth_ids)
+            if recall >= target_recall:
+                passing, passing_recall = self.nprobe, recall
+            else:
+                failing = self.nprobe
+        self.calibrated_recall = passing_recall
+        return passing
 
     def _measure_search(self, queries: np.ndarray, exclude: np.ndarray) -> np.ndarray:
         """Ids ``[Q, k']`` the index returns at the current ``self.nprobe`` (traced afresh: nprobe is static)."""
@@ -187,7 +205,7 @@ class IVFIndex(base.ApproximateIndex):
         """IVF search; returns (scores [B, k'], ids [B, k'], num_valid int32 [B])."""
         batch = tf.shape(queries)[0]
         centroid_scores = tf.matmul(queries, self.centroids, transpose_b=True)  # [B, P]
-        _, probed = tf.math.top_k(centroid_scores, k=self.nprobe, sorted=False)  # [B, nprobe]
+        probe_scores, probed = tf.math.top_k(centroid_scores, k=self.nprobe, sorted=False)  # [B, nprobe]
         starts = tf.gather(self.block_offsets[:-1], probed)  # [B, nprobe] int64
         limits = tf.gather(self.block_offsets[1:], probed)
         # Every probed (query, block) pair, flat and query-major: no padding
@@ -195,7 +213,9 @@ class IVFIndex(base.ApproximateIndex):
         pair_blocks = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(limits, [-1])).flat_values  # [pairs]
         blocks_per_query = tf.cast(tf.reduce_sum(limits - starts, axis=1), tf.int32)  # [B]
         pair_query = tf.repeat(tf.range(batch), blocks_per_query)  # [pairs]
-        pair_scores = self._score_pairs(queries, pair_blocks, pair_query)  # [pairs, L]
+        # The query's score against the centroid of the pair's partition (blocks hold residual codes).
+        pair_bias = tf.repeat(tf.reshape(probe_scores, [-1]), tf.reshape(limits - starts, [-1]))  # [pairs]
+        pair_scores = self._score_pairs(queries, pair_blocks, pair_query, pair_bias)  # [pairs, L]
         # A sentinel pair (the padding block, all -inf) stands in where a query has fewer blocks than wanted.
         pair_scores = tf.concat([pair_scores, tf.fill([1, BLOCK_SIZE], base.NEG_INF)], axis=0)
         pair_blocks = tf.concat([pair_blocks, tf.constant([self.num_blocks], tf.int64)], axis=0)
@@ -203,8 +223,9 @@ class IVFIndex(base.ApproximateIndex):
         extra = tf.shape(exclude_item_ids)[1]
         wanted = (RESCORE_FACTOR if self.quantization == "none" else 1) * self.k_out + extra
         # A query's best `wanted` items lie in its `wanted` blocks with the best maxima. Padding slots
-        # score 0 here (masked only below, off the hot path), which can lift the maximum of a partition's
-        # last, partly padded block: taking nprobe more blocks than wanted keeps the selection exact.
+        # score their centroid's score here (masked only below, off the hot path), which can lift the
+        # maximum of a partition's last, partly padded block: taking nprobe more blocks than wanted keeps
+        # the selection exact.
         best_in_block = tf.RaggedTensor.from_row_lengths(
             tf.reduce_max(pair_scores[:-1], axis=1), blocks_per_query, validate=False
         ).to_tensor(default_value=base.NEG_INF)  # [B, max blocks per query]
@@ -234,16 +255,19 @@ class IVFIndex(base.ApproximateIndex):
         exact = tf.squeeze(tf.matmul(embeddings, queries[:, :, tf.newaxis]), axis=2)
         return tf.where(tf.math.is_finite(scores), exact, tf.constant(base.NEG_INF, tf.float32))
 
-    def _score_pairs(self, queries: tf.Tensor, pair_blocks: tf.Tensor, pair_query: tf.Tensor) -> tf.Tensor:
+    def _score_pairs(
+        self, queries: tf.Tensor, pair_blocks: tf.Tensor, pair_query: tf.Tensor, pair_bias: tf.Tensor
+    ) -> tf.Tensor:
         """int8-reconstruction scores of every item in the given (query, block) pairs.
 
         Args:
           queries: float32 ``[B, d]``.
           pair_blocks: int64 ``[pairs]`` block ids; pair_query: int32
-            ``[pairs]`` query row of each pair.
+            ``[pairs]`` query row of each pair; pair_bias: float32 ``[pairs]``
+            the query's score against the block's centroid.
 
         Returns:
-          float32 ``[pairs, BLOCK_SIZE]``; padding slots score 0 (their scale is 0): mask them.
+          float32 ``[pairs, BLOCK_SIZE]``; padding slots score the bias (their scale is 0): mask them.
         """
         # One [1, d] x [d, L] product per pair as a flat BatchMatMul
         # [pairs, 1, d] x [pairs, d, L]: the L contiguous columns vectorise
@@ -255,11 +279,12 @@ class IVFIndex(base.ApproximateIndex):
         max_chunk = max(1, PAIR_CHUNK_BYTES // (4 * self.dim * BLOCK_SIZE))
 
         def score_chunk(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-            blocks, query_rows = args
+            blocks, query_rows, bias = args
             member_codes = tf.cast(tf.gather(self.codes, blocks), tf.float32)  # [chunk, d, L]
             chunk_queries = tf.gather(queries, query_rows)[:, tf.newaxis, :]  # [chunk, 1, d]
             scales = tf.gather(self.scales, blocks)  # [chunk, L]
-            return tf.reshape(tf.matmul(chunk_queries, member_codes), [-1, BLOCK_SIZE]) * scales
+            dots = tf.reshape(tf.matmul(chunk_queries, member_codes), [-1, BLOCK_SIZE])
+            return dots * scales + bias[:, tf.newaxis]
 
         def chunked() -> tf.Tensor:
             num_chunks = (num_pairs + max_chunk - 1) // max_chunk
@@ -267,9 +292,11 @@ class IVFIndex(base.ApproximateIndex):
             padding = num_chunks * chunk - num_pairs
             chunk_blocks = tf.pad(pair_blocks, [[0, padding]], constant_values=self.num_blocks)
             chunk_query = tf.pad(pair_query, [[0, padding]])
+            chunk_bias = tf.pad(pair_bias, [[0, padding]])
             scores = tf.map_fn(
                 score_chunk,
-                (tf.reshape(chunk_blocks, [num_chunks, -1]), tf.reshape(chunk_query, [num_chunks, -1])),
+                (tf.reshape(chunk_blocks, [num_chunks, -1]), tf.reshape(chunk_query, [num_chunks, -1]),
+                 tf.reshape(chunk_bias, [num_chunks, -1])),
                 fn_output_signature=tf.TensorSpec([None, BLOCK_SIZE], tf.float32),
                 parallel_iterations=1,  # the ops inside already use every core
             )
@@ -277,14 +304,21 @@ class IVFIndex(base.ApproximateIndex):
 
         # The loop costs ~0.5 ms of fixed overhead: skip it when one chunk
         # holds everything (small batches).
-        return tf.cond(num_pairs <= max_chunk, lambda: score_chunk((pair_blocks, pair_query)), chunked)
+        return tf.cond(num_pairs <= max_chunk, lambda: score_chunk((pair_blocks, pair_query, pair_bias)), chunked)
 
     def _search_exact(self, queries: tf.Tensor, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Search over every item (only for queries the probed partitions left short)."""
         if self.quantization == "none":
             return base.exact_search(queries, self.item_embeddings, self.item_ids, exclude_item_ids, self.k_out)
         fetch = tf.minimum(self.k_out + tf.shape(exclude_item_ids)[1], self.num_items)
-        scores, slots = quantize.scan_top_k(queries, self.codes, self.scales, fetch, SCAN_BLOCKS_PER_STEP)
+        # Partition of every block (the sentinel block, all padding, gets the last one).
+        blocks = tf.range(self.num_blocks + 1, dtype=tf.int64)
+        block_partition = tf.minimum(tf.searchsorted(self.block_offsets, blocks, side="right") - 1,
+                                     self.num_partitions - 1)  # [NB + 1]
+        centroid_scores = tf.matmul(queries, self.centroids, transpose_b=True)  # [B, P]
+        block_bias = tf.gather(centroid_scores, block_partition, axis=1)  # [B, NB + 1]
+        scores, slots = quantize.scan_top_k(queries, self.codes, self.scales, fetch, SCAN_BLOCKS_PER_STEP,
+                                            block_bias=block_bias)
         rows = tf.gather(tf.reshape(self.block_rows, [-1]), slots)
         top_scores, top_ids, _ = base.filter_excluded(scores, rows, self.item_ids, exclude_item_ids, self.k_out)
         return top_scores, top_ids

@@ -59,7 +59,9 @@ def quantize_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
-def block_scores(queries: tf.Tensor, codes: tf.Tensor, scales: tf.Tensor, mask: bool = True) -> tf.Tensor:
+def block_scores(
+    queries: tf.Tensor, codes: tf.Tensor, scales: tf.Tensor, mask: bool = True, bias: tf.Tensor | None = None
+) -> tf.Tensor:
     """Scores of every query against a stack of int8 blocks.
 
     Args:
@@ -68,16 +70,21 @@ def block_scores(queries: tf.Tensor, codes: tf.Tensor, scales: tf.Tensor, mask: 
       scales: float32 ``[G, L]``; 0 marks a padding slot.
       mask: give padding slots ``-inf`` (one more pass over the scores); when
         False they score 0 (:func:`block_mask` masks them later).
+      bias: optional float32 ``[B, G]`` added to every score of a block (the
+        query's score against the centroid of residual-coded blocks).
 
     Returns:
       float32 ``[B, G * L]``.
     """
-    if codes.shape[0] == 1:  # one wide block: a plain MatMul, no transpose
+    if codes.shape[0] == 1 and bias is None:  # one wide block: a plain MatMul, no transpose
         scores = tf.matmul(queries, tf.cast(codes[0], tf.float32)) * scales
     else:
         # [1, B, d] x [G, d, L] -> [G, B, L]: broadcasting BatchMatMul reads the blocks in place.
         dots = tf.matmul(queries[tf.newaxis], tf.cast(codes, tf.float32))
-        scores = tf.reshape(tf.transpose(dots, [1, 0, 2]) * scales[tf.newaxis], [tf.shape(queries)[0], -1])
+        scores = tf.transpose(dots, [1, 0, 2]) * scales[tf.newaxis]  # [B, G, L]
+        if bias is not None:
+            scores += bias[:, :, tf.newaxis]
+        scores = tf.reshape(scores, [tf.shape(queries)[0], -1])
     return block_mask(scores, scales) if mask else scores
 
 
@@ -88,7 +95,7 @@ def block_mask(scores: tf.Tensor, scales: tf.Tensor) -> tf.Tensor:
 
 def scan_top_k(
     queries: tf.Tensor, codes: tf.Variable, scales: tf.Variable, fetch: tf.Tensor, blocks_per_step: int,
-    padding_in_last_step: bool = False,
+    padding_in_last_step: bool = False, block_bias: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exact top ``fetch`` slots by reconstructed score over every stored block.
 
@@ -100,6 +107,8 @@ def scan_top_k(
       padding_in_last_step: True when only the last step holds padding
         slots (one catalog-order chunk per step): the other steps then skip
         the masking pass over their scores.
+      block_bias: optional float32 ``[B, NB]`` added to every score of a
+        block (see :func:`block_scores`).
 
     Returns:
       ``(scores float32 [B, fetch], slots int32 [B, fetch])``, best first;
@@ -116,7 +125,9 @@ def scan_top_k(
             step_codes, step_scales = codes[start][tf.newaxis], scales[start][tf.newaxis]
         else:
             step_codes, step_scales = codes[start : start + blocks_per_step], scales[start : start + blocks_per_step]
-        scores = block_scores(queries, step_codes, step_scales, mask=not padding_in_last_step)  # [B, <= G * L]
+        step_bias = None if block_bias is None else block_bias[:, start : start + blocks_per_step]
+        scores = block_scores(queries, step_codes, step_scales, mask=not padding_in_last_step,
+                              bias=step_bias)  # [B, <= G * L]
         if padding_in_last_step:
             scores = tf.cond(i == steps - 1, lambda: block_mask(scores, step_scales), lambda: scores)
         values, columns = base.chunked_top_k(scores, tf.minimum(fetch, tf.shape(scores)[1]))
