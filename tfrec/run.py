@@ -235,10 +235,8 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
             features.item_cache, model.query_tower.encoder is not None), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
 
-    state_objects = {"model": model, "optimizer": head_opt}
-    if model.encoder_optimizer is not None:
-        state_objects["encoder_optimizer"] = model.encoder_optimizer
-    checkpoint = tf.train.Checkpoint(**state_objects)
+    encoder_opt = {} if model.encoder_optimizer is None else {"encoder_optimizer": model.encoder_optimizer}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=head_opt, **encoder_opt)
     saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
                                             cfg.train.early_stopping_patience, cfg.train.checkpoint_every_steps)
     initial_epoch = saver.state["epoch"] + 1
@@ -248,6 +246,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         checkpoint.restore(resume_from).expect_partial()
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
+
     def validate() -> dict:
         with timings.stage(times, "validation"):
             return validation_metrics(cfg, model, data, features)
@@ -257,7 +256,8 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
     epoch_times = [times.epoch_callback("train", data.num_train)] if times is not None else []
     callbacks = [training.ValidationMetrics(validate), saver,
                  progress.TrainingProgress(steps, cfg.train.epochs, cfg.train.batch_size, full_softmax_items=(
-                     len(data.catalog) if cfg.retrieval.negatives == "full" else None)),
+                     len(data.catalog) if cfg.retrieval.negatives == "full" else None),
+                     validation_steps=math.ceil(len(data.validation) / cfg.train.batch_size)),
                  training.EpochLog(cfg.train.epochs), *epoch_times,
                  training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
                                       histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
@@ -297,7 +297,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     extra = None
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
-        with timings.stage(times, "evaluate"):
+        with timings.stage(times, "hybrid", examples=len(getattr(data, split))):
             val = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
             results, extra = hybrid.choose_and_evaluate(cfg, data, embed_split(model, val, features, "validation"),
                                                         (q, item_embeddings), results)
