@@ -144,17 +144,23 @@ class TrainingProgress(tf.keras.callbacks.Callback):
       label: the lines' start; estimate: write the early estimate line.
       full_softmax_items: the catalog size when every step scores the whole
         catalog (``retrieval.negatives=full``), else None.
+      validation_steps: the batches of Keras' validation pass after each
+        epoch (0: none). Until an epoch end is measured, each counts as one
+        training step: a forward pass is cheaper than a step, but the
+        full-catalog metrics and the checkpoint that follow it are not counted
+        otherwise, and an estimate that leaves the epoch ends out falls short.
       clock, wall: as in :class:`Progress`.
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, batch_size: int, label: str = "train",
-                 estimate: bool = True, full_softmax_items: int | None = None, every_seconds: float = 30.0,
+                 estimate: bool = True, full_softmax_items: int | None = None, validation_steps: int = 0,
+                 every_seconds: float = 30.0,
                  every_fraction: float = 0.1, min_seconds: float = 5.0, early_steps: int = 20,
                  early_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         super().__init__()
         self.steps, self.epochs, self.batch_size, self.label = steps_per_epoch, epochs, batch_size, label
-        self.full_softmax_items = full_softmax_items
+        self.full_softmax_items, self.validation_steps = full_softmax_items, validation_steps
         self.every = (every_seconds, every_fraction, min_seconds)
         self.early_steps, self.early_seconds = early_steps, early_seconds
         self.estimated = not estimate
@@ -205,10 +211,13 @@ class TrainingProgress(tf.keras.callbacks.Callback):
             logs["examples_per_second"] = rate * self.batch_size
 
     # -- the arithmetic -------------------------------------------------------------------------------------
-    def epoch_end_cost(self) -> float:
-        """Seconds after an epoch's last step (validation, checkpoint): their mean so far, 0 before any."""
+    def epoch_end_cost(self, step_rate: float | None = None) -> float:
+        """Seconds after an epoch's last step (validation, checkpoint): their mean so far; before any is
+        measured, ``validation_steps`` / ``step_rate`` (0 without a rate or validation batches)."""
         ends_ = self.epoch_end_seconds
-        return sum(ends_) / len(ends_) if ends_ else 0.0
+        if ends_:
+            return sum(ends_) / len(ends_)
+        return self.validation_steps / step_rate if step_rate else 0.0
 
     def seconds_left(self, step_rate: float) -> tuple[float, float]:
         """(seconds to the end of this epoch, to the end of training) at ``step_rate`` steps/s.
@@ -216,7 +225,7 @@ class TrainingProgress(tf.keras.callbacks.Callback):
         epoch: (S - done) / rate + V; training: that + (E - epoch - 1) * (S / rate + V),
         V = :meth:`epoch_end_cost`.
         """
-        v = self.epoch_end_cost()
+        v = self.epoch_end_cost(step_rate)
         epoch_left = (self.steps - self.done) / step_rate + v
         return epoch_left, epoch_left + (self.epochs - self.epoch - 1) * (self.steps / step_rate + v)
 
@@ -234,13 +243,19 @@ class TrainingProgress(tf.keras.callbacks.Callback):
         _, total_left = self.seconds_left(step_rate)
         total = self.clock() - self.started + total_left
         epochs_left = self.epochs - self.epoch
-        validation = (f"{format_duration(self.epoch_end_cost())} after each epoch" if self.epoch_end_seconds
-                      else "not measured yet, added once the first epoch ends")
+        v = self.epoch_end_cost(step_rate)
+        if self.epoch_end_seconds:
+            validation = f"{format_duration(v)} after each epoch"
+        elif self.validation_steps:
+            validation = (f"about {format_duration(v)} after each epoch for its {self.validation_steps:,} batches, "
+                          "measured once the first epoch ends")
+        else:
+            validation = "not measured yet, added once the first epoch ends"
         text = (f"{self.label}: estimate {format_duration(total)} for {epochs_left} epoch"
                 f"{'s' if epochs_left != 1 else ''} x {self.steps:,} steps at {step_rate * self.batch_size:,.0f} "
                 f"examples/s (validation {validation}), ends {ends(self.wall(), total_left)}; ")
-        steps_time = total_left - epochs_left * self.epoch_end_cost()
-        if self.epoch_end_seconds and steps_time < epochs_left * self.epoch_end_cost():
+        steps_time = total_left - epochs_left * v
+        if self.epoch_end_seconds and steps_time < epochs_left * v:
             return text + "validation dominates (eval.validation_max_queries sets its size)"
         n = self.full_softmax_items
         if n is not None and n >= LARGE_CATALOG_RATIO * self.batch_size:

@@ -29,9 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
-from tfrec import config as config_lib, job_dir as job_dir_lib
-from tfrec import (baseline_runs, evaluate, fileio, hybrid, job_cache, progress, ranking_eval, runtime, summaries,
-                   text_skip, timings, training, vertex)
+from tfrec import (baseline_runs, config as config_lib, evaluate, fileio, hybrid, job_cache, job_dir as job_dir_lib,
+                   progress, ranking_eval, runtime, summaries, text_skip, timings, training, vertex)
 from tfrec.baselines import cold_items_section
 from tfrec.config import Config
 from tfrec.data import dataset, pipeline, stream
@@ -235,7 +234,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
             features.item_cache, model.query_tower.encoder is not None), 2)))
         model.query_tower(sample), model.item_tower(sample)  # create variables before any restore
         text_skip.start_from_encoder(model, data.catalog.texts, features.item_cache)  # the skip's start, if any
-    encoder_opt = {"encoder_optimizer": model.encoder_optimizer} if model.encoder_optimizer is not None else {}
+    encoder_opt = {} if model.encoder_optimizer is None else {"encoder_optimizer": model.encoder_optimizer}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=head_opt, **encoder_opt)
     saver = training.CheckpointAndEarlyStop(str(ckpt_dir), checkpoint, f"val_{cfg.train.early_stopping_metric}",
                                             cfg.train.early_stopping_patience, cfg.train.checkpoint_every_steps)
@@ -246,6 +245,7 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
         checkpoint.restore(resume_from).expect_partial()
         inside = f", batch {resume_batch}/{steps}" if resume_batch else ""
         log.info("resume: restored epoch %d%s from %s", initial_epoch, inside, resume_from)
+
     def validate() -> dict:
         with timings.stage(times, "validation"):
             return validation_metrics(cfg, model, data, features)
@@ -257,7 +257,8 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
     epoch_times = [times.epoch_callback("train", data.num_train)] if times is not None else []
     callbacks = [training.ValidationMetrics(validate), saver,
                  progress.TrainingProgress(steps, cfg.train.epochs, cfg.train.batch_size, full_softmax_items=(
-                     len(data.catalog) if cfg.retrieval.negatives == "full" else None)),
+                     len(data.catalog) if cfg.retrieval.negatives == "full" else None),
+                     validation_steps=math.ceil(len(data.validation) / cfg.train.batch_size)),
                  training.EpochLog(cfg.train.epochs), *epoch_times,
                  training.TensorBoard(str(tensorboard_dir), update_freq=cfg.train.log_every_steps,
                                       histogram_freq=cfg.train.histogram_every_epochs, write_graph=False,
@@ -287,8 +288,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
                    cache: job_cache.JobCache | None = None) -> Evaluation:
     """Full-catalog metrics of ``model`` on ``split``, and of the baselines ``eval.baselines`` names.
 
-    ``times`` records the stages (None: untimed); ``cache`` keeps the baselines' results for a rerun
-    (None: every baseline computed, nothing kept).
+    ``times`` records the stages (None: untimed); ``cache`` keeps baseline results for a rerun (None: none kept).
     """
     with timings.stage(times, "evaluate", examples=len(getattr(data, split))):
         q, item_embeddings = embed_split(model, data, features, split)
@@ -297,7 +297,7 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     extra = None
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
-        with timings.stage(times, "evaluate"):
+        with timings.stage(times, "hybrid", examples=len(getattr(data, split))):
             val = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
             results, extra = hybrid.choose_and_evaluate(cfg, data, embed_split(model, val, features, "validation"),
                                                         (q, item_embeddings), results)

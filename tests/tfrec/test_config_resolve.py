@@ -61,15 +61,29 @@ def test_text_only_small_catalog(tmp_path):
 
 
 def test_text_only_large_catalog(tmp_path):
-    # 100,000 items > 5,000: mixed; 800,000 rows >= 200,000: batch 1,024, 3 epochs.
+    # 100,000 items > 5,000: mixed; 800,000 rows >= 500,000: batch 1,024, 2 epochs.
     cfg = data_only(tmp_path, {"query_column": "q"})
     s = DataSummary(items=100_000, train_rows=800_000, users=0, has_query_text=True)
-    assert chosen(cfg, s) == {"batch": 1024, "epochs": 3, "negatives": "mixed",
+    assert chosen(cfg, s) == {"batch": 1024, "epochs": 2, "negatives": "mixed",
                               "baselines": ["popularity", "bm25", "content"], "exclude_seen": False}
     _, lines = resolve.resolve_data(cfg, s)
     assert ("retrieval.negatives=mixed: 100,000 items; full softmax would score every item each step "
             "(1,024 x 100,000 x 64 = 6.6e+09 multiply-adds per step)") in lines[2]
-    assert lines[0] == "train.batch_size=1024: 800,000 training rows (200,000 or more)"
+    assert lines[0] == "train.batch_size=1024: 800,000 training rows (500,000 or more)"
+    # 800,000 / 1,024 = 781.25 -> 782 steps per epoch
+    assert lines[1] == ("train.epochs=2: 800,000 training rows (500,000 or more, a third epoch adds little at this "
+                        "size): 782 steps per epoch at batch 1,024; early stopping after 3 epochs without a better "
+                        "validation metric")
+
+
+@pytest.mark.parametrize("rows, batch, epochs", [(19_999, 128, 20), (20_000, 256, 10), (199_999, 256, 10),
+                                                 (200_000, 1024, 3), (499_999, 1024, 3), (500_000, 1024, 2),
+                                                 (10**7, 1024, 2)])
+def test_batch_and_epochs_by_training_rows(tmp_path, rows, batch, epochs):
+    # Tiers: under 20,000 -> 128 x 20; under 200,000 -> 256 x 10; under 500,000 -> 1,024 x 3; then 1,024 x 2.
+    cfg = data_only(tmp_path, {"query_column": "q"})
+    got = chosen(cfg, DataSummary(items=100_000, train_rows=rows, has_query_text=True))
+    assert (got["batch"], got["epochs"]) == (batch, epochs)
 
 
 def test_history_only(tmp_path):
@@ -116,7 +130,7 @@ def test_explicit_values_win(own_yaml):
     s = DataSummary(items=100_000, train_rows=800_000, has_query_text=True)
     got = chosen(cfg, s)
     assert (got["negatives"], got["batch"], got["baselines"]) == ("full", 64, ["popularity"])
-    assert got["epochs"] == 3  # still chosen: nothing named it
+    assert got["epochs"] == 2  # still chosen (800,000 rows: 2 epochs): nothing named it
     # a key in the user's YAML is explicit too, even when it equals the base default
     own_yaml.write_text(own_yaml.read_text() + "train:\n  epochs: 10\n")
     assert chosen(config.build(config_file=str(own_yaml)), s)["epochs"] == 10

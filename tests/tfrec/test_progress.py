@@ -163,3 +163,27 @@ def test_a_resumed_epoch_counts_from_the_batch_it_resumes_at(utc, lines):
     drive_epoch(cb, clock, 0, first_step=1.0, step=1.0, steps=40)
     # Done = 600 + batches; the first line after 30 s of steps past the epoch's start: t = 30 at batch 29.
     assert lines()[0].startswith("train: epoch 1 of 1, step 630/1,000 (63%), 10 examples/s")
+
+
+def test_the_early_estimate_counts_each_validation_batch_as_a_step_until_an_epoch_end_is_measured(utc, lines):
+    """S = 1,000 steps, E = 2 epochs, 100 examples a step, 50 validation batches.
+
+    The first step ends at 5 s, then a step every 0.1 s (10 steps/s): the estimate comes after 20 more steps
+    (done = 21, t = 7 s). Steps left: 979 + 1,000 at 10/s = 197.9 s; each epoch end is guessed at 50 batches
+    at 10/s = 5 s, two of them 10 s: 207.9 s left, 7 + 207.9 = 214.9 s = 3m 35s in all, ending at 00:03:34
+    (in 208 s = 3m 28s).
+    """
+    clock = FakeClock()
+    cb = TrainingProgress(1000, 2, 100, validation_steps=50, clock=clock, wall=clock.wall)
+    cb.set_params({"steps": 1000, "epochs": 2})
+    cb.on_train_begin()
+    drive_epoch(cb, clock, 0, first_step=5.0, step=0.1, steps=1000, validation=20.0)
+    got = lines()
+    assert got[0] == ("train: estimate 3m 35s for 2 epochs x 1,000 steps at 1,000 examples/s (validation about 5s "
+                      "after each epoch for its 50 batches, measured once the first epoch ends), ends 00:03:34 "
+                      "(in 3m 28s); the training steps dominate")
+    # Once measured (20 s after epoch 1), the guess is gone: epoch 2 at 20 steps/s, at step 100 (t = 129.95 s):
+    # 900 / 20 = 45 s + 20 s = 65 s left -> 00:03:14, as without validation batches.
+    drive_epoch(cb, clock, 1, first_step=0.1, step=0.05, steps=150)
+    assert lines()[-1] == ("train: epoch 2 of 2, step 100/1,000 (10%), 2,000 examples/s; epoch ends 00:03:14 "
+                           "(in 1m 05s), training ends 00:03:14 (in 1m 05s)")
