@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import evaluate, fileio
+from tfrec.progress import Progress
 from tfrec import index as index_lib
 from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
 from tfrec.lexical import BM25
@@ -45,7 +46,7 @@ Choice = tuple[str, float]  # (fusion, lexical weight)
 
 log = logging.getLogger("tfrec")
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # 0.99: BM25 first, dense breaks its ties
-_BATCH = 128
+_BATCH = 256
 
 
 def applies(cfg, model, data) -> bool:
@@ -95,9 +96,13 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
     n = len(targets)
     out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
     keep = None if exclude is None else [np.asarray(e)[np.asarray(e) != t] for e, t in zip(exclude, targets)]
+    # Traced once (the last, shorter batch relaxes the shapes): eager ops cost more than the work at 10^5 queries.
+    candidates = tf.function(index.candidates, reduce_retracing=True)
+    fused_by = {f: tf.function(lambda d, lx, v, w, f=f: fuse(d, lx, v, w, f), reduce_retracing=True) for f in fusions}
+    lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
     for start in range(0, n, _BATCH):
         stop = min(n, start + _BATCH)
-        rows, dense, lexical, valid = index.candidates(
+        rows, dense, lexical, valid = candidates(
             tf.constant(query_embeddings[start:stop], tf.float32), tf.constant(list(query_text[start:stop])),
             tf.constant(padded_ids(keep, item_ids, start, stop), tf.string))
         rows = rows.numpy()
@@ -107,10 +112,11 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
         earlier = np.arange(rows.shape[1])[None, :] < column  # columns are in tie order: earlier wins a tie
         outside = valid.numpy().sum(axis=1) + dense_ranks[start:stop]
         for fusion, w in out:
-            fused = fuse(dense, lexical, valid, w, fusion).numpy()
+            fused = fused_by[fusion](dense, lexical, valid, tf.constant(w, tf.float32)).numpy()
             mine = np.take_along_axis(fused, column, axis=1)
             ahead = ((fused > mine) | ((fused == mine) & earlier)).sum(axis=1)
             out[fusion, w][start:stop] = np.where(found, 1 + ahead, outside)
+        lines.update(stop)
     return out
 
 
