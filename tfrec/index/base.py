@@ -141,6 +141,35 @@ def chunked_top_k(scores: tf.Tensor, k: tf.Tensor | int, chunk: int = TOP_K_CHUN
     return values, tf.minimum(columns, width - 1)
 
 
+def best_over_steps(step, steps: int, fetch: tf.Tensor, batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The best ``fetch`` candidates of a scan in ``steps`` loop steps, one step at a time (bounded memory).
+
+    Args:
+      step: ``i`` -> ``(values float32 [B, <= fetch], columns int32 [B, <= fetch], offset int32)``, the step's
+        best scores and their columns within the step; ``offset`` is added to every column (a short step's
+        padding too, at ``-inf``).
+      steps: loop steps; fetch: int32 scalar >= 1; batch: B.
+    Returns:
+      ``(values float32 [B, fetch], slots int32 [B, fetch])``, best first.
+    """
+    def padded(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        values, columns, offset = step(i)
+        short = fetch - tf.shape(values)[1]  # padded after the selection (small), not before it
+        values = tf.pad(values, [[0, 0], [0, short]], constant_values=NEG_INF)
+        return values, tf.pad(columns, [[0, 0], [0, short]]) + offset
+
+    values, slots = tf.map_fn(
+        padded,
+        tf.range(steps),
+        fn_output_signature=(tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.int32)),
+        parallel_iterations=1,  # the ops inside already use every core
+    )  # [steps, B, fetch]
+    values = tf.reshape(tf.transpose(values, [1, 0, 2]), [batch, -1])
+    slots = tf.reshape(tf.transpose(slots, [1, 0, 2]), [batch, -1])
+    top_values, positions = tf.math.top_k(values, k=fetch, sorted=True)
+    return top_values, tf.gather(slots, positions, batch_dims=1)
+
+
 def top_k(scores: tf.Tensor, k: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
     """``tf.math.top_k(sorted=True)``, switching to :func:`chunked_top_k` for wide or unknown-width rows."""
     width = scores.shape[1]

@@ -99,26 +99,15 @@ class BruteForceInt8Index(tf.Module):
         in_last = self.num_items - (steps - 1) * width  # real items of the last chunk; the rest is padding
         batch = tf.shape(queries)[0]
 
-        def step(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             scores = tf.matmul(queries * self.scales[i], tf.cast(self.codes[i], tf.float32))  # [B, C]
             if in_last < width:  # padding scores 0: -inf in the last chunk, the only one holding any
                 scores = tf.cond(i == steps - 1, lambda: tf.where(tf.range(width) < in_last, scores, base.NEG_INF),
                                  lambda: scores)
             values, columns = base.chunked_top_k(scores, tf.minimum(fetch, width))
-            short = fetch - tf.shape(values)[1]
-            values = tf.pad(values, [[0, 0], [0, short]], constant_values=base.NEG_INF)
-            return values, tf.pad(columns, [[0, 0], [0, short]]) + i * width
+            return values, columns, i * width
 
-        values, slots = tf.map_fn(
-            step,
-            tf.range(steps),
-            fn_output_signature=(tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.int32)),
-            parallel_iterations=1,  # the ops inside already use every core
-        )  # [steps, B, fetch]
-        values = tf.reshape(tf.transpose(values, [1, 0, 2]), [batch, -1])
-        slots = tf.reshape(tf.transpose(slots, [1, 0, 2]), [batch, -1])
-        top_values, positions = tf.math.top_k(values, k=fetch, sorted=True)
-        return top_values, tf.gather(slots, positions, batch_dims=1)
+        return base.best_over_steps(step, steps, fetch, batch)
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable description of the index, for reports."""

@@ -119,7 +119,7 @@ def scan_top_k(
     steps = -(-int(num_blocks) // blocks_per_step)
     batch = tf.shape(queries)[0]
 
-    def step(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def step(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         start = i * blocks_per_step
         if blocks_per_step == 1:  # static shapes: block_scores takes its plain-MatMul path
             step_codes, step_scales = codes[start][tf.newaxis], scales[start][tf.newaxis]
@@ -131,19 +131,8 @@ def scan_top_k(
         if padding_in_last_step:
             scores = tf.cond(i == steps - 1, lambda: block_mask(scores, step_scales), lambda: scores)
         values, columns = base.chunked_top_k(scores, tf.minimum(fetch, tf.shape(scores)[1]))
-        # Padded after the selection (small), not before it (a copy of the whole step's scores).
-        short = fetch - tf.shape(values)[1]
-        values = tf.pad(values, [[0, 0], [0, short]], constant_values=base.NEG_INF)
-        return values, tf.pad(columns, [[0, 0], [0, short]]) + start * width
+        return values, columns, start * width
 
-    values, slots = tf.map_fn(
-        step,
-        tf.range(steps),
-        fn_output_signature=(tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.int32)),
-        parallel_iterations=1,  # the ops inside already use every core
-    )  # [steps, B, fetch]
-    values = tf.reshape(tf.transpose(values, [1, 0, 2]), [batch, -1])
-    slots = tf.reshape(tf.transpose(slots, [1, 0, 2]), [batch, -1])
-    top_values, positions = tf.math.top_k(values, k=fetch, sorted=True)
-    top_slots = tf.minimum(tf.gather(slots, positions, batch_dims=1), int(num_blocks) * int(width) - 1)
+    top_values, slots = base.best_over_steps(step, steps, fetch, batch)
+    top_slots = tf.minimum(slots, int(num_blocks) * int(width) - 1)
     return top_values, top_slots
