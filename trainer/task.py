@@ -21,6 +21,7 @@ shows the traceback); 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
 
     def run() -> None:
-        cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
-        if args.print_config:
-            if resolve.pending(cfg):  # printed as the base has them; the run chooses them from the data
-                log.info("config: chosen from the data when it is read: %s", ", ".join(resolve.pending(cfg)))
+        if args.print_config:  # the YAML alone on stdout: the config's log lines go to stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
+                if resolve.pending(cfg):  # printed as the base has them; the run chooses them from the data
+                    log.info("config: chosen from the data when it is read: %s", ", ".join(resolve.pending(cfg)))
             print(to_yaml(cfg), end="")
             return
+        cfg = tfrec.load_config(args.config, preset=args.preset, overrides=args.set)
         job_dir = args.job_dir or default_job_dir(args.preset, args.config)  # local, or a tf.io.gfile URL (gs://)
         log.info("tfrec: preset=%s%s job_dir=%s", cfg.name, f" config={args.config}" if args.config else "",
                  job_dir)
