@@ -49,8 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-# Keras 2's switch for what tf.saved_model.save adds of each layer (no public path: Model.save(save_traces=...) only).
-from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
 from tfrec import config as config_lib, index as index_lib
 from tfrec import evaluate, fileio, timings
@@ -326,11 +324,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
         options = index_lib.save_options_for(idx)
 
         def write(folder: str, module=module, report=report, options=options) -> None:
-            # The signatures are the module's own functions; the Keras layers' traced calls (each BERT sublayer's,
-            # training and inference) are what Keras would reload them from, which serving never does: tracing them
-            # took two thirds of the export.
-            with keras_option_scope(save_traces=False):
-                tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
+            tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
             extra = Path(folder) / "assets.extra"
             extra.mkdir(exist_ok=True)
             (extra / "export_report.json").write_text(json.dumps(report, indent=2))
