@@ -184,10 +184,14 @@ class HybridIndex(tf.Module):
         excluded_keys = tf.sort(tf.reshape(query_row * n + excluded, [-1]))
         keys, scores = self.lexical.reached(query_text)
         # k + e from BM25 and from the tie order: at least k of each are not excluded (they are dropped below).
+        # A query keeps k + its own exclusions of them, so "" padding of exclude_item_ids changes nothing.
         fill = tf.minimum(self.k_out + tf.shape(exclude_item_ids, out_type=tf.int64)[1], n)
-        lexical_top = self._lexical_top_k(keys, scores, batch, fill)
-        position = tf.sort(tf.concat([positions(self.rows.lookup(dense_ids)), lexical_top,
-                                      tf.tile(tf.range(fill)[None], tf.stack([batch, 1]))], axis=1), axis=1)
+        own = self.k_out + tf.reduce_sum(tf.cast(tf.not_equal(exclude_item_ids, ""), tf.int64), axis=1)
+        beyond = tf.range(fill)[None, :] >= own[:, None]  # [batch, fill]
+        nothing = tf.constant(n, tf.int64)
+        lexical_top = tf.where(beyond, nothing, self._lexical_top_k(keys, scores, batch, fill))
+        first = tf.where(beyond, nothing, tf.tile(tf.range(fill)[None], tf.stack([batch, 1])))
+        position = tf.sort(tf.concat([positions(self.rows.lookup(dense_ids)), lexical_top, first], axis=1), axis=1)
         candidate_keys = query_row * n + position
         repeated = tf.pad(tf.equal(position[:, 1:], position[:, :-1]), [[0, 0], [1, 0]])
         valid = tf.logical_and(position < n, tf.logical_not(repeated))
