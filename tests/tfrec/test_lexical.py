@@ -9,6 +9,7 @@ import pytest
 from tfrec import baseline_runs, baselines, evaluate, lexical
 from tfrec import config as config_lib
 from tfrec.data import dataset
+from tests.helpers.bm25_reference import dense_scores
 
 DOCS = ["Red shoe", "red red hat", "blue shoe, shoe box"]  # lengths 2, 3, 4: avgdl 3
 
@@ -17,15 +18,6 @@ def by_hand(tf_, length, df):
     """One term's BM25 weight in a 3-document collection with avgdl 3 (k1 1.2, b 0.75)."""
     idf = math.log(1 + (3 - df + 0.5) / (df + 0.5))
     return idf * tf_ * 2.2 / (tf_ + 1.2 * (0.25 + 0.75 * length / 3))
-
-
-def dense_scores(index: lexical.BM25, queries: list[str]) -> np.ndarray:
-    """float64 [len(queries), num_items]: every query against every item, straight from the postings."""
-    out = np.zeros((len(queries), index.num_items))
-    for r, t in zip(*index.query_terms(queries)):
-        a, b = index.indptr[t], index.indptr[t + 1]
-        out[r, index.items[a:b]] += index.weights[a:b]
-    return out
 
 
 def test_scores_by_hand():

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfrec import lexical
 from tfrec.lexical_graph import LexicalScorer, graph_words
+from tests.helpers.bm25_reference import dense_scores
 
 DOCS = ["Red shoe", "red red hat", "blue shoe, shoe box"]  # lengths 2, 3, 4: avgdl 3
 
@@ -40,14 +41,6 @@ def test_scores_by_hand():
     np.testing.assert_array_equal(got[2:], np.zeros([2, 3]))
 
 
-def python_scores(index: lexical.BM25, queries: list[str]) -> np.ndarray:
-    out = np.zeros((len(queries), index.num_items))
-    for r, t in zip(*index.query_terms(queries)):
-        a, b = index.indptr[t], index.indptr[t + 1]
-        out[r, index.items[a:b]] += index.weights[a:b]
-    return out
-
-
 def random_texts(rng, n, vocab, longest):
     return [" ".join(rng.choice(vocab, rng.integers(0, longest))) for _ in range(n)]
 
@@ -58,7 +51,7 @@ def test_scores_equal_lexical_on_random_data_after_save_and_reload(tmp_path):
     texts = random_texts(rng, 60, vocab, 8)
     queries = random_texts(rng, 20, vocab + ["unknown", "w0,w1"], 5)
     index = lexical.BM25(texts)
-    want = python_scores(index, queries)
+    want = dense_scores(index, queries)
     module = tf.Module()
     module.scorer = LexicalScorer(index)
     module.score = tf.function(module.scorer.scores, input_signature=[tf.TensorSpec([None], tf.string)])
