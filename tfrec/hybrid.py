@@ -9,7 +9,11 @@ the epochs' validation) over every fusion and :data:`WEIGHTS`, by
 
 * ``off``: dense only (as before);
 * ``auto`` (default): the best (fusion, weight) when it beats the dense model
-  (weight 0) on validation, else dense only;
+  (weight 0) on validation, else dense only; then that trained choice is
+  served only where it beats the exact baselines beyond the noise of the
+  validation queries (:mod:`tfrec.baseline_guard`): BM25 alone (weight 1)
+  and, with the text skip and frozen encoders, the towers' untrained start
+  (``content``); else the best of those is served;
 * ``on``: the best weight above 0, even if validation prefers dense.
 
 Weight 1 is BM25 alone with the ``bm25`` baseline's ties (training popularity,
@@ -31,11 +35,12 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from tfrec import evaluate, fileio
+from tfrec import baseline_guard, evaluate, fileio, text_skip
 from tfrec.progress import Progress
 from tfrec import index as index_lib
 from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
@@ -136,6 +141,39 @@ def metrics_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: st
     return {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in ranks.items()}
 
 
+def ranks_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg,
+                    lexical: LexicalScorer | None = None) -> dict[Choice, np.ndarray]:
+    """{(fusion, weight): int64 [len(split)]} each target's 1-based rank under every fusion and :data:`WEIGHTS`
+    (what :func:`metrics_by_choice` averages; the sign test of :mod:`tfrec.baseline_guard` pairs them by query).
+
+    Args:
+      embeddings: (query float32 [len(split), d], items float32 [num_items, d]).
+    """
+    queries, items = embeddings
+    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
+    dense = evaluate.target_ranks(queries, items, targets, exclude)
+    index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
+    return fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense,
+                       item_ids=data.catalog.item_ids)
+
+
+def dense_ranks(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg) -> np.ndarray:
+    """int64 [len(split)] each target's 1-based full-catalog rank under embeddings (queries [n, d], items [m, d])."""
+    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
+    return evaluate.target_ranks(*embeddings, targets, exclude)
+
+
+def guard(cfg, val_data, val_ranks: dict[Choice, np.ndarray], chosen: Choice | None,
+          start: Callable | None) -> tuple[str | None, str]:
+    """:func:`tfrec.baseline_guard.keep_or_baseline` for ``auto``: the baseline to serve instead of ``chosen``
+    (``bm25``, ``content`` or None) and why; ``start(data, split)``: the untrained start's embeddings, or None."""
+    baselines = {"bm25": val_ranks[FUSIONS[0], 1.0]}
+    if start is not None:
+        baselines = {"content": dense_ranks(start(val_data, "validation"), val_data, "validation", cfg), **baselines}
+    candidate = val_ranks[chosen if chosen is not None else (FUSIONS[0], 0.0)]
+    return baseline_guard.keep_or_baseline(cfg.train.early_stopping_metric, candidate, baselines)
+
+
 def plateau(weights: list[float]) -> list[float]:
     """The longest run of consecutive :data:`WEIGHTS` in ``weights`` (the first such run)."""
     longest, run = [], []
@@ -174,22 +212,33 @@ def choose(setting: str, metric: str, validation: dict[Choice, dict]) -> tuple[C
 
 
 def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.ndarray],
-                        test_embeddings: tuple[np.ndarray, np.ndarray], dense_test: dict) -> tuple[dict, dict]:
-    """Chooses fusion and weight on validation and scores the test split as the export will serve it.
+                        test_embeddings: tuple[np.ndarray, np.ndarray], dense_test: dict,
+                        start: Callable | None = None) -> tuple[dict, dict]:
+    """Chooses fusion and weight on validation, then (``auto``) keeps that trained choice only where it beats
+    the exact baselines (:mod:`tfrec.baseline_guard`), and scores the test split as the export will serve it.
 
     Args:
       validation_embeddings, test_embeddings: (queries [n, d], items [num_items, d]) of each split
         (validation: the seeded sample the epochs validated on).
       dense_test: the towers' own test metrics (the evaluator's).
+      start: ``start(data, split)`` -> (queries [n, d], items [num_items, d]) of the towers' untrained start
+        (:func:`tfrec.text_skip.at_start`), the ``content`` baseline the export can serve; None: none.
     Returns:
-      (``model`` metrics the export serves, the ``eval.json`` entries ``model_variants`` and ``hybrid``).
+      (``model`` metrics the export serves, the ``eval.json`` entries ``model_variants`` and ``hybrid``;
+      ``hybrid.baseline`` is ``content`` where the caller must serve the start, closing the towers' gates).
     """
     lexical = lexical_scorer(data)
     metric = cfg.train.early_stopping_metric
     val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
-    validation = metrics_by_choice(validation_embeddings, val_data, "validation", cfg, lexical=lexical)
+    val_ranks = ranks_by_choice(validation_embeddings, val_data, "validation", cfg, lexical=lexical)
+    validation = {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in val_ranks.items()}
     chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
     log.info("hybrid: %s", reason)
+    baseline, why = guard(cfg, val_data, val_ranks, chosen, start) if cfg.retrieval.hybrid == "auto" else (None, "")
+    if why:
+        log.info("hybrid: %s", why)
+    if baseline is not None:
+        chosen, reason = ((FUSIONS[0], 1.0) if baseline == "bm25" else None), f"{reason}; {why}"
     for fusion in FUSIONS:
         log.info("hybrid: validation %s, mrr of %s by lexical weight: %s", metric, fusion,
                  ", ".join(f"{w}={m[metric]:.4f},{m['mrr']:.4f}" for (f, w), m in validation.items() if f == fusion))
@@ -197,19 +246,56 @@ def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.n
     weights = [1.0] + ([chosen[1]] if chosen is not None and chosen[1] != 1.0 else [])
     test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion])
     section = {"setting": cfg.retrieval.hybrid, "fusion": None if chosen is None else fusion,
-               "weight": None if chosen is None else chosen[1], "metric": metric, "reason": reason,
+               "weight": None if chosen is None else chosen[1], "baseline": baseline, "metric": metric,
+               "reason": reason,
                "validation": {f: {str(w): m[metric] for (g, w), m in validation.items() if g == f}
                               for f in FUSIONS}}
     model = dense_test if chosen is None else test[chosen]
+    if baseline == "content":
+        model = evaluate.evaluate_embeddings(*start(data, "test"), data, "test", cfg.eval.ks, cfg.eval.exclude_seen)
     return model, {"model_variants": {"dense": dense_test, "lexical": test[fusion, 1.0]}, "hybrid": section}
+
+
+def evaluate_served(cfg, data, model, embed: Callable, test_embeddings: tuple[np.ndarray, np.ndarray],
+                    dense_test: dict) -> tuple[dict, dict, tuple[np.ndarray, np.ndarray]]:
+    """:func:`choose_and_evaluate` for ``model``; where it serves the untrained start (``content``), closes the
+    towers' gates (:func:`tfrec.text_skip.close_gates`) so that the model and its export are that start.
+
+    Args:
+      embed: ``embed(data, split)`` -> (queries [n, d], items [num_items, d]) through ``model``'s towers.
+      test_embeddings: (queries [len(test), d], items [num_items, d]) of the kept towers; dense_test: their metrics.
+    Returns:
+      (``model`` metrics, the ``eval.json`` entries, the served towers' test embeddings).
+    """
+    val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
+
+    def start(d, split):
+        with text_skip.at_start(model):
+            return embed(d, split)
+    results, extra = choose_and_evaluate(cfg, data, embed(val_data, "validation"), test_embeddings, dense_test,
+                                         start if text_skip.start_recoverable(model) else None)
+    if extra["hybrid"]["baseline"] == "content":
+        text_skip.close_gates(model)
+        test_embeddings = embed(data, "test")
+    return results, extra, test_embeddings
+
+
+def _section(job_dir) -> dict:
+    """The ``hybrid`` entry of a finished run's ``eval.json`` ({} without one)."""
+    path = fileio.join(job_dir, "eval.json")
+    if not fileio.isfile(path):
+        return {}
+    return json.loads(fileio.read_text(path)).get("hybrid") or {}
 
 
 def served_choice(job_dir) -> Choice | None:
     """The (fusion, lexical weight) a finished run's ``eval.json`` chose (None: dense only, or no eval.json)."""
-    path = fileio.join(job_dir, "eval.json")
-    if not fileio.isfile(path):
-        return None
-    section = json.loads(fileio.read_text(path)).get("hybrid") or {}
+    section = _section(job_dir)
     if section.get("weight") is None:
         return None
     return section.get("fusion") or FUSIONS[0], float(section["weight"])
+
+
+def serves_start(job_dir) -> bool:
+    """Whether a finished run serves its towers' untrained start (``eval.json``'s ``hybrid.baseline`` ``content``)."""
+    return _section(job_dir).get("baseline") == "content"

@@ -298,9 +298,8 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     extra = None
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
         with timings.stage(times, "hybrid", examples=len(getattr(data, split))):
-            val = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
-            results, extra = hybrid.choose_and_evaluate(cfg, data, embed_split(model, val, features, "validation"),
-                                                        (q, item_embeddings), results)
+            results, extra, (q, item_embeddings) = hybrid.evaluate_served(
+                cfg, data, model, lambda d, s: embed_split(model, d, features, s), (q, item_embeddings), results)
     variants = {f"model:{name}": m for name, m in (extra or {}).get("model_variants", {}).items()}
     print("\n" + evaluate.format_table({"model": results, **variants, **baselines}) + "\n", flush=True)
     ranking = None

@@ -30,6 +30,7 @@ epoch beats it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -99,6 +100,35 @@ def principal_directions(encodings: np.ndarray, embedding_dim: int) -> tuple[np.
 def starts_at_encoder(model) -> bool:
     """Whether ``model`` (a :class:`tfrec.models.TwoTowerModel`) has the text skip in its towers."""
     return model.item_tower.skip is not None
+
+
+def start_recoverable(model) -> bool:
+    """Whether ``model``'s untrained start can be had back by closing both gates: the text skip is on and every
+    text encoder is frozen (so the encoder's outputs and ``P`` are what they were before training)."""
+    encoders = (model.query_tower.encoder, model.item_tower.text_encoder)
+    return starts_at_encoder(model) and all(e is None or e.frozen for e in encoders)
+
+
+def _skips(model) -> list[TextSkip]:
+    return [s for s in (model.query_tower.skip, model.item_tower.skip) if s is not None]
+
+
+def close_gates(model) -> None:
+    """Sets both towers' gates to 0: with frozen encoders the towers then rank as before training (the start)."""
+    for skip in _skips(model):
+        skip.gate.assign(0.0)
+
+
+@contextlib.contextmanager
+def at_start(model):
+    """Within the block both towers' gates are 0 (:func:`close_gates`); their trained values come back after it."""
+    saved = [float(skip.gate.numpy()) for skip in _skips(model)]
+    close_gates(model)
+    try:
+        yield model
+    finally:
+        for skip, value in zip(_skips(model), saved):
+            skip.gate.assign(value)
 
 
 def start_from_encoder(model, catalog_texts: list[str], item_cache=None) -> None:

@@ -1,4 +1,5 @@
-"""A finished run's model, rebuilt from its job dir: ``params.yaml`` and ``checkpoints/best``.
+"""A finished run's model, rebuilt from its job dir: ``params.yaml`` and ``checkpoints/best``
+(with the towers' gates closed where ``eval.json`` says the run serves their untrained start).
 
     cfg, model, data = tfrec.load_trained("runs/movielens")
 
@@ -16,7 +17,7 @@ import os
 import numpy as np
 
 from tfrec import config as config_lib
-from tfrec import fileio
+from tfrec import fileio, hybrid, text_skip
 from tfrec.config import Config
 from tfrec.data import pipeline
 from tfrec.data.dataset import RetrievalData
@@ -69,4 +70,6 @@ def load_trained(job_dir: str | os.PathLike) -> tuple[Config, TwoTowerModel, Ret
         query_text=model.query_tower.encoder is not None), 2)))
     model.query_tower(sample), model.item_tower(sample)  # creates the variables the weights are restored into
     model.load_weights(str(weights)).expect_partial()
+    if hybrid.serves_start(job):  # validation chose the untrained start over the trained towers: serve that
+        text_skip.close_gates(model)
     return cfg, model, data
