@@ -33,7 +33,7 @@ def chosen(cfg, summary) -> dict:
 def test_a_config_without_preset_starts_from_the_base(own_yaml):
     cfg = config.build(config_file=str(own_yaml))
     assert cfg.name == "default"
-    assert resolve.pending(cfg) == ["train.batch_size", "train.epochs", "retrieval.negatives", "eval.baselines",
+    assert resolve.pending(cfg) == ["model.embedding_dim", "train.batch_size", "train.epochs", "retrieval.negatives", "eval.baselines",
                                     "eval.exclude_seen"]
     assert cfg.data.split.method == "random"  # no timestamp column
     assert config.build().name == "movielens"  # no arguments: the demo
@@ -68,12 +68,36 @@ def test_text_only_large_catalog(tmp_path):
                               "baselines": ["popularity", "bm25", "content"], "exclude_seen": False}
     _, lines = resolve.resolve_data(cfg, s)
     assert ("retrieval.negatives=mixed: 100,000 items; full softmax would score every item each step "
-            "(1,024 x 100,000 x 64 = 6.6e+09 multiply-adds per step)") in lines[2]
-    assert lines[0] == "train.batch_size=1024: 800,000 training rows (500,000 or more)"
+            "(1,024 x 100,000 x 64 = 6.6e+09 multiply-adds per step)") in lines[3]
+    assert lines[0] == "model.embedding_dim=64: the default width"  # no encoder width in the summary
+    assert lines[1] == "train.batch_size=1024: 800,000 training rows (500,000 or more)"
     # 800,000 / 1,024 = 781.25 -> 782 steps per epoch
-    assert lines[1] == ("train.epochs=2: 800,000 training rows (500,000 or more, a third epoch adds little at this "
+    assert lines[2] == ("train.epochs=2: 800,000 training rows (500,000 or more, a third epoch adds little at this "
                         "size): 782 steps per epoch at batch 1,024; early stopping after 3 epochs without a better "
                         "validation metric")
+
+
+def test_embedding_dim_is_the_encoders_width_where_the_start_is_then_content_exactly(own_yaml, tmp_path):
+    # The default encoder is pretrained (MiniLM, 384 wide) and reads query and item text: the text skip is on.
+    cfg = config.build(config_file=str(own_yaml))
+    assert cfg.model.text_skip == "on" and resolve.encoder_width(cfg.model.query_encoder.checkpoint) == 384
+
+    def width(config_, items, encoder_width=384):
+        resolved, lines = resolve.resolve_data(config_, DataSummary(items=items, train_rows=1000, has_query_text=True,
+                                                                    encoder_width=encoder_width))
+        return resolved.model.embedding_dim, lines[0]
+
+    dim, line = width(cfg, 20_000)  # 20,000 x 384 x 4 bytes = 30.7 MB
+    assert dim == 384 and line.startswith("model.embedding_dim=384: the encoder's width") and "30.7 MB" in line
+    dim, line = width(cfg, 20_001)  # over 20,000 items: 64, the index would be 20,001 x 384 x 4 = 31 MB
+    assert dim == 64 and "20,001 items (over 20,000) at the encoder's 384 would make the index 31 MB" in line
+    assert width(cfg, 100, encoder_width=None)[0] == 64  # a width not known here: the default
+    assert width(cfg, 100, encoder_width=32)[0] == 64  # narrower than the default: the default covers it
+    assert width(config.build(config_file=str(own_yaml), sets=["model.text_skip=off"]), 100)[0] == 64
+    assert width(config.build(config_file=str(own_yaml), sets=["model.embedding_dim=128"]), 100)[0] == 128
+    history = data_only(tmp_path, {"query_history_items": 5, "user_id_column": "u", "timestamp_column": "t"})
+    assert history.model.text_skip == "off"
+    assert width(history, 100)[0] == 64  # history-built queries: no text skip, as before
 
 
 @pytest.mark.parametrize("rows, batch, epochs", [(19_999, 128, 20), (20_000, 256, 10), (199_999, 256, 10),

@@ -7,11 +7,14 @@ names, among those below, is chosen here: from the config alone by
 read (:class:`DataSummary`) by :func:`resolve_data` (after ``load_data``).
 Each choice comes with the one line the log shows, and the resolved config is
 what ``params.yaml`` holds, so ``--config JOB_DIR/params.yaml`` repeats the run
-with every value explicit. Every function here is pure: no TensorFlow, no I/O.
+with every value explicit. No TensorFlow here, and no I/O but :func:`encoder_width`'s
+read of the encoder's config.json.
 
     data.split.method    files with held-out paths; leave_last with history-built queries and
                          timestamps; time with timestamps; random otherwise
     model.text_skip      on where a pretrained encoder reads the query and the item text, off otherwise
+    model.embedding_dim  the encoder's width with the text skip on and at most FULL_WIDTH_MAX_ITEMS
+                         items (the untrained towers are then the content baseline exactly), else 64
     train.batch_size,    by training rows (ROW_TIERS): small data gets small batches and more
     train.epochs         epochs, 10^6 rows batches of 1,024 and 2 epochs
     retrieval.negatives  full up to FULL_SOFTMAX_MAX_ITEMS items, mixed above; in_batch when
@@ -27,7 +30,10 @@ config or the data does not have.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +51,12 @@ Config = Any  # a tfrec.config.Config (not imported: that package imports this m
 # (the MovieLens presets' 1,682 items); above, mixed (in-batch plus num_sampled catalog draws, logQ-corrected)
 # keeps the tail in the negatives at a cost that does not grow with the catalog.
 FULL_SOFTMAX_MAX_ITEMS = 5_000
+
+# The index holds items x embedding_dim float32 and a brute-force query reads all of it. With the text skip, a width
+# below the encoder's (MiniLM: 384) only approximates the encoder's cosine at the start (tfrec.text_skip), so the
+# content baseline is exactly servable only at the encoder's width; up to 20,000 items that index is at most
+# 20,000 x 384 x 4 bytes = 31 MB (6x the 64-wide default's 5 MB), above it the default width stays.
+FULL_WIDTH_MAX_ITEMS = 20_000
 
 # (training rows below, batch size, epochs): larger data gets larger batches (more in-batch negatives, fewer
 # steps) and fewer epochs; at each tier's top, 20,000 rows x 20 epochs at 128, 200,000 x 10 at 256 and 500,000 x 3
@@ -78,6 +90,8 @@ class DataSummary:
       has_item_text: at least one item has a non-empty text.
       streaming: training rows are streamed from shards, not held in memory.
       label_range: (min, max) of the training labels, or None without a label column.
+      encoder_width: the pretrained text encoder's output width (its config.json ``hidden_size``), or None
+        (a ``random://`` encoder, or a checkpoint whose config cannot be read here).
     """
 
     items: int
@@ -88,6 +102,7 @@ class DataSummary:
     has_item_text: bool = True
     streaming: bool = False
     label_range: tuple[float, float] | None = None
+    encoder_width: int | None = None
 
 
 def summarize(cfg: Config, data: Any) -> DataSummary:
@@ -99,7 +114,24 @@ def summarize(cfg: Config, data: Any) -> DataSummary:
         items=len(data.catalog), train_rows=data.num_train, users=int(data.counts.get("users", 0)),
         has_query_text=ic.query_column is not None, has_history=bool(ic.query_history_items),
         has_item_text=any(data.catalog.texts), streaming=data.stream is not None,
-        label_range=(float(labels.min()), float(labels.max())) if ic.label_column and len(labels) else None)
+        label_range=(float(labels.min()), float(labels.max())) if ic.label_column and len(labels) else None,
+        encoder_width=encoder_width(cfg.model.query_encoder.checkpoint))
+
+
+def encoder_width(checkpoint: str) -> int | None:
+    """``hidden_size`` in the checkpoint folder's config.json (``pkg://package/folder`` or a local folder), or
+    None where it is not there to read (the encoder's own loading then says what is wrong)."""
+    if checkpoint.startswith("pkg://"):
+        package, _, rel = checkpoint[len("pkg://"):].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        checkpoint = str(Path(list(spec.submodule_search_locations)[0]) / rel)
+    try:
+        width = json.loads((Path(checkpoint) / "config.json").read_text()).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return width if isinstance(width, int) and width > 0 else None
 
 
 # ------------------------------------------------------------------ explicit keys
@@ -171,6 +203,21 @@ def resolve_config(cfg: Config) -> tuple[Config, list[str]]:
 
 
 # ------------------------------------------------------------------ choices from the data
+def choose_embedding_dim(cfg: Config, s: DataSummary) -> tuple[int, str]:
+    """``model.embedding_dim``: the encoder's width where that makes the untrained towers exactly ``content``."""
+    default = cfg.model.embedding_dim
+    skip = cfg.model.text_skip if cfg.model.text_skip != "auto" else choose_text_skip(cfg)[0]
+    if skip != "on" or s.encoder_width is None or s.encoder_width <= default:
+        return default, "the default width"
+    if s.items > FULL_WIDTH_MAX_ITEMS:
+        return default, f"the default width: {s.items:,} items (over {FULL_WIDTH_MAX_ITEMS:,}) at the encoder's " \
+                        f"{s.encoder_width} would make the index {s.items * s.encoder_width * 4 / 1e6:,.0f} MB; the " \
+                        "towers start near the encoder's cosine through the catalog's top directions"
+    return s.encoder_width, f"the encoder's width: the untrained towers rank exactly as its cosine (the content " \
+                            f"baseline, which validation can then serve); {s.items:,} items (at most " \
+                            f"{FULL_WIDTH_MAX_ITEMS:,}) make an index of {s.items * s.encoder_width * 4 / 1e6:,.1f} MB"
+
+
 def choose_batch_size(cfg: Config, s: DataSummary) -> tuple[int, str]:
     below, batch, _ = _tier(s.train_rows)
     return batch, f"{s.train_rows:,} training rows ({_tier_name(below)})"
@@ -234,8 +281,8 @@ def choose_exclude_seen(cfg: Config, s: DataSummary) -> tuple[bool, str]:
                   "item twice)"
 
 
-# In order: the epochs' reason reads the batch size, the negatives' cost reads it too.
-DATA_RULES = {"train.batch_size": choose_batch_size, "train.epochs": choose_epochs,
+# In order: the epochs' reason reads the batch size, the negatives' cost reads it and the embedding width.
+DATA_RULES = {"model.embedding_dim": choose_embedding_dim, "train.batch_size": choose_batch_size, "train.epochs": choose_epochs,
               "retrieval.negatives": choose_negatives, "eval.baselines": choose_baselines,
               "eval.exclude_seen": choose_exclude_seen}
 RESOLVED_KEYS = (*CONFIG_RULES, *DATA_RULES)
