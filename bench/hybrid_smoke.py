@@ -15,7 +15,8 @@ fusion and weight, test evaluation, export) on three logs, each for every seed:
 and prints, per log, test recall@1 / recall@10 / ndcg@10 of ``model`` (what
 the export serves), ``dense`` (the towers alone), ``lexical`` (BM25 alone
 through the fused candidates), ``bm25`` and ``content`` (eval.json's
-baselines), then the fusion and weight validation chose and the lines
+baselines), then the fusion, weight and baseline (``bm25``, ``content`` or
+None: the trained choice) validation chose and the lines
 ``<log> seed <s>: model >= max(bm25, content) on all three: yes|no``.
 """
 
@@ -88,7 +89,7 @@ def main() -> None:
                 best = {m: max(tables[s]["bm25"][m], tables[s]["content"][m]) for m in METRICS}
                 at_least = all(tables[s]["model"][m] >= best[m] for m in METRICS)
                 beats = all(tables[s]["model"][m] > best[m] for m in METRICS)
-                print(f"  seed {s}: served {h.get('fusion')} weight {h.get('weight')}")
+                print(f"  seed {s}: served {h.get('fusion')} weight {h.get('weight')} baseline {h.get('baseline')}")
                 verdicts.append(f"{log} seed {s}: model >= max(bm25, content) on all three: "
                                 f"{'yes' if at_least else 'no'}; above both on all three: {'yes' if beats else 'no'}")
             sys.stdout.flush()
