@@ -48,8 +48,9 @@ def test_a_preset_keeps_its_choices_for_its_own_data_only(own_yaml, tmp_path):
     # a file naming its own interactions is other data: what MovieLens's tuning chose is chosen again from it
     other = config.build("movielens", str(own_yaml))
     assert not other.eval.exclude_seen and other.eval.baselines is True and other.data.split.method == "random"
-    assert resolve.pending(other) == resolve.pending(config.build(config_file=str(own_yaml)))
+    assert resolve.pending(other) == resolve.pending(config.build(config_file=str(own_yaml)))[1:]  # not the width
     assert other.model.history_encoder == "attention" and other.model.dropout == 0.2  # the model settings stay
+    assert config.build("smoke", str(own_yaml)).model.embedding_dim == 16  # the preset's width too
 
 
 def test_text_only_small_catalog(tmp_path):

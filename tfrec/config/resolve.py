@@ -285,7 +285,9 @@ def choose_exclude_seen(cfg: Config, s: DataSummary) -> tuple[bool, str]:
 DATA_RULES = {"model.embedding_dim": choose_embedding_dim, "train.batch_size": choose_batch_size, "train.epochs": choose_epochs,
               "retrieval.negatives": choose_negatives, "eval.baselines": choose_baselines,
               "eval.exclude_seen": choose_exclude_seen}
-RESOLVED_KEYS = (*CONFIG_RULES, *DATA_RULES)
+# What a preset chose for its own data, chosen again for other data (tfrec.config._other_data); the preset's model
+# width stays, as its other model settings do.
+RESOLVED_KEYS = (*CONFIG_RULES, *(key for key in DATA_RULES if key != "model.embedding_dim"))
 
 
 def resolve_data(cfg: Config, summary: DataSummary) -> tuple[Config, list[str]]:
