@@ -142,8 +142,8 @@ def metrics_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: st
 
 
 def ranks_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg,
-                    lexical: LexicalScorer | None = None) -> dict[Choice, np.ndarray]:
-    """{(fusion, weight): int64 [len(split)]} each target's 1-based rank under every fusion and :data:`WEIGHTS`
+                    lexical: LexicalScorer | None = None, weights=WEIGHTS, fusions=FUSIONS) -> dict[Choice, np.ndarray]:
+    """{(fusion, weight): int64 [len(split)]} each target's 1-based rank under every fusion and weight
     (what :func:`metrics_by_choice` averages; the sign test of :mod:`tfrec.baseline_guard` pairs them by query).
 
     Args:
@@ -153,23 +153,21 @@ def ranks_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str,
     targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
     dense = evaluate.target_ranks(queries, items, targets, exclude)
     index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
-    return fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense,
-                       item_ids=data.catalog.item_ids)
+    return fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense, weights,
+                       data.catalog.item_ids, fusions)
 
 
-def dense_ranks(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg) -> np.ndarray:
-    """int64 [len(split)] each target's 1-based full-catalog rank under embeddings (queries [n, d], items [m, d])."""
-    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
-    return evaluate.target_ranks(*embeddings, targets, exclude)
-
-
-def guard(cfg, val_data, val_ranks: dict[Choice, np.ndarray], chosen: Choice | None,
-          start: Callable | None) -> tuple[str | None, str]:
+def guard(cfg, val_data, val_ranks: dict[Choice, np.ndarray], chosen: Choice | None, start: Callable | None,
+          lexical: LexicalScorer) -> tuple[str | None, str]:
     """:func:`tfrec.baseline_guard.keep_or_baseline` for ``auto``: the baseline to serve instead of ``chosen``
-    (``bm25``, ``content`` or None) and why; ``start(data, split)``: the untrained start's embeddings, or None."""
+    (``bm25``, ``content`` or None) and why; ``start(data, split)``: the untrained start's embeddings, or None.
+    Every rank comes from :func:`fused_ranks` (the start's at weight 0), so all are exact up to ``export.k``
+    and approximated alike beyond it."""
     baselines = {"bm25": val_ranks[FUSIONS[0], 1.0]}
     if start is not None:
-        baselines = {"content": dense_ranks(start(val_data, "validation"), val_data, "validation", cfg), **baselines}
+        at_start = ranks_by_choice(start(val_data, "validation"), val_data, "validation", cfg, lexical, [0.0],
+                                   FUSIONS[:1])
+        baselines = {"content": at_start[FUSIONS[0], 0.0], **baselines}
     candidate = val_ranks[chosen if chosen is not None else (FUSIONS[0], 0.0)]
     return baseline_guard.keep_or_baseline(cfg.train.early_stopping_metric, candidate, baselines)
 
@@ -234,7 +232,8 @@ def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.n
     validation = {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in val_ranks.items()}
     chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
     log.info("hybrid: %s", reason)
-    baseline, why = guard(cfg, val_data, val_ranks, chosen, start) if cfg.retrieval.hybrid == "auto" else (None, "")
+    auto = cfg.retrieval.hybrid == "auto"
+    baseline, why = guard(cfg, val_data, val_ranks, chosen, start, lexical) if auto else (None, "")
     if why:
         log.info("hybrid: %s", why)
     if baseline is not None:

@@ -33,8 +33,8 @@ def chosen(cfg, summary) -> dict:
 def test_a_config_without_preset_starts_from_the_base(own_yaml):
     cfg = config.build(config_file=str(own_yaml))
     assert cfg.name == "default"
-    assert resolve.pending(cfg) == ["model.embedding_dim", "train.batch_size", "train.epochs", "retrieval.negatives", "eval.baselines",
-                                    "eval.exclude_seen"]
+    assert resolve.pending(cfg) == ["model.embedding_dim", "train.batch_size", "train.epochs", "retrieval.negatives",
+                                    "eval.baselines", "eval.exclude_seen"]
     assert cfg.data.split.method == "random"  # no timestamp column
     assert config.build().name == "movielens"  # no arguments: the demo
 

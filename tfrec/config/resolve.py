@@ -282,8 +282,8 @@ def choose_exclude_seen(cfg: Config, s: DataSummary) -> tuple[bool, str]:
 
 
 # In order: the epochs' reason reads the batch size, the negatives' cost reads it and the embedding width.
-DATA_RULES = {"model.embedding_dim": choose_embedding_dim, "train.batch_size": choose_batch_size, "train.epochs": choose_epochs,
-              "retrieval.negatives": choose_negatives, "eval.baselines": choose_baselines,
+DATA_RULES = {"model.embedding_dim": choose_embedding_dim, "train.batch_size": choose_batch_size,
+              "train.epochs": choose_epochs, "retrieval.negatives": choose_negatives, "eval.baselines": choose_baselines,
               "eval.exclude_seen": choose_exclude_seen}
 # What a preset chose for its own data, chosen again for other data (tfrec.config._other_data); the preset's model
 # width stays, as its other model settings do.
