@@ -12,7 +12,7 @@ from tfrec import run as stages
 from tfrec.baselines import content_baseline
 from tfrec.data import pipeline
 from tfrec.errors import ConfigError
-from tfrec.text_skip import TextSkip, principal_directions, start_from_encoder
+from tfrec.text_skip import TextSkip, at_start, principal_directions, start_from_encoder, start_recoverable
 from tfrec.trained import load_trained
 from tfrec.towers import ItemTower, QueryTower
 
@@ -79,6 +79,23 @@ def test_four_items_in_four_dimensions_rank_exactly_as_content(tiny_encoder):
     np.testing.assert_allclose(scores / scores.max(1, keepdims=True), expected / expected.max(1, keepdims=True),
                                atol=1e-4)
     np.testing.assert_array_equal(np.argsort(-scores, 1), np.argsort(-expected, 1))
+
+
+def test_closing_the_gates_gives_the_start_back_and_at_start_reopens_them(tiny_encoder):
+    # Width 32 = the encoder's: with both gates at 0 the scores are content's, whatever the heads learnt.
+    query, item = towers(tiny_encoder, 32)
+    model = _Model(query, item)
+    query({"query_text": tf.constant(QUERIES)}), item(item_features())
+    for tower in (query, item):
+        tower.skip.gate.assign(0.5)  # trained: the heads have their say
+    trained = query({"query_text": tf.constant(QUERIES)}).numpy() @ item(item_features()).numpy().T
+    assert not np.allclose(trained, content_scores(tiny_encoder), atol=1e-3)
+    with at_start(model):
+        start = query({"query_text": tf.constant(QUERIES)}).numpy() @ item(item_features()).numpy().T
+    np.testing.assert_allclose(start, content_scores(tiny_encoder), atol=1e-5)
+    assert query.skip.gate.numpy() == item.skip.gate.numpy() == 0.5
+    # The fixture's encoder trains its top layer: its outputs after training are not the start's.
+    assert not start_recoverable(model)
 
 
 def test_an_empty_history_query_text_adds_nothing():
