@@ -33,12 +33,10 @@ import json
 import logging
 
 import numpy as np
-import tensorflow as tf
 
-from tfrec import evaluate, fileio
-from tfrec.progress import Progress
+from tfrec import evaluate, fileio, hybrid_ranks
 from tfrec import index as index_lib
-from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
+from tfrec.index.hybrid import FUSIONS, HybridIndex
 from tfrec.lexical import BM25
 from tfrec.lexical_graph import LexicalScorer
 
@@ -46,7 +44,6 @@ Choice = tuple[str, float]  # (fusion, lexical weight)
 
 log = logging.getLogger("tfrec")
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # 0.99: BM25 first, dense breaks its ties
-_BATCH = 256
 
 
 def applies(cfg, model, data) -> bool:
@@ -68,71 +65,40 @@ def exact_hybrid(item_embeddings: np.ndarray, data, k: int, weight: float = 0.0,
                        item_embeddings, ids, weight, fusion)
 
 
-def padded_ids(rows: list[np.ndarray] | None, item_ids: list[str], start: int, stop: int) -> np.ndarray:
-    """Catalog rows to exclude per query -> string [stop - start, e] ids, "" padded."""
-    if rows is None:
-        return np.zeros([stop - start, 0], object)
-    chunk = rows[start:stop]
-    out = np.full([stop - start, max([len(r) for r in chunk] + [0])], "", object)
-    for i, r in enumerate(chunk):
-        out[i, :len(r)] = [item_ids[j] for j in r]
-    return out
-
-
 def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: list[str], targets: np.ndarray,
                 exclude: list[np.ndarray] | None, dense_ranks: np.ndarray, weights=WEIGHTS,
-                item_ids: list[str] | None = None, fusions=FUSIONS) -> dict[Choice, np.ndarray]:
-    """1-based rank of each target under the fused score, for every fusion and weight.
+                fusions=FUSIONS) -> dict[Choice, np.ndarray]:
+    """1-based rank of each target under the fused score, for every fusion and weight
+    (:func:`tfrec.hybrid_ranks.fused_ranks`: the served candidates and fusion, a whole split at once).
 
     Args:
       index: the :class:`HybridIndex` that defines the candidates.
       query_embeddings: float32 [n, d]; query_text: [n]; targets: int64 [n] catalog rows.
       exclude: per query, catalog rows left out (the target is kept), or None.
       dense_ranks: int64 [n], the targets' dense ranks (for targets outside the candidates).
-      item_ids: [num_items] the catalog's ids (for the exclusions).
     Returns:
       {(fusion, weight): int64 [n]}.
     """
-    n = len(targets)
-    out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
-    keep = None if exclude is None else [np.asarray(e)[np.asarray(e) != t] for e, t in zip(exclude, targets)]
-    # Traced once (the last, shorter batch relaxes the shapes): eager ops cost more than the work at 10^5 queries.
-    candidates = tf.function(index.candidates, reduce_retracing=True)
-    fused_by = {f: tf.function(lambda d, lx, v, w, f=f: fuse(d, lx, v, w, f), reduce_retracing=True) for f in fusions}
-    lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
-    for start in range(0, n, _BATCH):
-        stop = min(n, start + _BATCH)
-        rows, dense, lexical, valid = candidates(
-            tf.constant(query_embeddings[start:stop], tf.float32), tf.constant(list(query_text[start:stop])),
-            tf.constant(padded_ids(keep, item_ids, start, stop), tf.string))
-        rows = rows.numpy()
-        is_target = (rows == targets[start:stop, None]) & valid.numpy()
-        found = is_target.any(axis=1)
-        column = np.where(found, is_target.argmax(axis=1), 0)[:, None]
-        earlier = np.arange(rows.shape[1])[None, :] < column  # columns are in tie order: earlier wins a tie
-        outside = valid.numpy().sum(axis=1) + dense_ranks[start:stop]
-        for fusion, w in out:
-            fused = fused_by[fusion](dense, lexical, valid, tf.constant(w, tf.float32)).numpy()
-            mine = np.take_along_axis(fused, column, axis=1)
-            ahead = ((fused > mine) | ((fused == mine) & earlier)).sum(axis=1)
-            out[fusion, w][start:stop] = np.where(found, 1 + ahead, outside)
-        lines.update(stop)
-    return out
+    return hybrid_ranks.fused_ranks(index, query_embeddings, query_text, targets, exclude, dense_ranks, weights,
+                                    fusions)
 
 
 def metrics_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg, weights=WEIGHTS,
-                      lexical: LexicalScorer | None = None, fusions=FUSIONS) -> dict[Choice, dict]:
+                      lexical: LexicalScorer | None = None, fusions=FUSIONS,
+                      dense_ranks: np.ndarray | None = None) -> dict[Choice, dict]:
     """{(fusion, weight): metrics} of the fused score on ``split``, with the evaluator's exclusions and ks.
 
     Args:
       embeddings: (query float32 [len(split), d], items float32 [num_items, d]).
+      dense_ranks: int64 [len(split)], the evaluator's dense ranks of the targets (None: computed here).
     """
     queries, items = embeddings
     targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
-    dense = evaluate.target_ranks(queries, items, targets, exclude)
+    if dense_ranks is None:
+        dense_ranks = evaluate.target_ranks(queries, items, targets, exclude)
     index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
-    ranks = fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense, weights,
-                        data.catalog.item_ids, fusions)
+    ranks = fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense_ranks, weights,
+                        fusions)
     return {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in ranks.items()}
 
 
