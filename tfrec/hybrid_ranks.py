@@ -4,9 +4,9 @@ The candidates and scores are those :meth:`tfrec.index.hybrid.HybridIndex.candid
 serves (the dense top k, BM25's top k + e, the first k + e of the tie order,
 exclusions dropped), built without a served batch's strings:
 
-* the dense top k of a chunk of queries: one matmul over the catalog, the
-  excluded rows set to ``-inf`` before the top k (as the served index leaves
-  them out);
+* the dense top k of a chunk of queries: one matmul over the catalog, k + e
+  fetched, each query's own exclusions dropped (as the served brute force
+  over-fetches and filters);
 * BM25: the query words of the whole split are looked up in the graph (the
   served tokenizer), then each query's postings are summed into one float32
   row over the tie order, in the query's word order (the served sums), as the
@@ -39,15 +39,12 @@ def query_terms(index: HybridIndex, query_text: list[str]) -> tuple[np.ndarray, 
     return index.lexical.vocabulary.lookup(words.flat_values).numpy(), words.row_splits.numpy()
 
 
-def _dense_top_k(items: tf.Tensor, k: int):
-    """The served brute force's top k for a chunk (``items`` float32 [num_items, d] static, as the index's)."""
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, 2], tf.int64)])
-    def top(queries, excluded):
-        """queries [b, d], excluded (query, row) pairs [p, 2] -> rows int64 [b, k], -1: none left."""
-        scores = tf.matmul(queries, items, transpose_b=True)
-        scores = tf.tensor_scatter_nd_update(scores, excluded, tf.fill(tf.shape(excluded)[:1], base.NEG_INF))
-        values, rows = base.top_k(scores, k)
-        return tf.where(values > base.NEG_INF, tf.cast(rows, tf.int64), -1)
+def _dense_fetch(items: tf.Tensor):
+    """The served brute force's over-fetch for a chunk (``items`` float32 [num_items, d], static as the index's)."""
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([], tf.int32)])
+    def top(queries, fetch):
+        """queries [b, d] -> rows int64 [b, fetch], best first (k + the chunk's most exclusions: k survive them)."""
+        return tf.cast(base.top_k(tf.matmul(queries, items, transpose_b=True), fetch)[1], tf.int64)
     return top
 
 
@@ -104,11 +101,14 @@ class LexicalRows:
         """The m best reached positions by score, equal scores by position (fewer if fewer reached): int64 [<= m]."""
         if len(reached) <= m:
             return reached
-        scores = self.row[reached]
-        threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
+        scores = self.row[reached].view(np.int32)  # positive float32: the same order as int32, compared faster
+        threshold = scores.max()  # the common case: m or more items share the best score (same words, same length)
+        if np.count_nonzero(scores == threshold) < m:
+            threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
         above = reached[scores > threshold]
-        tied = np.sort(reached[scores == threshold])[:m - len(above)]
-        return np.concatenate([above, tied])
+        tied = reached[scores == threshold]
+        need = m - len(above)
+        return np.concatenate([above, np.partition(tied, need - 1)[:need] if need < len(tied) else tied])
 
     def clear(self, reached: np.ndarray) -> None:
         self.row[reached] = 0.0
@@ -116,15 +116,20 @@ class LexicalRows:
 
 def _chunk_candidates(lexical: LexicalRows, k: int, terms, splits, start: int, dense_rows: np.ndarray,
                       excluded: list[np.ndarray], position: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per query of the chunk: (candidate positions, sorted, excluded dropped; their BM25 float32)."""
+    """Per query of the chunk: (candidate positions, sorted, excluded dropped; their BM25 float32).
+
+    Args:
+      dense_rows: int64 [b, fetch] each query's dense over-fetch, best first; excluded: per query, catalog rows.
+    """
     n = lexical.n
     positions, scores = [], []
     for i, dense in enumerate(dense_rows):
-        query = start + i
-        m = min(k + len(excluded[i]), n)
+        query, skip = start + i, excluded[i]
+        m = min(k + len(skip), n)
         reached = lexical.add(terms[splits[query]:splits[query + 1]], query)
-        union = np.unique(np.concatenate([position[dense[dense >= 0]], lexical.top(reached, m), np.arange(m)]))
-        union = union[~np.isin(union, position[excluded[i]])] if len(excluded[i]) else union
+        dense = dense[~np.isin(dense, skip)][:k] if len(skip) else dense[:k]
+        union = np.unique(np.concatenate([position[dense], lexical.top(reached, m), np.arange(m)]))
+        union = union[~np.isin(union, position[skip])] if len(skip) else union
         positions.append(union)
         scores.append(lexical.row[union])
         lexical.clear(reached)
@@ -163,7 +168,7 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
     keep = [np.zeros([0], np.int64)] * n if exclude is None else [
         np.asarray(e, np.int64)[np.asarray(e, np.int64) != t] for e, t in zip(exclude, targets)]
     terms, splits = query_terms(index, query_text)
-    lexical, top = LexicalRows(index), _dense_top_k(items, index.k_out)
+    lexical, top = LexicalRows(index), _dense_fetch(items)
     graphs = {f: _ranks_graph(f) for f in fusions}
     weight_list = tf.constant(list(weights), tf.float32)
     out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
@@ -171,8 +176,8 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         queries = tf.constant(query_embeddings[start:stop], tf.float32)
-        pairs = np.array([(i, r) for i in range(stop - start) for r in keep[start + i]], np.int64).reshape(-1, 2)
-        dense_rows = top(queries, tf.constant(pairs)).numpy()
+        most = max(len(e) for e in keep[start:stop])
+        dense_rows = top(queries, tf.constant(min(index.k_out + most, index.num_items), tf.int32)).numpy()
         rows, scores = _padded(*_chunk_candidates(lexical, index.k_out, terms, splits, start, dense_rows,
                                                   keep[start:stop], position), by_position)
         is_target = rows == targets[start:stop, None]

@@ -68,8 +68,9 @@ def minmax(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 def rank_among(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """float32 [batch, c]: 1 + how many valid candidates of the row score higher (equal scores share a rank)."""
-    higher = tf.logical_and(scores[:, None, :] > scores[:, :, None], valid[:, None, :])  # [batch, c, c]
-    return 1.0 + tf.reduce_sum(tf.cast(higher, tf.float32), axis=2)
+    ascending = tf.sort(tf.where(valid, scores, -np.inf), axis=1)  # a row sorted once, not [batch, c, c] pairs
+    at_most = tf.searchsorted(ascending, scores, side="right", out_type=tf.int32)  # entries <= the score
+    return 1.0 + tf.cast(tf.shape(scores)[1] - at_most, tf.float32)
 
 
 def fusion_terms(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor,
