@@ -9,8 +9,8 @@ what the ``hybrid`` stage does: every fusion and weight on the validation
 sample (``eval.validation_max_queries``), then the chosen fusion at weights
 1 and 0.4 on the test split. ``old`` is the code replaced, kept here as the
 reference: 256-query batches through :meth:`HybridIndex.candidates` (exclusions
-as padded strings), :func:`fuse` per weight, the test's dense ranks computed
-again. ``new`` is :func:`tfrec.hybrid.metrics_by_choice`, given the test's dense
+as padded strings), the fusion per weight (reciprocal ranks from [batch, c, c]
+comparisons), the test's dense ranks computed again. ``new`` is :func:`tfrec.hybrid.metrics_by_choice`, given the test's dense
 ranks as the evaluator has them. The script checks both give the same metrics
 and prints each side's seconds, the ``bm25`` baseline's on the same test split
 and ``ratio old/new``.
@@ -32,7 +32,24 @@ import tensorflow as tf  # noqa: E402
 from tfrec import config as config_lib, evaluate, hybrid, run as run_lib  # noqa: E402
 from tfrec.baselines import bm25_baseline  # noqa: E402
 from tfrec.data import synthetic  # noqa: E402
-from tfrec.index.hybrid import FUSIONS, fuse  # noqa: E402
+from tfrec.index.hybrid import FUSIONS, RRF_K, minmax  # noqa: E402
+
+
+def old_rank_among(scores, valid):
+    higher = tf.logical_and(scores[:, None, :] > scores[:, :, None], valid[:, None, :])  # [batch, c, c]
+    return 1.0 + tf.reduce_sum(tf.cast(higher, tf.float32), axis=2)
+
+
+def old_fuse(dense, lexical, valid, weight, fusion):
+    """The replaced ``tfrec.index.hybrid.fuse``: reciprocal ranks from [batch, c, c] comparisons."""
+    weight = tf.cast(weight, tf.float32)
+    if fusion == "reciprocal_rank":
+        reached = tf.logical_and(valid, lexical > 0)
+        lexical_part = tf.where(reached, 1.0 / (RRF_K + old_rank_among(lexical, reached)), 0.0)
+        fused = (1.0 - weight) / (RRF_K + old_rank_among(dense, valid)) + weight * lexical_part
+    else:
+        fused = (1.0 - weight) * minmax(dense, valid) + weight * minmax(lexical, valid)
+    return tf.where(valid, fused, tf.fill(tf.shape(fused), -np.inf))
 
 
 def old_padded_ids(rows, item_ids, start, stop):
@@ -51,7 +68,7 @@ def old_fused_ranks(index, query_embeddings, query_text, targets, exclude, dense
     out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
     keep = None if exclude is None else [np.asarray(e)[np.asarray(e) != t] for e, t in zip(exclude, targets)]
     candidates = tf.function(index.candidates, reduce_retracing=True)
-    fused_by = {f: tf.function(lambda d, lx, v, w, f=f: fuse(d, lx, v, w, f), reduce_retracing=True) for f in fusions}
+    fused_by = {f: tf.function(lambda d, lx, v, w, f=f: old_fuse(d, lx, v, w, f), reduce_retracing=True) for f in fusions}
     for start in range(0, n, 256):
         stop = min(n, start + 256)
         rows, dense, lexical, valid = candidates(

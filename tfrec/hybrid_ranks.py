@@ -31,6 +31,7 @@ from tfrec.lexical_graph import graph_words
 from tfrec.progress import Progress
 
 CHUNK = 256  # queries per dense top k ([CHUNK, num_items] scores) and per fused pass
+TOP_LEVELS = 4  # score values tried from the best down before a partition finds the m-th best
 
 
 def query_terms(index: HybridIndex, query_text: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,8 @@ class LexicalRows:
         self.weights = lexical.weights.numpy()  # float32, as served
         self.n = lexical.num_items
         self.row = np.zeros(self.n, np.float32)  # one query's scores by tie position, zero again after each query
-        self.seen = np.full(self.n, -1, np.int64)
+        self.seen = np.full(self.n, -1, np.int64)  # the last query that reached each position
+        self.blocked = np.zeros(self.n, bool)  # one query's excluded positions, cleared after it
 
     def add(self, terms: np.ndarray, query: int) -> np.ndarray:
         """Sums the query's postings (word order); returns the positions reached, each once: int64 [r]."""
@@ -92,56 +94,55 @@ class LexicalRows:
         for t in terms[terms >= 0]:
             p = self.positions[self.indptr[t]:self.indptr[t + 1]]
             self.row[p] += self.weights[self.indptr[t]:self.indptr[t + 1]]
-            p = p[self.seen[p] != query]
+            if reached:  # a second word: keep only the positions no earlier word reached
+                p = p[self.seen[p] != query]
             self.seen[p] = query
             reached.append(p)
-        return np.concatenate(reached) if reached else np.zeros([0], np.int64)
+        return np.concatenate(reached) if len(reached) > 1 else reached[0] if reached else np.zeros([0], np.int64)
 
     def top(self, reached: np.ndarray, m: int) -> np.ndarray:
         """The m best reached positions by score, equal scores by position (fewer if fewer reached): int64 [<= m]."""
         if len(reached) <= m:
             return reached
         scores = self.row[reached].view(np.int32)  # positive float32: the same order as int32, compared faster
-        threshold = scores.max()  # the common case: m or more items share the best score (same words, same length)
-        if np.count_nonzero(scores == threshold) < m:
+        threshold = scores.max()
+        for _ in range(TOP_LEVELS):  # the m-th best score is usually among the few best values (many items tie)
+            if np.count_nonzero(scores >= threshold) >= m:
+                break
+            threshold = scores[scores < threshold].max()
+        else:
             threshold = np.partition(scores, len(scores) - m)[len(scores) - m]
         above = reached[scores > threshold]
         tied = reached[scores == threshold]
         need = m - len(above)
         return np.concatenate([above, np.partition(tied, need - 1)[:need] if need < len(tied) else tied])
 
-    def clear(self, reached: np.ndarray) -> None:
+    def candidates(self, terms: np.ndarray, query: int, dense: np.ndarray, skip: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One query's candidates: (positions int64 [c] ascending, excluded dropped; their BM25 float32 [c]).
+
+        Args:
+          terms: the query's term ids; dense: int64 [fetch] its dense over-fetch's tie positions, best first;
+          skip: int64 [e] its excluded tie positions; k: the index's k.
+        """
+        m = min(k + len(skip), self.n)
+        reached = self.add(terms, query)
+        self.blocked[skip] = True
+        dense = dense[~self.blocked[dense]][:k]
+        union = np.unique(np.concatenate([dense, self.top(reached, m), np.arange(m)]))
+        union = union[~self.blocked[union]]
+        self.blocked[skip] = False
+        scores = self.row[union]
         self.row[reached] = 0.0
+        return union, scores
 
 
-def _chunk_candidates(lexical: LexicalRows, k: int, terms, splits, start: int, dense_rows: np.ndarray,
-                      excluded: list[np.ndarray], position: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per query of the chunk: (candidate positions, sorted, excluded dropped; their BM25 float32).
-
-    Args:
-      dense_rows: int64 [b, fetch] each query's dense over-fetch, best first; excluded: per query, catalog rows.
-    """
-    n = lexical.n
-    positions, scores = [], []
-    for i, dense in enumerate(dense_rows):
-        query, skip = start + i, excluded[i]
-        m = min(k + len(skip), n)
-        reached = lexical.add(terms[splits[query]:splits[query + 1]], query)
-        dense = dense[~np.isin(dense, skip)][:k] if len(skip) else dense[:k]
-        union = np.unique(np.concatenate([position[dense], lexical.top(reached, m), np.arange(m)]))
-        union = union[~np.isin(union, position[skip])] if len(skip) else union
-        positions.append(union)
-        scores.append(lexical.row[union])
-        lexical.clear(reached)
-    return positions, scores
-
-
-def _padded(positions: list[np.ndarray], scores: list[np.ndarray], by_position: np.ndarray):
-    """Ragged per-query candidates -> (rows int64 [b, c], -1 padded; BM25 float32 [b, c])."""
-    width = max(len(p) for p in positions)
-    rows = np.full([len(positions), width], -1, np.int64)
-    lexical = np.zeros([len(positions), width], np.float32)
-    for i, (p, s) in enumerate(zip(positions, scores)):
+def _padded(candidates: list[tuple[np.ndarray, np.ndarray]], by_position: np.ndarray):
+    """Per query (positions [c_i], BM25 [c_i]) -> (rows int64 [b, c], -1 padded; BM25 float32 [b, c])."""
+    width = max(len(p) for p, _ in candidates)
+    rows = np.full([len(candidates), width], -1, np.int64)
+    lexical = np.zeros([len(candidates), width], np.float32)
+    for i, (p, s) in enumerate(candidates):
         rows[i, :len(p)], lexical[i, :len(p)] = by_position[p], s
     return rows, lexical
 
@@ -165,28 +166,31 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
     n, targets = len(targets), np.asarray(targets, np.int64)
     items = tf.constant(index.item_embeddings.numpy())
     position, by_position = index.lexical.position.numpy(), index.lexical.by_position.numpy()
-    keep = [np.zeros([0], np.int64)] * n if exclude is None else [
-        np.asarray(e, np.int64)[np.asarray(e, np.int64) != t] for e, t in zip(exclude, targets)]
+    skip = [np.zeros([0], np.int64)] * n if exclude is None else [
+        position[np.asarray(e, np.int64)[np.asarray(e, np.int64) != t]] for e, t in zip(exclude, targets)]
     terms, splits = query_terms(index, query_text)
     lexical, top = LexicalRows(index), _dense_fetch(items)
     graphs = {f: _ranks_graph(f) for f in fusions}
     weight_list = tf.constant(list(weights), tf.float32)
     out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
+    # Chunks of queries with as many exclusions: each chunk over-fetches k + its most, no more.
+    order = np.argsort([len(e) for e in skip], kind="stable")
     lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
     for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        queries = tf.constant(query_embeddings[start:stop], tf.float32)
-        most = max(len(e) for e in keep[start:stop])
-        dense_rows = top(queries, tf.constant(min(index.k_out + most, index.num_items), tf.int32)).numpy()
-        rows, scores = _padded(*_chunk_candidates(lexical, index.k_out, terms, splits, start, dense_rows,
-                                                  keep[start:stop], position), by_position)
-        is_target = rows == targets[start:stop, None]
+        queries = order[start:start + chunk]
+        embedded = tf.constant(query_embeddings[queries], tf.float32)
+        fetch = min(index.k_out + len(skip[queries[-1]]), index.num_items)
+        dense = position[top(embedded, tf.constant(fetch, tf.int32)).numpy()]
+        rows, scores = _padded([lexical.candidates(terms[splits[q]:splits[q + 1]], q, d, skip[q], index.k_out)
+                                for q, d in zip(queries, dense)], by_position)
+        is_target = rows == targets[queries, None]
         found = is_target.any(axis=1)
         column = tf.constant(is_target.argmax(axis=1), tf.int64)
-        outside = (rows >= 0).sum(axis=1) + dense_ranks[start:stop]
+        outside = (rows >= 0).sum(axis=1) + dense_ranks[queries]
         for fusion in fusions:
-            ranks = graphs[fusion](queries, items, tf.constant(rows), tf.constant(scores), column, weight_list).numpy()
+            ranks = graphs[fusion](embedded, items, tf.constant(rows), tf.constant(scores), column,
+                                   weight_list).numpy()
             for j, w in enumerate(weights):
-                out[fusion, w][start:stop] = np.where(found, ranks[:, j], outside)
-        lines.update(stop)
+                out[fusion, w][queries] = np.where(found, ranks[:, j], outside)
+        lines.update(min(n, start + chunk))
     return out
