@@ -12,6 +12,12 @@ the epochs' validation) over every fusion and :data:`WEIGHTS`, by
   (weight 0) on validation, else dense only;
 * ``on``: the best weight above 0, even if validation prefers dense.
 
+``retrieval.hybrid_fusion`` restricts the choice to one fusion;
+``retrieval.hybrid_weight`` skips it (0: dense only; its fusion, if not set,
+the first of :data:`FUSIONS`). After a run chooses, :func:`resolved` writes
+both into the job dir's ``params.yaml``, so ``--config params.yaml`` serves
+the same without choosing again.
+
 Weight 1 is BM25 alone with the ``bm25`` baseline's ties (training popularity,
 then catalog order), so where exact words are all that matters validation can
 serve exactly what ``bm25`` ranks. The test split is then scored the way the
@@ -31,9 +37,11 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 import numpy as np
 
+from tfrec import config as config_lib
 from tfrec import evaluate, fileio, hybrid_ranks
 from tfrec import index as index_lib
 from tfrec.index.hybrid import FUSIONS, HybridIndex
@@ -139,35 +147,77 @@ def choose(setting: str, metric: str, validation: dict[Choice, dict]) -> tuple[C
     return None, f"retrieval.hybrid=auto: dense only (validation {metric}={dense:.4f}, best fusion {got:.4f})"
 
 
-def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.ndarray],
-                        test_embeddings: tuple[np.ndarray, np.ndarray], dense_test: dict) -> tuple[dict, dict]:
-    """Chooses fusion and weight on validation and scores the test split as the export will serve it.
+def configured(cfg) -> tuple[Choice | None, str] | None:
+    """The choice ``retrieval.hybrid_weight`` fixes, with its reason (None: the weight is left to validation)."""
+    r = cfg.retrieval
+    if r.hybrid_weight is None:
+        return None
+    if r.hybrid_weight == 0:
+        return None, "retrieval.hybrid_weight=0 in the config: dense only (not chosen on validation)"
+    chosen = (r.hybrid_fusion or FUSIONS[0], r.hybrid_weight)
+    return chosen, f"{chosen[0]} with lexical weight {chosen[1]}, as the config sets (not chosen on validation)"
+
+
+def choose_and_evaluate(cfg, data, validation_embeddings: Callable[[object], tuple[np.ndarray, np.ndarray]],
+                        test_embeddings: tuple[np.ndarray, np.ndarray], dense_test: dict,
+                        dense_test_ranks: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Chooses fusion and weight on validation (unless the config sets them) and scores the test split as the
+    export will serve it.
 
     Args:
-      validation_embeddings, test_embeddings: (queries [n, d], items [num_items, d]) of each split
-        (validation: the seeded sample the epochs validated on).
-      dense_test: the towers' own test metrics (the evaluator's).
+      validation_embeddings: the seeded validation sample the epochs validated on (a RetrievalData) -> (queries
+        [n, d], items [num_items, d]); called only when validation chooses.
+      test_embeddings: (queries [len(test), d], items [num_items, d]).
+      dense_test: the towers' own test metrics; dense_test_ranks: int64 [len(test)], their ranks (the evaluator's;
+        None: computed again).
     Returns:
       (``model`` metrics the export serves, the ``eval.json`` entries ``model_variants`` and ``hybrid``).
     """
     lexical = lexical_scorer(data)
     metric = cfg.train.early_stopping_metric
-    val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
-    validation = metrics_by_choice(validation_embeddings, val_data, "validation", cfg, lexical=lexical)
-    chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
+    fusions = [cfg.retrieval.hybrid_fusion] if cfg.retrieval.hybrid_fusion else list(FUSIONS)
+    validation = {}
+    chosen, reason = configured(cfg) or (None, "")
+    if cfg.retrieval.hybrid_weight is None:
+        val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
+        validation = metrics_by_choice(validation_embeddings(val_data), val_data, "validation", cfg, lexical=lexical,
+                                       fusions=fusions)
+        chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
     log.info("hybrid: %s", reason)
-    for fusion in FUSIONS:
+    for fusion in fusions if validation else []:
         log.info("hybrid: validation %s, mrr of %s by lexical weight: %s", metric, fusion,
                  ", ".join(f"{w}={m[metric]:.4f},{m['mrr']:.4f}" for (f, w), m in validation.items() if f == fusion))
-    fusion = FUSIONS[0] if chosen is None else chosen[0]
+    fusion = (cfg.retrieval.hybrid_fusion or FUSIONS[0]) if chosen is None else chosen[0]
     weights = [1.0] + ([chosen[1]] if chosen is not None and chosen[1] != 1.0 else [])
-    test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion])
+    test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion],
+                             dense_ranks=dense_test_ranks)
     section = {"setting": cfg.retrieval.hybrid, "fusion": None if chosen is None else fusion,
                "weight": None if chosen is None else chosen[1], "metric": metric, "reason": reason,
                "validation": {f: {str(w): m[metric] for (g, w), m in validation.items() if g == f}
-                              for f in FUSIONS}}
+                              for f in (fusions if validation else [])}}
     model = dense_test if chosen is None else test[chosen]
     return model, {"model_variants": {"dense": dense_test, "lexical": test[fusion, 1.0]}, "hybrid": section}
+
+
+def resolved(cfg, extra: dict | None):
+    """``cfg`` with ``retrieval.hybrid_fusion`` and ``retrieval.hybrid_weight`` as the run served them (weight 0:
+    dense only); ``cfg`` itself when the run chose nothing (``extra``: :func:`choose_and_evaluate`'s)."""
+    section = (extra or {}).get("hybrid")
+    if section is None:
+        return cfg
+    return config_lib.updated(cfg, {"retrieval.hybrid_fusion": section["fusion"] or cfg.retrieval.hybrid_fusion,
+                                    "retrieval.hybrid_weight": section["weight"] or 0.0})
+
+
+def keep_choice(cfg, job, extra: dict | None):
+    """:func:`resolved`, written to ``job/params.yaml`` when it differs, so ``--config params.yaml`` serves the same
+    without choosing again; returns it."""
+    kept = resolved(cfg, extra)
+    if kept != cfg:
+        fileio.write_text(fileio.join(job, "params.yaml"), config_lib.to_yaml(kept))
+        log.info("hybrid: params.yaml holds retrieval.hybrid_fusion=%s, retrieval.hybrid_weight=%s",
+                 kept.retrieval.hybrid_fusion, kept.retrieval.hybrid_weight)
+    return kept
 
 
 def served_choice(job_dir) -> Choice | None:

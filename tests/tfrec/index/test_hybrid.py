@@ -1,13 +1,15 @@
 """Hybrid search: candidates joined and fused by hand, the weight validation picks, save/reload, core ops only."""
 
+import typing
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfrec import evaluate, hybrid, lexical
+from tfrec import config, evaluate, hybrid, lexical
 from tfrec.index import BruteForceIndex, IVFIndex
-from tfrec.index.hybrid import HybridIndex, fuse
+from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
 from tfrec.lexical_graph import LexicalScorer
 
 # Dense scores for q = [1, 0]: 1, 0.9, 0, -1 (min-max: 1, 0.95, 0.5, 0).
@@ -215,3 +217,8 @@ def test_split_ranks_match_the_served_top_k_with_exclusions(fusion):
             else:
                 assert got[fusion, w][i] > k, (w, i)
     assert (got[fusion, 0.5] <= k).sum() > n // 3 and (got[fusion, 0.5] > k).sum() > 3  # both kinds of target
+
+
+def test_the_config_names_the_fusions_the_index_serves():
+    hint = typing.get_type_hints(config.RetrievalConfig)["hybrid_fusion"]  # Optional[Literal[...]]
+    assert typing.get_args(typing.get_args(hint)[0]) == FUSIONS
