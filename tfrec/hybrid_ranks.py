@@ -22,6 +22,8 @@ the dense top k keep another of them than a served batch would.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 import tensorflow as tf
 
@@ -85,19 +87,16 @@ class LexicalRows:
         self.weights = lexical.weights.numpy()  # float32, as served
         self.n = lexical.num_items
         self.row = np.zeros(self.n, np.float32)  # one query's scores by tie position, zero again after each query
-        self.seen = np.full(self.n, -1, np.int64)  # the last query that reached each position
         self.blocked = np.zeros(self.n, bool)  # one query's excluded positions, cleared after it
 
-    def add(self, terms: np.ndarray, query: int) -> np.ndarray:
+    def add(self, terms: np.ndarray) -> np.ndarray:
         """Sums the query's postings (word order); returns the positions reached, each once: int64 [r]."""
         reached = []
         for t in terms[terms >= 0]:
             p = self.positions[self.indptr[t]:self.indptr[t + 1]]
-            self.row[p] += self.weights[self.indptr[t]:self.indptr[t + 1]]
-            if reached:  # a second word: keep only the positions no earlier word reached
-                p = p[self.seen[p] != query]
-            self.seen[p] = query
-            reached.append(p)
+            before = self.row[p]
+            self.row[p] = before + self.weights[self.indptr[t]:self.indptr[t + 1]]
+            reached.append(p[before == 0] if reached else p)  # weights are > 0: 0 before = no earlier word's
         return np.concatenate(reached) if len(reached) > 1 else reached[0] if reached else np.zeros([0], np.int64)
 
     def top(self, reached: np.ndarray, m: int) -> np.ndarray:
@@ -117,7 +116,7 @@ class LexicalRows:
         need = m - len(above)
         return np.concatenate([above, np.partition(tied, need - 1)[:need] if need < len(tied) else tied])
 
-    def candidates(self, terms: np.ndarray, query: int, dense: np.ndarray, skip: np.ndarray,
+    def candidates(self, terms: np.ndarray, dense: np.ndarray, skip: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray]:
         """One query's candidates: (positions int64 [c] ascending, excluded dropped; their BM25 float32 [c]).
 
@@ -126,11 +125,11 @@ class LexicalRows:
           skip: int64 [e] its excluded tie positions; k: the index's k.
         """
         m = min(k + len(skip), self.n)
-        reached = self.add(terms, query)
+        reached = self.add(terms)
         self.blocked[skip] = True
         dense = dense[~self.blocked[dense]][:k]
-        union = np.unique(np.concatenate([dense, self.top(reached, m), np.arange(m)]))
-        union = union[~self.blocked[union]]
+        union = np.sort(np.concatenate([dense, self.top(reached, m), np.arange(m)]))
+        union = union[np.append(True, union[1:] != union[:-1]) & ~self.blocked[union]]  # each once, not excluded
         self.blocked[skip] = False
         scores = self.row[union]
         self.row[reached] = 0.0
@@ -175,22 +174,31 @@ def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: li
     out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
     # Chunks of queries with as many exclusions: each chunk over-fetches k + its most, no more.
     order = np.argsort([len(e) for e in skip], kind="stable")
-    lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
-    for start in range(0, n, chunk):
-        queries = order[start:start + chunk]
+    chunks = [order[start:start + chunk] for start in range(0, n, chunk)]
+
+    def dense_fetch(queries: np.ndarray) -> tuple[tf.Tensor, np.ndarray]:  # (embeddings [b, d], positions [b, f])
         embedded = tf.constant(query_embeddings[queries], tf.float32)
         fetch = min(index.k_out + len(skip[queries[-1]]), index.num_items)
-        dense = position[top(embedded, tf.constant(fetch, tf.int32)).numpy()]
-        rows, scores = _padded([lexical.candidates(terms[splits[q]:splits[q + 1]], q, d, skip[q], index.k_out)
-                                for q, d in zip(queries, dense)], by_position)
-        is_target = rows == targets[queries, None]
-        found = is_target.any(axis=1)
-        column = tf.constant(is_target.argmax(axis=1), tf.int64)
-        outside = (rows >= 0).sum(axis=1) + dense_ranks[queries]
-        for fusion in fusions:
-            ranks = graphs[fusion](embedded, items, tf.constant(rows), tf.constant(scores), column,
-                                   weight_list).numpy()
-            for j, w in enumerate(weights):
-                out[fusion, w][queries] = np.where(found, ranks[:, j], outside)
-        lines.update(min(n, start + chunk))
+        return embedded, position[top(embedded, tf.constant(fetch, tf.int32)).numpy()]
+
+    lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
+    # The next chunk's matmul runs in the graph while this chunk's BM25 rows are summed in NumPy.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(dense_fetch, chunks[0]) if chunks else None
+        for i, queries in enumerate(chunks):
+            embedded, dense = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(dense_fetch, chunks[i + 1])
+            rows, scores = _padded([lexical.candidates(terms[splits[q]:splits[q + 1]], d, skip[q], index.k_out)
+                                    for q, d in zip(queries, dense)], by_position)
+            is_target = rows == targets[queries, None]
+            found = is_target.any(axis=1)
+            column = tf.constant(is_target.argmax(axis=1), tf.int64)
+            outside = (rows >= 0).sum(axis=1) + dense_ranks[queries]
+            for fusion in fusions:
+                ranks = graphs[fusion](embedded, items, tf.constant(rows), tf.constant(scores), column,
+                                       weight_list).numpy()
+                for j, w in enumerate(weights):
+                    out[fusion, w][queries] = np.where(found, ranks[:, j], outside)
+            lines.update(min(n, (i + 1) * chunk))
     return out
