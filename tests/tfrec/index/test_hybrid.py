@@ -42,6 +42,14 @@ def test_exclusions_leave_both_sides_and_change_the_candidates():
     np.testing.assert_allclose(scores.numpy()[0], [0.6, 0.4], rtol=1e-6)
 
 
+def test_padding_of_one_query_leaves_the_next_querys_candidates_alone():
+    # Query 0 excludes b ("" pads its row); query 1 excludes nothing. Both want a, b by dense score: a, the first
+    # item of the tie order, stays a candidate of query 1 whatever query 0's padding.
+    _, ids = make(0.0).search_hybrid(tf.constant([[1.0, 0.0], [1.0, 0.0]]), tf.constant(["", ""]),
+                                     tf.constant([["b", ""], ["", ""]]))
+    assert [[i.decode() for i in row] for row in ids.numpy()] == [["a", "c"], ["a", "b"]]
+
+
 def test_empty_text_serves_the_dense_order():
     _, ids = make(0.9).search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant([""]))
     assert [i.decode() for i in ids.numpy()[0]] == ["a", "b"]
