@@ -14,7 +14,7 @@ the epochs' validation) over every fusion and :data:`WEIGHTS`, by
 
 ``retrieval.hybrid_fusion`` restricts the choice to one fusion;
 ``retrieval.hybrid_weight`` skips it (0: dense only; its fusion, if not set,
-the first of :data:`FUSIONS`). After a run chooses, :func:`resolved` writes
+the first of :data:`FUSIONS`). After a run chooses, :func:`keep_choice` writes
 both into the job dir's ``params.yaml``, so ``--config params.yaml`` serves
 the same without choosing again.
 

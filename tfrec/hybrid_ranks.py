@@ -52,6 +52,7 @@ def _dense_fetch(items: tf.Tensor):
 
 
 def _ranks_graph(fusion: str):
+    """The targets' ranks of a chunk under ``fusion`` at every weight, one graph (traced once per fusion)."""
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
                                   tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32),
                                   tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])
