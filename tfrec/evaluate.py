@@ -271,8 +271,14 @@ def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarra
       query_embeddings: float32 [len(split), dim].
       item_embeddings: float32 [num_items, dim].
     """
+    return metrics_from_ranks(split_ranks(query_embeddings, item_embeddings, data, split, exclude_seen), ks)
+
+
+def split_ranks(query_embeddings: np.ndarray, item_embeddings: np.ndarray, data: RetrievalData, split: str,
+                exclude_seen: bool = False) -> np.ndarray:
+    """int64 [len(split)]: each ``split`` query's target rank (:func:`target_ranks`, the split's exclusions)."""
     targets, exclude = _targets_and_exclusions(data, split, exclude_seen)
-    return metrics_from_ranks(target_ranks(query_embeddings, item_embeddings, targets, exclude), ks)
+    return target_ranks(query_embeddings, item_embeddings, targets, exclude)
 
 
 def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed: int) -> RetrievalData:

@@ -16,6 +16,13 @@ the epochs' validation) over every fusion and :data:`WEIGHTS`, by
   (``content``); else the best of those is served;
 * ``on``: the best weight above 0, even if validation prefers dense.
 
+``retrieval.hybrid_fusion`` restricts the choice to one fusion;
+``retrieval.hybrid_weight`` skips it (0: dense only; its fusion, if not set,
+the first of :data:`FUSIONS`), and ``retrieval.hybrid_baseline: content``
+serves the untrained start. After a run chooses, :func:`keep_choice` writes
+them into the job dir's ``params.yaml``, so ``--config params.yaml`` serves
+the same without choosing again.
+
 Weight 1 is BM25 alone with the ``bm25`` baseline's ties (training popularity,
 then catalog order), so where exact words are all that matters validation can
 serve exactly what ``bm25`` ranks. The test split is then scored the way the
@@ -38,12 +45,12 @@ import logging
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
 
-from tfrec import baseline_guard, evaluate, fileio, text_skip
-from tfrec.progress import Progress
+from tfrec import config as config_lib
+from tfrec import baseline_guard, evaluate, fileio, hybrid_ranks, text_skip
 from tfrec import index as index_lib
-from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
+from tfrec.errors import ConfigError
+from tfrec.index.hybrid import FUSIONS, HybridIndex
 from tfrec.lexical import BM25
 from tfrec.lexical_graph import LexicalScorer
 
@@ -51,7 +58,6 @@ Choice = tuple[str, float]  # (fusion, lexical weight)
 
 log = logging.getLogger("tfrec")
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # 0.99: BM25 first, dense breaks its ties
-_BATCH = 256
 
 
 def applies(cfg, model, data) -> bool:
@@ -73,88 +79,49 @@ def exact_hybrid(item_embeddings: np.ndarray, data, k: int, weight: float = 0.0,
                        item_embeddings, ids, weight, fusion)
 
 
-def padded_ids(rows: list[np.ndarray] | None, item_ids: list[str], start: int, stop: int) -> np.ndarray:
-    """Catalog rows to exclude per query -> string [stop - start, e] ids, "" padded."""
-    if rows is None:
-        return np.zeros([stop - start, 0], object)
-    chunk = rows[start:stop]
-    out = np.full([stop - start, max([len(r) for r in chunk] + [0])], "", object)
-    for i, r in enumerate(chunk):
-        out[i, :len(r)] = [item_ids[j] for j in r]
-    return out
-
-
 def fused_ranks(index: HybridIndex, query_embeddings: np.ndarray, query_text: list[str], targets: np.ndarray,
                 exclude: list[np.ndarray] | None, dense_ranks: np.ndarray, weights=WEIGHTS,
-                item_ids: list[str] | None = None, fusions=FUSIONS) -> dict[Choice, np.ndarray]:
-    """1-based rank of each target under the fused score, for every fusion and weight.
+                fusions=FUSIONS) -> dict[Choice, np.ndarray]:
+    """1-based rank of each target under the fused score, for every fusion and weight
+    (:func:`tfrec.hybrid_ranks.fused_ranks`: the served candidates and fusion, a whole split at once).
 
     Args:
       index: the :class:`HybridIndex` that defines the candidates.
       query_embeddings: float32 [n, d]; query_text: [n]; targets: int64 [n] catalog rows.
       exclude: per query, catalog rows left out (the target is kept), or None.
       dense_ranks: int64 [n], the targets' dense ranks (for targets outside the candidates).
-      item_ids: [num_items] the catalog's ids (for the exclusions).
     Returns:
       {(fusion, weight): int64 [n]}.
     """
-    n = len(targets)
-    out = {(f, w): np.zeros(n, np.int64) for f in fusions for w in weights}
-    keep = None if exclude is None else [np.asarray(e)[np.asarray(e) != t] for e, t in zip(exclude, targets)]
-    # Traced once (the last, shorter batch relaxes the shapes): eager ops cost more than the work at 10^5 queries.
-    candidates = tf.function(index.candidates, reduce_retracing=True)
-    fused_by = {f: tf.function(lambda d, lx, v, w, f=f: fuse(d, lx, v, w, f), reduce_retracing=True) for f in fusions}
-    lines = Progress(f"hybrid ranks over {index.num_items:,} items", n, "queries")
-    for start in range(0, n, _BATCH):
-        stop = min(n, start + _BATCH)
-        rows, dense, lexical, valid = candidates(
-            tf.constant(query_embeddings[start:stop], tf.float32), tf.constant(list(query_text[start:stop])),
-            tf.constant(padded_ids(keep, item_ids, start, stop), tf.string))
-        rows = rows.numpy()
-        is_target = (rows == targets[start:stop, None]) & valid.numpy()
-        found = is_target.any(axis=1)
-        column = np.where(found, is_target.argmax(axis=1), 0)[:, None]
-        earlier = np.arange(rows.shape[1])[None, :] < column  # columns are in tie order: earlier wins a tie
-        outside = valid.numpy().sum(axis=1) + dense_ranks[start:stop]
-        for fusion, w in out:
-            fused = fused_by[fusion](dense, lexical, valid, tf.constant(w, tf.float32)).numpy()
-            mine = np.take_along_axis(fused, column, axis=1)
-            ahead = ((fused > mine) | ((fused == mine) & earlier)).sum(axis=1)
-            out[fusion, w][start:stop] = np.where(found, 1 + ahead, outside)
-        lines.update(stop)
-    return out
+    return hybrid_ranks.fused_ranks(index, query_embeddings, query_text, targets, exclude, dense_ranks, weights,
+                                    fusions)
+
+
+def ranks_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg, weights=WEIGHTS,
+                    lexical: LexicalScorer | None = None, fusions=FUSIONS,
+                    dense_ranks: np.ndarray | None = None) -> dict[Choice, np.ndarray]:
+    """{(fusion, weight): int64 [len(split)]} each target's 1-based rank under every fusion and weight, with the
+    evaluator's exclusions (the sign test of :mod:`tfrec.baseline_guard` pairs them by query).
+
+    Args:
+      embeddings: (query float32 [len(split), d], items float32 [num_items, d]).
+      dense_ranks: int64 [len(split)], the evaluator's dense ranks of the targets (None: computed here).
+    """
+    queries, items = embeddings
+    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
+    if dense_ranks is None:
+        dense_ranks = evaluate.target_ranks(queries, items, targets, exclude)
+    index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
+    return fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense_ranks, weights,
+                       fusions)
 
 
 def metrics_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg, weights=WEIGHTS,
-                      lexical: LexicalScorer | None = None, fusions=FUSIONS) -> dict[Choice, dict]:
-    """{(fusion, weight): metrics} of the fused score on ``split``, with the evaluator's exclusions and ks.
-
-    Args:
-      embeddings: (query float32 [len(split), d], items float32 [num_items, d]).
-    """
-    queries, items = embeddings
-    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
-    dense = evaluate.target_ranks(queries, items, targets, exclude)
-    index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
-    ranks = fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense, weights,
-                        data.catalog.item_ids, fusions)
+                      lexical: LexicalScorer | None = None, fusions=FUSIONS,
+                      dense_ranks: np.ndarray | None = None) -> dict[Choice, dict]:
+    """{(fusion, weight): metrics} of :func:`ranks_by_choice`, at the evaluator's ks."""
+    ranks = ranks_by_choice(embeddings, data, split, cfg, weights, lexical, fusions, dense_ranks)
     return {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in ranks.items()}
-
-
-def ranks_by_choice(embeddings: tuple[np.ndarray, np.ndarray], data, split: str, cfg,
-                    lexical: LexicalScorer | None = None, weights=WEIGHTS, fusions=FUSIONS) -> dict[Choice, np.ndarray]:
-    """{(fusion, weight): int64 [len(split)]} each target's 1-based rank under every fusion and weight
-    (what :func:`metrics_by_choice` averages; the sign test of :mod:`tfrec.baseline_guard` pairs them by query).
-
-    Args:
-      embeddings: (query float32 [len(split), d], items float32 [num_items, d]).
-    """
-    queries, items = embeddings
-    targets, exclude = evaluate._targets_and_exclusions(data, split, cfg.eval.exclude_seen)
-    dense = evaluate.target_ranks(queries, items, targets, exclude)
-    index = exact_hybrid(items, data, cfg.export.k, lexical=lexical)
-    return fused_ranks(index, queries, getattr(data, split).query_text, targets, exclude, dense, weights,
-                       data.catalog.item_ids, fusions)
 
 
 def guard(cfg, val_data, val_ranks: dict[Choice, np.ndarray], chosen: Choice | None, start: Callable | None,
@@ -163,12 +130,12 @@ def guard(cfg, val_data, val_ranks: dict[Choice, np.ndarray], chosen: Choice | N
     (``bm25``, ``content`` or None) and why; ``start(data, split)``: the untrained start's embeddings, or None.
     Every rank comes from :func:`fused_ranks` (the start's at weight 0), so all are exact up to ``export.k``
     and approximated alike beyond it."""
-    baselines = {"bm25": val_ranks[FUSIONS[0], 1.0]}
+    baselines = {"bm25": next(r for (f, w), r in val_ranks.items() if w == 1.0)}  # every fusion: BM25 alone
     if start is not None:
-        at_start = ranks_by_choice(start(val_data, "validation"), val_data, "validation", cfg, lexical, [0.0],
+        at_start = ranks_by_choice(start(val_data, "validation"), val_data, "validation", cfg, [0.0], lexical,
                                    FUSIONS[:1])
         baselines = {"content": at_start[FUSIONS[0], 0.0], **baselines}
-    candidate = val_ranks[chosen if chosen is not None else (FUSIONS[0], 0.0)]
+    candidate = val_ranks[chosen] if chosen is not None else next(r for (f, w), r in val_ranks.items() if w == 0.0)
     return baseline_guard.keep_or_baseline(cfg.train.early_stopping_metric, candidate, baselines)
 
 
@@ -209,16 +176,39 @@ def choose(setting: str, metric: str, validation: dict[Choice, dict]) -> tuple[C
     return None, f"retrieval.hybrid=auto: dense only (validation {metric}={dense:.4f}, best fusion {got:.4f})"
 
 
-def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.ndarray],
+def configured(cfg) -> tuple[Choice | None, str | None, str] | None:
+    """What the config fixes: (choice, baseline, reason), or None where validation chooses.
+
+    ``retrieval.hybrid_baseline: content`` serves the towers' untrained start; else ``retrieval.hybrid_weight``
+    fixes the weight (0: dense only; 1: BM25 alone, as the ``bm25`` baseline ranks).
+    """
+    r = cfg.retrieval
+    if r.hybrid_baseline == "content":
+        return None, "content", "retrieval.hybrid_baseline=content in the config: the untrained start is served"
+    if r.hybrid_weight is None:
+        return None
+    baseline = "bm25" if r.hybrid_baseline == "bm25" else None
+    if r.hybrid_weight == 0:
+        return None, baseline, "retrieval.hybrid_weight=0 in the config: dense only (not chosen on validation)"
+    chosen = (r.hybrid_fusion or FUSIONS[0], r.hybrid_weight)
+    return chosen, baseline, (f"{chosen[0]} with lexical weight {chosen[1]}, as the config sets (not chosen on "
+                              "validation)")
+
+
+def choose_and_evaluate(cfg, data, validation_embeddings: Callable[[object], tuple[np.ndarray, np.ndarray]],
                         test_embeddings: tuple[np.ndarray, np.ndarray], dense_test: dict,
-                        start: Callable | None = None) -> tuple[dict, dict]:
-    """Chooses fusion and weight on validation, then (``auto``) keeps that trained choice only where it beats
-    the exact baselines (:mod:`tfrec.baseline_guard`), and scores the test split as the export will serve it.
+                        dense_test_ranks: np.ndarray | None = None, start: Callable | None = None
+                        ) -> tuple[dict, dict]:
+    """Chooses fusion and weight on validation (unless the config sets them), then (``auto``) keeps that trained
+    choice only where it beats the exact baselines (:mod:`tfrec.baseline_guard`), and scores the test split as
+    the export will serve it.
 
     Args:
-      validation_embeddings, test_embeddings: (queries [n, d], items [num_items, d]) of each split
-        (validation: the seeded sample the epochs validated on).
-      dense_test: the towers' own test metrics (the evaluator's).
+      validation_embeddings: the seeded validation sample the epochs validated on (a RetrievalData) -> (queries
+        [n, d], items [num_items, d]); called only when validation chooses.
+      test_embeddings: (queries [len(test), d], items [num_items, d]).
+      dense_test: the towers' own test metrics; dense_test_ranks: int64 [len(test)], their ranks (the evaluator's;
+        None: computed again).
       start: ``start(data, split)`` -> (queries [n, d], items [num_items, d]) of the towers' untrained start
         (:func:`tfrec.text_skip.at_start`), the ``content`` baseline the export can serve; None: none.
     Returns:
@@ -227,28 +217,43 @@ def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.n
     """
     lexical = lexical_scorer(data)
     metric = cfg.train.early_stopping_metric
-    val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
-    val_ranks = ranks_by_choice(validation_embeddings, val_data, "validation", cfg, lexical=lexical)
-    validation = {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in val_ranks.items()}
-    chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
-    log.info("hybrid: %s", reason)
-    auto = cfg.retrieval.hybrid == "auto"
-    baseline, why = guard(cfg, val_data, val_ranks, chosen, start, lexical) if auto else (None, "")
-    if why:
-        log.info("hybrid: %s", why)
-    if baseline is not None:
-        chosen, reason = ((FUSIONS[0], 1.0) if baseline == "bm25" else None), f"{reason}; {why}"
-    for fusion in FUSIONS:
+    fusions = [cfg.retrieval.hybrid_fusion] if cfg.retrieval.hybrid_fusion else list(FUSIONS)
+    validation = {}
+    fixed = configured(cfg)
+    if fixed is not None:
+        chosen, baseline, reason = fixed
+    else:
+        val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
+        val_ranks = ranks_by_choice(validation_embeddings(val_data), val_data, "validation", cfg, lexical=lexical,
+                                    fusions=fusions)
+        validation = {c: evaluate.metrics_from_ranks(r, cfg.eval.ks) for c, r in val_ranks.items()}
+        chosen, reason = choose(cfg.retrieval.hybrid, metric, validation)
+        log.info("hybrid: %s", reason)
+        auto = cfg.retrieval.hybrid == "auto"
+        baseline, why = guard(cfg, val_data, val_ranks, chosen, start, lexical) if auto else (None, "")
+        if baseline is not None:
+            chosen, reason = ((fusions[0], 1.0) if baseline == "bm25" else None), f"{reason}; {why}"
+        elif why:
+            reason = f"{reason}; {why}"
+        if why:
+            log.info("hybrid: %s", why)
+    if fixed is not None:
+        log.info("hybrid: %s", reason)
+    for fusion in fusions if validation else []:
         log.info("hybrid: validation %s, mrr of %s by lexical weight: %s", metric, fusion,
                  ", ".join(f"{w}={m[metric]:.4f},{m['mrr']:.4f}" for (f, w), m in validation.items() if f == fusion))
-    fusion = FUSIONS[0] if chosen is None else chosen[0]
+    if baseline == "content" and start is None:
+        raise ConfigError("retrieval.hybrid_baseline", "is content (the towers' untrained start), but these towers "
+                          "cannot give it back: it needs model.text_skip on and frozen encoders")
+    fusion = (cfg.retrieval.hybrid_fusion or FUSIONS[0]) if chosen is None else chosen[0]
     weights = [1.0] + ([chosen[1]] if chosen is not None and chosen[1] != 1.0 else [])
-    test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion])
+    test = metrics_by_choice(test_embeddings, data, "test", cfg, weights, lexical=lexical, fusions=[fusion],
+                             dense_ranks=dense_test_ranks)
     section = {"setting": cfg.retrieval.hybrid, "fusion": None if chosen is None else fusion,
                "weight": None if chosen is None else chosen[1], "baseline": baseline, "metric": metric,
                "reason": reason,
                "validation": {f: {str(w): m[metric] for (g, w), m in validation.items() if g == f}
-                              for f in FUSIONS}}
+                              for f in (fusions if validation else [])}}
     model = dense_test if chosen is None else test[chosen]
     if baseline == "content":
         model = evaluate.evaluate_embeddings(*start(data, "test"), data, "test", cfg.eval.ks, cfg.eval.exclude_seen)
@@ -256,27 +261,51 @@ def choose_and_evaluate(cfg, data, validation_embeddings: tuple[np.ndarray, np.n
 
 
 def evaluate_served(cfg, data, model, embed: Callable, test_embeddings: tuple[np.ndarray, np.ndarray],
-                    dense_test: dict) -> tuple[dict, dict, tuple[np.ndarray, np.ndarray]]:
+                    dense_test: dict, dense_test_ranks: np.ndarray | None = None
+                    ) -> tuple[dict, dict, tuple[np.ndarray, np.ndarray]]:
     """:func:`choose_and_evaluate` for ``model``; where it serves the untrained start (``content``), closes the
     towers' gates (:func:`tfrec.text_skip.close_gates`) so that the model and its export are that start.
 
     Args:
       embed: ``embed(data, split)`` -> (queries [n, d], items [num_items, d]) through ``model``'s towers.
-      test_embeddings: (queries [len(test), d], items [num_items, d]) of the kept towers; dense_test: their metrics.
+      test_embeddings: (queries [len(test), d], items [num_items, d]) of the kept towers; dense_test: their metrics;
+        dense_test_ranks: int64 [len(test)], their ranks.
     Returns:
       (``model`` metrics, the ``eval.json`` entries, the served towers' test embeddings).
     """
-    val_data = evaluate.sample_split(data, "validation", cfg.eval.validation_max_queries, cfg.train.seed)
-
     def start(d, split):
         with text_skip.at_start(model):
             return embed(d, split)
-    results, extra = choose_and_evaluate(cfg, data, embed(val_data, "validation"), test_embeddings, dense_test,
+    results, extra = choose_and_evaluate(cfg, data, lambda val: embed(val, "validation"), test_embeddings,
+                                         dense_test, dense_test_ranks,
                                          start if text_skip.start_recoverable(model) else None)
     if extra["hybrid"]["baseline"] == "content":
         text_skip.close_gates(model)
         test_embeddings = embed(data, "test")
     return results, extra, test_embeddings
+
+
+def resolved(cfg, extra: dict | None):
+    """``cfg`` with ``retrieval.hybrid_fusion``, ``hybrid_weight`` and ``hybrid_baseline`` as the run served them
+    (weight 0: dense only); ``cfg`` itself when the run chose nothing (``extra``: :func:`choose_and_evaluate`'s)."""
+    section = (extra or {}).get("hybrid")
+    if section is None:
+        return cfg
+    return config_lib.updated(cfg, {"retrieval.hybrid_fusion": section["fusion"] or cfg.retrieval.hybrid_fusion,
+                                    "retrieval.hybrid_weight": section["weight"] or 0.0,
+                                    "retrieval.hybrid_baseline": section.get("baseline")})
+
+
+def keep_choice(cfg, job, extra: dict | None):
+    """:func:`resolved`, written to ``job/params.yaml`` when it differs, so ``--config params.yaml`` serves the same
+    without choosing again; returns it."""
+    kept = resolved(cfg, extra)
+    if kept != cfg:
+        fileio.write_text(fileio.join(job, "params.yaml"), config_lib.to_yaml(kept))
+        r = kept.retrieval
+        log.info("hybrid: params.yaml holds retrieval.hybrid_fusion=%s, retrieval.hybrid_weight=%s, "
+                 "retrieval.hybrid_baseline=%s", r.hybrid_fusion, r.hybrid_weight, r.hybrid_baseline)
+    return kept
 
 
 def _section(job_dir) -> dict:

@@ -49,4 +49,5 @@ def training_flat(cfg: Config) -> dict:
     """The config keys that change what a checkpoint means (export/eval settings may change)."""
     flat = training.flatten(config_lib.to_dict(cfg))
     keep = ("data", "model", "retrieval", "ranking", "eval.cold_items_fraction")  # the cold hold-out changes the data
-    return {k: v for k, v in flat.items() if k.split(".")[0] in keep or k in keep}
+    served = ("retrieval.hybrid_fusion", "retrieval.hybrid_weight", "retrieval.hybrid_baseline")  # chosen after training, written back
+    return {k: v for k, v in flat.items() if (k.split(".")[0] in keep or k in keep) and k not in served}

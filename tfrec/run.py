@@ -292,14 +292,15 @@ def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, featu
     """
     with timings.stage(times, "evaluate", examples=len(getattr(data, split))):
         q, item_embeddings = embed_split(model, data, features, split)
-        results = evaluate.evaluate_embeddings(q, item_embeddings, data, split, cfg.eval.ks, cfg.eval.exclude_seen)
+        ranks = evaluate.split_ranks(q, item_embeddings, data, split, cfg.eval.exclude_seen)  # the hybrid's too
+        results = evaluate.metrics_from_ranks(ranks, cfg.eval.ks)
     baselines = baseline_runs.run_baselines(cfg, data, split, times, cache, (features.query_cache, features.item_cache))
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
     extra = None
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
         with timings.stage(times, "hybrid", examples=len(getattr(data, split))):
             results, extra, (q, item_embeddings) = hybrid.evaluate_served(
-                cfg, data, model, lambda d, s: embed_split(model, d, features, s), (q, item_embeddings), results)
+                cfg, data, model, lambda d, s: embed_split(model, d, features, s), (q, item_embeddings), results, ranks)
     variants = {f"model:{name}": m for name, m in (extra or {}).get("model_variants", {}).items()}
     print("\n" + evaluate.format_table({"model": results, **variants, **baselines}) + "\n", flush=True)
     ranking = None
@@ -328,10 +329,8 @@ def write_report(cfg: Config, job: fileio.Location, data: RetrievalData, evaluat
         "training": {"best_epoch": train_state["best_epoch"] + 1, "epochs_run": train_state["epoch"] + 1,
                      "seconds": round(seconds, 1)},
         "config_hash": config_lib.config_hash(cfg)}
-    if evaluation.ranking is not None:
-        report["ranking"] = evaluation.ranking
-    if evaluation.cold_items is not None:
-        report["cold_items"] = evaluation.cold_items
+    report.update({k: v for k, v in (("ranking", evaluation.ranking), ("cold_items", evaluation.cold_items))
+                   if v is not None})
     report.update(evaluation.extra or {})
     tb = str(tensorboard_dir or fileio.join(job, "tensorboard"))
     summaries.write_hparams(tb, summaries.compared_settings(cfg), {f"test_{k}": v for k, v in evaluation.model.items()})
@@ -389,6 +388,7 @@ def fit(config: Config, job_dir: str | Path, outputs: vertex.OutputDirs | None =
 
         # evaluate: the model and the baselines on the test split
         evaluation = evaluate_model(config, model, data, features, times=times, cache=cache)
+        config = hybrid.keep_choice(config, job, evaluation.extra)  # params.yaml: the served fusion and weight
         report = write_report(config, job, data, evaluation, state, time.time() - started, tb_dir)
 
         # export

@@ -41,6 +41,8 @@ def test_a_run_serving_content_closes_the_gates_in_the_model_the_export_and_load
     assert run.model.query_tower.skip.gate.numpy() == run.model.item_tower.skip.gate.numpy() == 0.0
     _, reloaded, data = load_trained(tmp_path / "job")
     assert reloaded.item_tower.skip.gate.numpy() == 0.0 and hybrid.serves_start(tmp_path / "job")
+    kept = tfrec.load_config(tmp_path / "job" / "params.yaml")  # a rerun serves the start, unchosen
+    assert kept.retrieval.hybrid_baseline == "content" and hybrid.configured(kept)[1] == "content"
 
     texts = ["looking for ghost", "rocket"]
     encoder = run.model.query_tower.encoder

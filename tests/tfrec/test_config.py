@@ -171,3 +171,26 @@ def test_export_model_names_the_layout_accepts_pass_the_config(name, tmp_path):
     layout.write_models_config(tmp_path, [name, f"{name}_scann"])  # what the export writes for it
     assert set(layout.read_models_config(tmp_path / "models.config")) == {name, f"{name}_scann"}
 
+
+def test_hybrid_fusion_and_weight_are_checked_with_one_line_naming_the_key():
+    cfg = config.build("smoke", None, ["retrieval.hybrid_fusion=reciprocal_rank", "retrieval.hybrid_weight=0.3"])
+    assert (cfg.retrieval.hybrid_fusion, cfg.retrieval.hybrid_weight) == ("reciprocal_rank", 0.3)
+    assert config.build("smoke").retrieval.hybrid_weight is None  # default: chosen on validation
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_weight': must be in \[0, 1\] or null, got 1.5"):
+        config.build("smoke", None, ["retrieval.hybrid_weight=1.5"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_weight': is set \(0.3\) but retrieval.hybrid is off"):
+        config.build("smoke", None, ["retrieval.hybrid=off", "retrieval.hybrid_weight=0.3"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_fusion': is set \(reciprocal_rank\) but retrieval"):
+        config.build("smoke", None, ["retrieval.hybrid=off", "retrieval.hybrid_fusion=reciprocal_rank"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_weight': 0 serves the dense model alone, but "
+                                          r"retrieval.hybrid=on"):
+        config.build("smoke", None, ["retrieval.hybrid=on", "retrieval.hybrid_weight=0"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_fusion': expected one of minmax_weighted_sum, "
+                                          r"reciprocal_rank, got 'rrf'"):
+        config.build("smoke", None, ["retrieval.hybrid_fusion=rrf"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_weight': expected a number, got 'high'"):
+        config.build("smoke", None, ["retrieval.hybrid_weight=high"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_baseline': is set \(content\) but retrieval.hybrid"):
+        config.build("smoke", None, ["retrieval.hybrid=off", "retrieval.hybrid_baseline=content"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_baseline': expected one of bm25, content, got 'bert'"):
+        config.build("smoke", None, ["retrieval.hybrid_baseline=bert"])

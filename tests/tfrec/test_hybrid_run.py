@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text
+import yaml
 from tensorflow.python.framework import op_def_registry
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import tfrec
-from tfrec import evaluate, hybrid
+from tfrec import config as config_lib, evaluate, hybrid
 from tfrec.index.hybrid import FUSIONS
 from tfrec import index as index_lib
 from tfrec.export.savedmodel import export_run
 from tests.helpers.servers import http, predict_request, running_server
 from tests.tfrec.index.test_hybrid import op_names
 from tfrec import run as stages
+
+embed = stages.embed_split
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +104,36 @@ def test_approximate_index_serves_and_gates_the_fused_top_k(trained, monkeypatch
         assert ((scores >= 0) & (scores <= 1)).all()  # fused, not dot products
     else:
         assert ((scores >= 0) & (scores <= 1 / 61 + 1e-7)).all()  # reciprocal ranks: (1 - w) / 61 + w / 61 at best
+
+
+def test_configured_fusion_and_weight_skip_the_choice(trained, monkeypatch):
+    cfg, job, data, model, features, state = trained
+    embedded = []
+    monkeypatch.setattr(stages, "embed_split", lambda m, d, f, split: embedded.append(split) or embed(m, d, f, split))
+    cfg = config_lib.updated(cfg, {"retrieval.hybrid_fusion": "reciprocal_rank", "retrieval.hybrid_weight": 0.7})
+    evaluation = stages.evaluate_model(cfg, model, data, features)
+    section = evaluation.extra["hybrid"]
+    assert (section["fusion"], section["weight"], section["validation"]) == ("reciprocal_rank", 0.7, {})
+    assert "as the config sets (not chosen on validation)" in section["reason"] and embedded == ["test"]
+    want = hybrid.metrics_by_choice((evaluation.query_embeddings, evaluation.item_embeddings), data, "test", cfg,
+                                    [0.7], fusions=["reciprocal_rank"])
+    assert evaluation.model == want["reciprocal_rank", 0.7]
+    # Weight 0: the towers alone are served, still without a validation pass.
+    cfg = config_lib.updated(cfg, {"retrieval.hybrid": "auto", "retrieval.hybrid_weight": 0.0})
+    evaluation = stages.evaluate_model(cfg, model, data, features)
+    assert evaluation.extra["hybrid"]["weight"] is None and embedded == ["test", "test"]
+    assert evaluation.model == evaluation.extra["model_variants"]["dense"]
+
+
+def test_params_yaml_keeps_the_choice_and_repeats_it(trained, tmp_path):
+    cfg, job, data, model, features, state = trained
+    first = stages.evaluate_model(cfg, model, data, features)
+    chosen = first.extra["hybrid"]
+    kept = hybrid.keep_choice(cfg, tmp_path, first.extra)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())["retrieval"]
+    assert (params["hybrid_fusion"], params["hybrid_weight"]) == (chosen["fusion"], chosen["weight"])
+    again = config_lib.build(config_file=str(tmp_path / "params.yaml"))
+    assert again.retrieval == kept.retrieval and config_lib.config_hash(again) == config_lib.config_hash(kept)
+    second = stages.evaluate_model(again, model, data, features)
+    assert second.model == first.model and second.extra["hybrid"]["validation"] == {}
+    assert (second.extra["hybrid"]["fusion"], second.extra["hybrid"]["weight"]) == (chosen["fusion"], chosen["weight"])

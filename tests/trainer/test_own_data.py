@@ -150,6 +150,9 @@ def test_params_yaml_holds_the_resolved_config_and_reproduces_it(no_user_run, ca
     assert params["retrieval"]["negatives"] == "full" and params["eval"]["exclude_seen"] is False
     assert params["eval"]["baselines"] == ["popularity", "bm25", "content"]
     assert (params["train"]["batch_size"], params["train"]["epochs"]) == (128, 1)  # 21 rows < 20,000; epochs set
+    served = json.loads((job / "eval.json").read_text())["hybrid"]  # the choice, written back (weight 0: dense)
+    assert params["retrieval"]["hybrid_fusion"] == served["fusion"]
+    assert params["retrieval"]["hybrid_weight"] == (served["weight"] or 0.0)
     capsys.readouterr()
     assert task.main(["--config", str(job / "params.yaml"), "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == params
@@ -167,3 +170,5 @@ def test_a_rerun_from_params_yaml_repeats_eval_json(no_user_run, tmp_path):
     first, second = (json.loads((j / "eval.json").read_text()) for j in (job, again))
     assert (second["model"], second["baselines"], second["config_hash"]) == (
         first["model"], first["baselines"], first["config_hash"])
+    assert [second["hybrid"][k] for k in ("fusion", "weight")] == [first["hybrid"][k] for k in ("fusion", "weight")]
+    assert second["hybrid"]["validation"] == {} and first["hybrid"]["validation"]  # chosen once, then repeated

@@ -81,6 +81,11 @@ class RetrievalConfig:
     num_sampled: int = 256  # sampled / mixed: catalog draws per step
     sampling: Literal["uniform", "popularity"] = "uniform"  # sampled / mixed
     hybrid: Literal["auto", "off", "on"] = "auto"  # BM25 mixed into the served score (tfrec.hybrid)
+    # The served fusion and lexical weight; null: chosen on validation (a run writes its choice into params.yaml).
+    hybrid_fusion: Optional[Literal["minmax_weighted_sum", "reciprocal_rank"]] = None
+    hybrid_weight: Optional[float] = None  # in [0, 1]; 0: dense only
+    # The exact baseline served instead of the trained choice (bm25: weight 1; content: the untrained start).
+    hybrid_baseline: Optional[Literal["bm25", "content"]] = None
 
     def validate(self, cfg) -> None:
         """Checks this section (``cfg``: the whole tree); raises ConfigError naming the key."""
@@ -92,6 +97,15 @@ class RetrievalConfig:
         check(r.weight > 0 or cfg.ranking.weight > 0, "retrieval.weight",
               "retrieval.weight and ranking.weight are both 0")
         check(r.num_sampled >= 1, "retrieval.num_sampled", f"must be >= 1, got {r.num_sampled}")
+        for key in ("hybrid_fusion", "hybrid_weight", "hybrid_baseline"):
+            check(r.hybrid != "off" or getattr(r, key) is None, f"retrieval.{key}",
+                  f"is set ({getattr(r, key)}) but retrieval.hybrid is off; set it to null, or retrieval.hybrid "
+                  "to auto")
+        if r.hybrid_weight is not None:
+            check(0 <= r.hybrid_weight <= 1, "retrieval.hybrid_weight",
+                  f"must be in [0, 1] or null, got {r.hybrid_weight}")
+            check(r.hybrid_weight > 0 or r.hybrid != "on", "retrieval.hybrid_weight",
+                  "0 serves the dense model alone, but retrieval.hybrid=on serves a lexical weight above 0")
         if r.negatives != "in_batch":
             check(not r.cross_replica_negatives, "retrieval.cross_replica_negatives",
                   f"gathers in-batch negatives only; set it to false with retrieval.negatives={r.negatives}")

@@ -68,8 +68,42 @@ def minmax(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 def rank_among(scores: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """float32 [batch, c]: 1 + how many valid candidates of the row score higher (equal scores share a rank)."""
-    higher = tf.logical_and(scores[:, None, :] > scores[:, :, None], valid[:, None, :])  # [batch, c, c]
-    return 1.0 + tf.reduce_sum(tf.cast(higher, tf.float32), axis=2)
+    ascending = tf.sort(tf.where(valid, scores, -np.inf), axis=1)  # a row sorted once, not [batch, c, c] pairs
+    at_most = tf.searchsorted(ascending, scores, side="right", out_type=tf.int32)  # entries <= the score
+    return 1.0 + tf.cast(tf.shape(scores)[1] - at_most, tf.float32)
+
+
+def fusion_terms(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor,
+                 fusion: str = FUSIONS[0]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The weight-free parts of :func:`fuse`: float32 [batch, c] each, for one fusion.
+
+    ``minmax_weighted_sum``: (dense min-max, lexical min-max); ``reciprocal_rank``: (60 + dense rank,
+    1 / (60 + lexical rank), 0 where no query word reaches). Evaluation computes them once for every weight.
+
+    Args:
+      dense, lexical: float32 [batch, c] raw scores of the candidates (lexical >= 0); valid: bool [batch, c].
+    """
+    if fusion == "reciprocal_rank":
+        reached = tf.logical_and(valid, lexical > 0)
+        return RRF_K + rank_among(dense, valid), tf.where(reached, 1.0 / (RRF_K + rank_among(lexical, reached)), 0.0)
+    if fusion == "minmax_weighted_sum":
+        return minmax(dense, valid), minmax(lexical, valid)
+    raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+
+
+def combine(terms: tuple[tf.Tensor, tf.Tensor], valid: tf.Tensor, weight: float | tf.Tensor,
+            fusion: str = FUSIONS[0]) -> tf.Tensor:
+    """:func:`fusion_terms` mixed with the lexical share ``weight``: float32 [batch, c] (``-inf`` where not valid).
+
+    ``weight`` may also be float32 [w, 1, 1] (then [w, batch, c]: every weight at once).
+    """
+    weight = tf.cast(weight, tf.float32)
+    dense_term, lexical_term = terms
+    if fusion == "reciprocal_rank":
+        fused = (1.0 - weight) / dense_term + weight * lexical_term
+    else:
+        fused = (1.0 - weight) * dense_term + weight * lexical_term
+    return tf.where(valid, fused, tf.fill(tf.shape(fused), -np.inf))
 
 
 def fuse(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor, weight: float | tf.Tensor,
@@ -80,16 +114,7 @@ def fuse(dense: tf.Tensor, lexical: tf.Tensor, valid: tf.Tensor, weight: float |
       dense, lexical: float32 [batch, c] raw scores of the candidates (lexical >= 0); valid: bool [batch, c].
       weight: the lexical side's share in [0, 1]; fusion: one of :data:`FUSIONS`.
     """
-    weight = tf.cast(weight, tf.float32)
-    if fusion == "reciprocal_rank":
-        reached = tf.logical_and(valid, lexical > 0)
-        lexical_part = tf.where(reached, 1.0 / (RRF_K + rank_among(lexical, reached)), 0.0)
-        fused = (1.0 - weight) / (RRF_K + rank_among(dense, valid)) + weight * lexical_part
-    elif fusion == "minmax_weighted_sum":
-        fused = (1.0 - weight) * minmax(dense, valid) + weight * minmax(lexical, valid)
-    else:
-        raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
-    return tf.where(valid, fused, tf.fill(tf.shape(fused), -np.inf))
+    return combine(fusion_terms(dense, lexical, valid, fusion), valid, weight, fusion)
 
 
 def sorted_lookup(keys: tf.Tensor, values: tf.Tensor, wanted: tf.Tensor, default) -> tuple[tf.Tensor, tf.Tensor]:
@@ -181,7 +206,8 @@ class HybridIndex(tf.Module):
 
         _, dense_ids = self.index.search(query_embeddings, exclude_item_ids)
         excluded = positions(self.rows.lookup(exclude_item_ids))  # "" padding and unknown ids -> n
-        excluded_keys = tf.sort(tf.reshape(query_row * n + excluded, [-1]))
+        # Padding keys -1, never a candidate's (query_row * n + n would be the next query's first item).
+        excluded_keys = tf.sort(tf.reshape(tf.where(excluded < n, query_row * n + excluded, -1), [-1]))
         keys, scores = self.lexical.reached(query_text)
         # k + e from BM25 and from the tie order: at least k of each are not excluded (they are dropped below).
         # A query keeps k + its own exclusions of them, so "" padding of exclude_item_ids changes nothing.

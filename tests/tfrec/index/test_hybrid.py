@@ -1,13 +1,15 @@
 """Hybrid search: candidates joined and fused by hand, the weight validation picks, save/reload, core ops only."""
 
+import typing
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfrec import evaluate, hybrid, lexical
+from tfrec import config, evaluate, hybrid, lexical
 from tfrec.index import BruteForceIndex, IVFIndex
-from tfrec.index.hybrid import HybridIndex, fuse
+from tfrec.index.hybrid import FUSIONS, HybridIndex, fuse
 from tfrec.lexical_graph import LexicalScorer
 
 # Dense scores for q = [1, 0]: 1, 0.9, 0, -1 (min-max: 1, 0.95, 0.5, 0).
@@ -38,6 +40,14 @@ def test_exclusions_leave_both_sides_and_change_the_candidates():
     scores, ids = make(0.6).search_hybrid(tf.constant([[1.0, 0.0]]), tf.constant(["sock"]), tf.constant([["c", ""]]))
     assert [i.decode() for i in ids.numpy()[0]] == ["d", "a"]
     np.testing.assert_allclose(scores.numpy()[0], [0.6, 0.4], rtol=1e-6)
+
+
+def test_padding_of_one_query_leaves_the_next_querys_candidates_alone():
+    # Query 0 excludes b ("" pads its row); query 1 excludes nothing. Both want a, b by dense score: a, the first
+    # item of the tie order, stays a candidate of query 1 whatever query 0's padding.
+    _, ids = make(0.0).search_hybrid(tf.constant([[1.0, 0.0], [1.0, 0.0]]), tf.constant(["", ""]),
+                                     tf.constant([["b", ""], ["", ""]]))
+    assert [[i.decode() for i in row] for row in ids.numpy()] == [["a", "c"], ["a", "b"]]
 
 
 def test_empty_text_serves_the_dense_order():
@@ -77,7 +87,7 @@ def ranks_by_choice(queries, texts, targets, scorer=None):
     index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), scorer or LexicalScorer(lexical.BM25(TEXTS_BIG)),
                         ITEMS_BIG, IDS_BIG, 0.0)
     dense = evaluate.target_ranks(queries, ITEMS_BIG, targets, None)
-    return hybrid.fused_ranks(index, queries, texts, targets, None, dense, item_ids=IDS_BIG)
+    return hybrid.fused_ranks(index, queries, texts, targets, None, dense)
 
 
 def metrics_by_choice(queries, texts, targets):
@@ -135,7 +145,7 @@ def test_weight_one_ranks_exactly_as_the_bm25_baseline():
     index = HybridIndex(BruteForceIndex(ITEMS_BIG, IDS_BIG, 10), scorer, ITEMS_BIG, IDS_BIG, 1.0)
     dense = evaluate.target_ranks(RNG.normal(size=[40, 8]).astype(np.float32), ITEMS_BIG, targets, None)
     got = hybrid.fused_ranks(index, RNG.normal(size=[40, 8]).astype(np.float32), queries, targets, None, dense,
-                             weights=[1.0], item_ids=IDS_BIG)
+                             weights=[1.0], )
     within = want <= 10
     assert within.sum() > 10 and (~within).sum() > 5  # both kinds of target
     for fusion in ("minmax_weighted_sum", "reciprocal_rank"):
@@ -178,3 +188,45 @@ def test_saved_and_reloaded_with_core_ops_only(tmp_path, kind):
     assert all(hasattr(tf.raw_ops, n) for n in names), sorted(n for n in names if not hasattr(tf.raw_ops, n))
     assert {"UnsortedSegmentSum", "LookupTableFindV2"} <= names  # BM25 from the stored postings
     assert names & {"RegexReplace", "StaticRegexReplace"}  # the query tokenised in the graph
+
+
+@pytest.mark.parametrize("fusion", ["minmax_weighted_sum", "reciprocal_rank"])
+def test_split_ranks_match_the_served_top_k_with_exclusions(fusion):
+    # Random catalog, 3 words of 5 per text (many equal BM25 scores), a random tie order, and per query 0-6
+    # excluded items (sometimes the target, which stays ranked): wherever the target is in the served top k
+    # its rank is its place there, else the rank is beyond k.
+    rng = np.random.default_rng(3)
+    vocab = ["red", "blue", "shoe", "hat", "sock"]
+    items = rng.normal(size=[60, 4]).astype(np.float32)
+    ids = [f"x{j}" for j in range(60)]
+    texts = [" ".join(rng.choice(vocab, 3)) for _ in range(60)]
+    scorer = LexicalScorer(lexical.BM25(texts), tie_order=rng.permutation(60))
+    n, k = 48, 6
+    targets = rng.integers(0, 60, n)
+    queries = (items[targets] + rng.normal(size=[n, 4])).astype(np.float32)
+    texts_q = [" ".join(rng.choice(vocab + ["none"], rng.integers(0, 3))) for _ in range(n)]
+    exclude = [rng.choice(60, rng.integers(0, 7), replace=False) for _ in range(n)]
+    for e, t in zip(exclude[::5], targets[::5]):
+        e[:1] = t  # the target listed: kept
+    padded = np.full([n, 8], "", object)  # wider than any query's: served padding changes nothing
+    for i, e in enumerate(exclude):
+        padded[i, :len(e)] = [ids[j] for j in e if j != targets[i]] + [""] * int((e == targets[i]).sum())
+    dense = evaluate.target_ranks(queries, items, targets, exclude)
+    weights = [0.0, 0.2, 0.5, 0.9, 0.99, 1.0]
+    got = hybrid.fused_ranks(HybridIndex(BruteForceIndex(items, ids, k), scorer, items, ids, 0.0), queries,
+                             texts_q, targets, exclude, dense, weights, [fusion])
+    for w in weights:
+        served = HybridIndex(BruteForceIndex(items, ids, k), scorer, items, ids, w, fusion).search_hybrid(
+            tf.constant(queries), tf.constant(texts_q), tf.constant(padded.astype(str)))[1].numpy().astype(str)
+        for i in range(n):
+            listed = list(served[i])
+            if ids[targets[i]] in listed:
+                assert got[fusion, w][i] == listed.index(ids[targets[i]]) + 1, (w, i)
+            else:
+                assert got[fusion, w][i] > k, (w, i)
+    assert (got[fusion, 0.5] <= k).sum() > n // 3 and (got[fusion, 0.5] > k).sum() > 3  # both kinds of target
+
+
+def test_the_config_names_the_fusions_the_index_serves():
+    hint = typing.get_type_hints(config.RetrievalConfig)["hybrid_fusion"]  # Optional[Literal[...]]
+    assert typing.get_args(typing.get_args(hint)[0]) == FUSIONS
