@@ -55,7 +55,7 @@ from tfrec import evaluate, fileio, timings
 from tfrec.data import pipeline
 from tfrec.index.base import with_history
 from tfrec.encoders.lora import adapters_merged
-from tfrec.export import layout
+from tfrec.export import layout, saving
 from tfrec.export.indexes import ExportRefused  # noqa: F401  (export_run raises it)
 from tfrec.export.indexes import build_index_of_kind, check_recall, index_kinds, model_name_for
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
@@ -324,7 +324,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
         options = index_lib.save_options_for(idx)
 
         def write(folder: str, module=module, report=report, options=options) -> None:
-            tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
+            saving.save(module, folder, module.signatures(), options)
             extra = Path(folder) / "assets.extra"
             extra.mkdir(exist_ok=True)
             (extra / "export_report.json").write_text(json.dumps(report, indent=2))
