@@ -6,10 +6,10 @@
 
 Loads a finished run (:func:`tfrec.trained.load_trained`) from a copy of its job dir and calls
 :func:`tfrec.export.savedmodel.export_run` in turns with :func:`tfrec.export.saving.save` (``new``) and with plain
-``tf.saved_model.save`` (``old``), after one export not timed (the process's one-time costs: autograph's
+``tf.saved_model.save`` and the query tower traced in each signature (``old``), after one export not timed (the process's one-time costs: autograph's
 conversion of the encoder's code, op registrations). Prints each export's seconds (wall and process CPU),
 ``ratio old/new`` (median over rounds of CPU seconds) and whether both versions' ``serving_default`` and
-``embed_item`` give the same answers.
+``embed_query`` give the same answers (a text model).
 """
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ def plain_save(module, folder, signatures, options=None) -> None:
     tf.saved_model.save(module, folder, signatures=signatures, options=options)
 
 
-def answers(version: Path, queries: list[str], item_ids: list[str], texts: list[str], sig_inputs: dict) -> list:
+def old_query(module, features: dict) -> tf.Tensor:
+    """The replaced query call: the query tower traced anew in every signature."""
+    return module.query_tower(features, training=False)
+
+
+def answers(version: Path, texts: list[str]) -> list[np.ndarray]:
+    """A text model's ``serving_default`` ids and scores and ``embed_query`` embeddings for ``texts``."""
     loaded = tf.saved_model.load(str(version))
-    out = [v.numpy() for v in loaded.signatures["serving_default"](**sig_inputs).values()]
-    item = {"item_id": tf.constant(item_ids), "item_text": tf.constant(texts)}
-    names = loaded.signatures["embed_item"].structured_input_signature[1]
-    item.update({k: tf.constant([""] * len(item_ids)) for k in names if k not in item})
-    return out + [loaded.signatures["embed_item"](**item)["embedding"].numpy()]
+    query = tf.constant(texts)
+    top = loaded.signatures["serving_default"](query_text=query, exclude_item_ids=tf.constant([[""]]))
+    return [top["item_ids"].numpy(), top["scores"].numpy(), loaded.signatures["embed_query"](query_text=query)[
+        "embedding"].numpy()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg, model, data = load_trained(str(job))
         items = pipeline.item_features(data.catalog, np.arange(len(data.catalog)))
         embeddings = evaluate.embed(model.item_tower, items)
-        runs = {"new": saving.save, "old": plain_save}
+        runs = {"new": (saving.save, savedmodel.RetrievalModule._query), "old": (plain_save, old_query)}
         seconds = {name: [] for name in runs}
         versions = {}
 
         def export(name: str) -> tuple[float, float]:
-            savedmodel.saving.save = runs[name]
+            savedmodel.saving.save, savedmodel.RetrievalModule._query = runs[name]
             wall, cpu = time.perf_counter(), time.process_time()
             (path,) = savedmodel.export_run(cfg, str(job), model, data, embeddings, index="brute_force")
             versions[name] = path
@@ -78,21 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                 wall, cpu = export(name)
                 seconds[name].append(cpu)
                 print(f"round {r} {name}: {wall:.1f}s wall, {cpu:.1f}s cpu")
-        savedmodel.saving.save = saving.save
-        sig = tf.saved_model.load(str(versions["new"])).signatures["serving_default"]
-        inputs = {}
-        for key, spec in sig.structured_input_signature[1].items():
-            if key == "query_text":
-                inputs[key] = tf.constant(list(data.test.query_text[:8]))
-        if not inputs:
-            inputs = None
-        ids, texts = list(data.catalog.item_ids[:16]), list(data.catalog.texts[:16])
-        if inputs is not None:
-            a = answers(versions["new"], [], ids, texts, inputs)
-            b = answers(versions["old"], [], ids, texts, inputs)
-            same = all(x.dtype == object and np.array_equal(x, y) or x.dtype != object and np.allclose(x, y, atol=1e-6)
-                       for x, y in zip(a, b))
-            print(f"same answers (serving_default, embed_item): {'yes' if same else 'no'}")
+        savedmodel.saving.save, savedmodel.RetrievalModule._query = runs["new"]
+        if model.query_tower.encoder is not None:
+            texts = list(data.test.query_text[:8])
+            (ids_a, scores_a, emb_a), (ids_b, scores_b, emb_b) = answers(versions["new"], texts), \
+                answers(versions["old"], texts)
+            same = np.array_equal(ids_a, ids_b) and np.allclose(scores_a, scores_b, atol=1e-6) \
+                and np.allclose(emb_a, emb_b, atol=1e-6)
+            print(f"same answers (serving_default, embed_query): {'yes' if same else 'no'}")
         size = {n: sum(f.stat().st_size for f in Path(v).rglob("*") if f.is_file()) for n, v in versions.items()}
         print(f"saved_model sizes: new {size['new'] / 1e6:.1f} MB, old {size['old'] / 1e6:.1f} MB")
         ratio = statistics.median(o / n for o, n in zip(seconds["old"], seconds["new"]))

@@ -199,7 +199,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         ids, mask = self.tokenize(texts)
         return self.encode_tokens(ids, mask, training=training)
 
-    def encode_texts(self, texts: list[str], batch_size: int = 256, progress: str | None = None,
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: str | None = None,
                      jit_compile: bool = False) -> np.ndarray:
         """Encodes many texts (inference, no dropout): float32 [len(texts), hidden_size].
 

@@ -68,6 +68,8 @@ log = logging.getLogger("tfrec")
 _DEFAULTS = {"exclusions": lambda: tf.constant([[]], dtype=tf.string), "text": lambda: tf.constant([""]),
              "history": lambda: tf.constant([[""]]), "labels": lambda: tf.constant([[float("nan")]])}
 
+QUERY_INPUTS = ("query_text", "history_item_ids")  # what the query tower reads of a request
+
 
 def _query_features(inputs: dict) -> dict:
     """The served query inputs -> the query tower's features, broadcast to one batch.
@@ -118,6 +120,10 @@ class RetrievalModule(tf.Module):
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
         self.ranking_head, self.catalog = ranking_head, catalog
+        # One trace of the query tower (its encoder's graph), called by every query signature, not one each.
+        query_spec = {spec.name: tf.TensorSpec(spec.shape, spec.dtype) for spec, _ in self._query_inputs(False)}
+        self.query_tower_call = tf.function(lambda features: self.query_tower(features, training=False),
+                                            input_signature=[query_spec])  # a signature: traced once, not twice
         exclusions = [(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"), _DEFAULTS["exclusions"]())]
         self.retrieve = self._query_function(self._retrieve, optional=exclusions)
         self.embed_query = self._query_function(self._embed_query)
@@ -171,7 +177,8 @@ class RetrievalModule(tf.Module):
         return tf.function(fn, input_signature=[spec for spec, _ in params])
 
     def _query(self, features: dict) -> tf.Tensor:
-        return self.query_tower(features, training=False)
+        """The query tower's float32 [batch, d] for the query inputs of ``features`` (through one traced call)."""
+        return self.query_tower_call({k: features[k] for k in QUERY_INPUTS if k in features})
 
     def _search(self, query: tf.Tensor, features: dict, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The index's top k for ``query`` [batch, d], without ``exclude_item_ids`` [1 or batch, e] (and the
