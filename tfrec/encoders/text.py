@@ -199,8 +199,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         ids, mask = self.tokenize(texts)
         return self.encode_tokens(ids, mask, training=training)
 
-    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: str | None = None,
-                     jit_compile: bool = False) -> np.ndarray:
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> np.ndarray:
         """Encodes many texts (inference, no dropout): float32 [len(texts), hidden_size].
 
         Texts are grouped by their exact token count and every batch is
@@ -209,8 +208,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
         then depends on its own tokens alone, never on the texts it shares a
         batch with: the same text gives the same floats in any catalog. The
         result equals :meth:`call` within float tolerance, several times faster
-        (no padded positions). ``jit_compile``: XLA-compile the encoder, one
-        program per distinct width.
+        (no padded positions).
         """
         if not texts:
             return np.zeros([0, self.hidden_size], np.float32)
@@ -221,8 +219,10 @@ class BertTextEncoder(tf.keras.layers.Layer):
             mask.append(m.numpy())
         ids, mask = np.concatenate(ids), np.concatenate(mask)
         out = np.zeros([len(texts), self.hidden_size], np.float32)
-        encode = tf.function(lambda i, m: self.encode_tokens(i, m, training=False), reduce_retracing=not jit_compile,
-                             jit_compile=jit_compile)
+        # One trace for every width: a graph traced for one exact shape would compute that width's batches
+        # with other kernels (other float roundings) than the shape-generic graph computes the rest.
+        spec = tf.TensorSpec([None, None], tf.int32)
+        encode = tf.function(lambda i, m: self.encode_tokens(i, m, training=False), input_signature=[spec, spec])
         bar = tqdm(total=len(texts), desc=progress, unit="text", mininterval=2.0, leave=False,
                    disable=True if progress is None or not log.isEnabledFor(logging.INFO) else None)  # None: a TTY only
         lines = None if progress is None else Progress(progress, len(texts), "texts")  # the log: every 30 s
