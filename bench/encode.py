@@ -97,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r} {name}: {wall:.1f}s wall, {len(texts) / wall:.0f} texts/s, "
                   f"{len(texts) / cpu:.0f} texts/cpu-s")
     for name, run in runs.items():
-        diff = float(np.abs(run(sample) - direct).max())
-        rng = np.random.default_rng(1)
         first = run(sample)
+        diff = float(np.abs(first - direct).max())
         order = np.random.default_rng(1).permutation(len(sample))
-        again = run([sample[i] for i in order] + items[-97:])[:len(sample)]
+        again = run([sample[i] for i in order] + items[-97:])[:len(sample)]  # other order, other texts with them
         moved = float(np.abs(again - first[order]).max())
         print(f"{name}: max |encode_texts - call()| = {diff:.2e}; same texts among others: max change {moved:.2e}")
     for name in runs:
