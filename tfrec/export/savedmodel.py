@@ -55,7 +55,7 @@ from tfrec import evaluate, fileio, timings
 from tfrec.data import pipeline
 from tfrec.index.base import with_history
 from tfrec.encoders.lora import adapters_merged
-from tfrec.export import layout
+from tfrec.export import layout, saving
 from tfrec.export.indexes import ExportRefused  # noqa: F401  (export_run raises it)
 from tfrec.export.indexes import build_index_of_kind, check_recall, index_kinds, model_name_for
 from tfrec.export.catalog_lookup import CatalogLookup, rank_candidates, rerank
@@ -67,6 +67,8 @@ log = logging.getLogger("tfrec")
 # can configure it): exclusions [1, 0], text [1], history [1, 1], labels NaN [1, 1]; each broadcast to the batch.
 _DEFAULTS = {"exclusions": lambda: tf.constant([[]], dtype=tf.string), "text": lambda: tf.constant([""]),
              "history": lambda: tf.constant([[""]]), "labels": lambda: tf.constant([[float("nan")]])}
+
+QUERY_INPUTS = ("query_text", "history_item_ids")  # what the query tower reads of a request
 
 
 def _query_features(inputs: dict) -> dict:
@@ -118,6 +120,10 @@ class RetrievalModule(tf.Module):
             item_spec[f"item_{col}"] = tf.TensorSpec([None], tf.string, name=f"item_{col}")
         self.embed_item = tf.function(self._embed_item, input_signature=[item_spec])
         self.ranking_head, self.catalog = ranking_head, catalog
+        # One trace of the query tower (its encoder's graph), called by every query signature, not one each.
+        query_spec = {spec.name: tf.TensorSpec(spec.shape, spec.dtype) for spec, _ in self._query_inputs(False)}
+        self.query_tower_call = tf.function(lambda features: self.query_tower(features, training=False),
+                                            input_signature=[query_spec])  # a signature: traced once, not twice
         exclusions = [(tf.TensorSpec([None, None], tf.string, name="exclude_item_ids"), _DEFAULTS["exclusions"]())]
         self.retrieve = self._query_function(self._retrieve, optional=exclusions)
         self.embed_query = self._query_function(self._embed_query)
@@ -171,7 +177,8 @@ class RetrievalModule(tf.Module):
         return tf.function(fn, input_signature=[spec for spec, _ in params])
 
     def _query(self, features: dict) -> tf.Tensor:
-        return self.query_tower(features, training=False)
+        """The query tower's float32 [batch, d] for the query inputs of ``features`` (through one traced call)."""
+        return self.query_tower_call({k: features[k] for k in QUERY_INPUTS if k in features})
 
     def _search(self, query: tf.Tensor, features: dict, exclude_item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The index's top k for ``query`` [batch, d], without ``exclude_item_ids`` [1 or batch, e] (and the
@@ -324,7 +331,7 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
         options = index_lib.save_options_for(idx)
 
         def write(folder: str, module=module, report=report, options=options) -> None:
-            tf.saved_model.save(module, folder, signatures=module.signatures(), options=options)
+            saving.save(module, folder, module.signatures(), options)
             extra = Path(folder) / "assets.extra"
             extra.mkdir(exist_ok=True)
             (extra / "export_report.json").write_text(json.dumps(report, indent=2))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec.encoders.text import BertTextEncoder, resolve_checkpoint
+from tfrec.encoders.text import BertTextEncoder, length_batches, resolve_checkpoint
 from tfrec.errors import UserError
 
 
@@ -57,6 +57,23 @@ def test_encode_texts_equals_call(tiny_encoder):
     cached = tiny_encoder.encode_texts(texts, batch_size=5)
     direct = tiny_encoder(tf.constant(texts)).numpy()
     np.testing.assert_allclose(cached, direct, atol=1e-5)
+
+
+def test_length_batches_group_exact_token_counts_longest_first():
+    # rows 0..6 have 5, 3, 5, 3, 5, 9, 3 tokens; batches of 2 rows at most.
+    batches = length_batches(np.array([5, 3, 5, 3, 5, 9, 3]), batch_size=2)
+    assert [(rows.tolist(), width) for rows, width in batches] == [
+        ([5], 9), ([0, 2], 5), ([4], 5), ([1, 3], 3), ([6], 3)]
+
+
+def test_encode_texts_of_a_text_does_not_depend_on_its_batch(tiny_encoder):
+    texts = ["rocket star orbit", "ghost", "looking for jazz piano song", "alien planet moon"]
+    alone = tiny_encoder.encode_texts(texts)
+    words = "comet haunted ghost house star jazz rocket orbit galaxy alien piano song moon".split()
+    rng = np.random.default_rng(0)
+    others = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(300)]  # longer and shorter texts
+    mixed = tiny_encoder.encode_texts(others + texts[::-1])[len(others):][::-1]
+    np.testing.assert_array_equal(mixed, alone)  # bit for bit: other batch neighbours, other widths before
 
 
 def test_cls_pooling_differs_from_mean():
