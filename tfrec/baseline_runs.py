@@ -263,7 +263,8 @@ def run_baselines(cfg, data: RetrievalData, split: str, times=None, cache=None, 
             log.info("eval: no %s baseline (%s)", name, why)
             continue
         identity = {"baseline": name, "split": split, "budget": dataclasses.asdict(budget), "counts": data.counts,
-                    "data": config_lib.to_dict(cfg)["data"], "validation_max_queries": cfg.eval.validation_max_queries}
+                    "data": config_lib.to_dict(cfg)["data"], "validation_max_queries": cfg.eval.validation_max_queries,
+                    "test_max_queries": cfg.eval.test_max_queries}
         started = time.perf_counter()
         stage = times.stage(f"baseline:{name}", examples=data.num_train) if times else contextlib.nullcontext()
         with stage:

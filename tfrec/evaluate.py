@@ -287,6 +287,19 @@ def sample_split(data: RetrievalData, split: str, max_queries: int | None, seed:
     return data if rows is None else dataclasses.replace(data, **{split: getattr(data, split).take(rows)})
 
 
+def test_sample(data: RetrievalData, split: str, max_queries: int | None, seed: int) -> tuple[RetrievalData, dict]:
+    """``data`` with ``split`` cut to a seeded sample of at most ``max_queries`` queries (:func:`sample_split`:
+    the model and every baseline are measured on the same rows), and ``eval.json``'s ``test_queries`` entry
+    (``{"evaluated": n, "of": all}``)."""
+    total = len(getattr(data, split))
+    sampled = sample_split(data, split, max_queries, seed)
+    n = len(getattr(sampled, split))
+    if n < total:
+        log.info("eval: %s figures on a seeded sample of %s of its %s queries (eval.test_max_queries; null: all): "
+                 "the standard error of a recall is at most %.4f", split, f"{n:,}", f"{total:,}", 0.5 / np.sqrt(n))
+    return sampled, {"evaluated": n, "of": total}
+
+
 # ----------------------------------------------------------------- baselines
 def popularity_order(item_counts: np.ndarray) -> np.ndarray:
     """The popularity order of the catalog as integers: int64 [num_items], a permutation of ``0 .. n - 1``,

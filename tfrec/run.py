@@ -91,8 +91,7 @@ class Evaluation:
       model: the model's retrieval metrics (``recall@K``, ``ndcg@K``, ``mrr``).
       baselines: each baseline's metrics, by name.
       ranking: the ranking head's report, or None when the model has no head.
-      query_embeddings: float32 [num_test_queries, d].
-      item_embeddings: float32 [num_items, d].
+      query_embeddings: float32 [num_test_queries, d] (those measured); item_embeddings: float32 [num_items, d].
     """
 
     model: dict
@@ -101,7 +100,7 @@ class Evaluation:
     query_embeddings: np.ndarray
     item_embeddings: np.ndarray
     cold_items: dict | None = None  # eval.cold_items_fraction: the cold targets' section
-    extra: dict | None = None  # more eval.json entries (tfrec.hybrid: model_variants, hybrid)
+    extra: dict | None = None  # more eval.json entries (test_queries; tfrec.hybrid: model_variants, hybrid)
 
 
 # ------------------------------------------------------------------ stages
@@ -286,22 +285,23 @@ def train(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Feat
 def evaluate_model(cfg: Config, model: TwoTowerModel, data: RetrievalData, features: Features,
                    split: str = "test", times: timings.StageTimes | None = None,
                    cache: job_cache.JobCache | None = None) -> Evaluation:
-    """Full-catalog metrics of ``model`` on ``split``, and of the baselines ``eval.baselines`` names.
-
-    ``times`` records the stages (None: untimed); ``cache`` keeps baseline results for a rerun (None: none kept).
-    """
+    """Full-catalog metrics of ``model`` and the baselines ``eval.baselines`` names, all on one seeded sample of at
+    most ``eval.test_max_queries`` queries of ``split``. ``times``: the stages (None: untimed); ``cache``: baseline
+    results kept for a rerun (None: none kept)."""
+    data, queries = evaluate.test_sample(data, split, cfg.eval.test_max_queries, cfg.train.seed)
     with timings.stage(times, "evaluate", examples=len(getattr(data, split))):
         q, item_embeddings = embed_split(model, data, features, split)
         ranks = evaluate.split_ranks(q, item_embeddings, data, split, cfg.eval.exclude_seen)  # the hybrid's too
         results = evaluate.metrics_from_ranks(ranks, cfg.eval.ks)
     baselines = baseline_runs.run_baselines(cfg, data, split, times, cache, (features.query_cache, features.item_cache))
     cold = None if data.cold_items is None else cold_items_section(cfg, data, q, item_embeddings, features.item_cache)
-    extra = None
+    extra = {f"{split}_queries": queries}  # eval.json: how many of the split's queries were measured
     if hybrid.applies(cfg, model, data):  # the served score: dense, or dense + BM25 as validation chose
         with timings.stage(times, "hybrid", examples=len(getattr(data, split))):
-            results, extra, (q, item_embeddings) = hybrid.evaluate_served(
+            results, served, (q, item_embeddings) = hybrid.evaluate_served(
                 cfg, data, model, lambda d, s: embed_split(model, d, features, s), (q, item_embeddings), results, ranks)
-    variants = {f"model:{name}": m for name, m in (extra or {}).get("model_variants", {}).items()}
+            extra.update(served)
+    variants = {f"model:{name}": m for name, m in extra.get("model_variants", {}).items()}
     print("\n" + evaluate.format_table({"model": results, **variants, **baselines}) + "\n", flush=True)
     ranking = None
     if model.ranking is not None:

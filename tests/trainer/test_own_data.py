@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tfrec import config
+from tfrec import config, evaluate
 from tfrec.data import dataset, synthetic
 from tfrec.errors import ConfigError
 from trainer import task
@@ -140,6 +140,21 @@ def test_popularity_without_a_user_column_is_the_hand_computed_one(no_user_run, 
     assert "config: eval.exclude_seen=false: no user ids" in log
     assert "config: eval.baselines=[popularity, bm25, content]" in log
     assert set(report["baselines"]) == {"popularity", "bm25", "content"}
+
+
+def test_eval_test_max_queries_measures_every_row_on_one_seeded_sample(no_user_run, tmp_path):
+    root, _, args = no_user_run
+    job = tmp_path / "sampled"
+    assert task.main([a if a != str(root / "job") else str(job) for a in args]
+                     + ["--set", "eval.test_max_queries=3"]) == 0
+    report = json.loads((job / "eval.json").read_text())
+    assert report["test_queries"] == {"evaluated": 3, "of": 6}
+    rows = evaluate.validation_sample(6, 3, config.build(None, str(root / "own.yaml")).train.seed)
+    ranks = np.array([1, 2, 4, 5, 6, 6])[rows]  # the fixture's popularity ranks, on the sampled rows only
+    pop = report["baselines"]["popularity"]
+    assert pop["mrr"] == pytest.approx(np.mean(1 / ranks))
+    assert pop["recall@3"] == pytest.approx(np.mean(ranks <= 3))
+    assert report["data"]["counts"]["test"] == 6  # the data section still counts every test row
 
 
 def test_params_yaml_holds_the_resolved_config_and_reproduces_it(no_user_run, capsys):

@@ -264,8 +264,8 @@ def export_run(cfg: config_lib.Config, job_dir: str | Path, model, data, item_em
       index: brute_force | ivf | scann | all (default ``export.index``); with ``export.quantization: int8``
         brute_force and ivf are built in their int8 forms (brute_force_int8, ivf_int8).
       k: results per query (default ``export.k``).
-      query_embeddings: float32 [n, d] held-out queries for the recall gate
-        (default: the test split's queries through the query tower).
+      query_embeddings: float32 [n, d] held-out queries for the recall gate: the test queries ``eval.json``
+        measured (``eval.test_max_queries``'s seeded sample); default: those through the query tower.
       index_params: constructor arguments for the approximate indexes (e.g. nprobe).
       model_dir: Vertex AI's ``AIP_MODEL_DIR``: the layout goes there instead of ``job_dir/export``, and the
         first version's files also at its top (``saved_model.pb``, where Vertex AI loads a model).
@@ -303,11 +303,13 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
                 idx = HybridIndex(idx, lexical, item_embeddings, item_ids, choice[1], choice[0])
             info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
             if idx.kind != "brute_force":
+                # The test queries eval.json measured (the same seeded sample, as query_embeddings holds them).
+                measured = evaluate.sample_split(data, "test", cfg.eval.test_max_queries, cfg.train.seed)
                 if query_embeddings is None:
-                    queries = test_queries(model, data)
+                    queries = test_queries(model, measured)
                     query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
                 info["recall"] = check_recall(idx, item_embeddings, item_ids, query_embeddings, k,
-                                              cfg.export.min_recall, data.test.query_text)
+                                              cfg.export.min_recall, measured.test.query_text)
                 info["min_recall"] = cfg.export.min_recall
             built.append((kind, model_name_for(cfg.export.model_name, kind), idx, info))
 
