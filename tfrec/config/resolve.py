@@ -30,7 +30,6 @@ config or the data does not have.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import Any, Callable
 
 from tfrec.config.model import query_reads_text
 from tfrec.config.parse import check, merge, nest
+from tfrec.data.readers import resolve_path
+from tfrec.errors import DataError
 
 log = logging.getLogger("tfrec")
 Config = Any  # a tfrec.config.Config (not imported: that package imports this module)
@@ -121,15 +122,10 @@ def summarize(cfg: Config, data: Any) -> DataSummary:
 def encoder_width(checkpoint: str) -> int | None:
     """``hidden_size`` in the checkpoint folder's config.json (``pkg://package/folder`` or a local folder), or
     None where it is not there to read (the encoder's own loading then says what is wrong)."""
-    if checkpoint.startswith("pkg://"):
-        package, _, rel = checkpoint[len("pkg://"):].partition("/")
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        checkpoint = str(Path(list(spec.submodule_search_locations)[0]) / rel)
     try:
-        width = json.loads((Path(checkpoint) / "config.json").read_text()).get("hidden_size")
-    except (OSError, ValueError, AttributeError):
+        folder = resolve_path(checkpoint)[0] if checkpoint.startswith("pkg://") else checkpoint
+        width = json.loads((Path(folder) / "config.json").read_text()).get("hidden_size")
+    except (DataError, OSError, ValueError, AttributeError):  # DataError: the package is not installed
         return None
     return width if isinstance(width, int) and width > 0 else None
 
@@ -283,8 +279,8 @@ def choose_exclude_seen(cfg: Config, s: DataSummary) -> tuple[bool, str]:
 
 # In order: the epochs' reason reads the batch size, the negatives' cost reads it and the embedding width.
 DATA_RULES = {"model.embedding_dim": choose_embedding_dim, "train.batch_size": choose_batch_size,
-              "train.epochs": choose_epochs, "retrieval.negatives": choose_negatives, "eval.baselines": choose_baselines,
-              "eval.exclude_seen": choose_exclude_seen}
+              "train.epochs": choose_epochs, "retrieval.negatives": choose_negatives,
+              "eval.baselines": choose_baselines, "eval.exclude_seen": choose_exclude_seen}
 # What a preset chose for its own data, chosen again for other data (tfrec.config._other_data); the preset's model
 # width stays, as its other model settings do.
 RESOLVED_KEYS = (*CONFIG_RULES, *(key for key in DATA_RULES if key != "model.embedding_dim"))

@@ -294,6 +294,8 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
     if lexical is not None:
         log.info("export: hybrid search, dense + BM25 by %s with lexical weight %s (eval.json's hybrid)", *choice)
     built = []
+    # The test queries eval.json measured (the same seeded sample, as query_embeddings holds them): the recall gate's.
+    measured = evaluate.sample_split(data, "test", cfg.eval.test_max_queries, cfg.train.seed)
     with timings.stage(times, "index", examples=len(item_ids)):
         for kind in kinds:
             idx, note = build_index_of_kind(kind, item_embeddings, item_ids, k, (index_params or {}).get(kind))
@@ -303,8 +305,6 @@ def _publish(cfg: config_lib.Config, job_dir: str | Path, model, data, item_embe
                 idx = HybridIndex(idx, lexical, item_embeddings, item_ids, choice[1], choice[0])
             info = {"kind": idx.kind, "requested": kind, "k": k, "note": note, "params": idx.params()}
             if idx.kind != "brute_force":
-                # The test queries eval.json measured (the same seeded sample, as query_embeddings holds them).
-                measured = evaluate.sample_split(data, "test", cfg.eval.test_max_queries, cfg.train.seed)
                 if query_embeddings is None:
                     queries = test_queries(model, measured)
                     query_embeddings = evaluate.embed(model.query_tower, queries, progress="embedding test queries")
