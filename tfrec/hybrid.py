@@ -179,15 +179,18 @@ def choose(setting: str, metric: str, validation: dict[Choice, dict]) -> tuple[C
 def configured(cfg) -> tuple[Choice | None, str | None, str] | None:
     """What the config fixes: (choice, baseline, reason), or None where validation chooses.
 
-    ``retrieval.hybrid_baseline: content`` serves the towers' untrained start; else ``retrieval.hybrid_weight``
+    ``retrieval.hybrid_baseline``: ``content`` serves the towers' untrained start, ``bm25`` lexical weight 1;
+    else ``retrieval.hybrid_weight``
     fixes the weight (0: dense only; 1: BM25 alone, as the ``bm25`` baseline ranks).
     """
     r = cfg.retrieval
     if r.hybrid_baseline == "content":
         return None, "content", "retrieval.hybrid_baseline=content in the config: the untrained start is served"
+    if r.hybrid_baseline == "bm25":
+        return (r.hybrid_fusion or FUSIONS[0], 1.0), "bm25", "retrieval.hybrid_baseline=bm25 in the config: BM25 alone"
     if r.hybrid_weight is None:
         return None
-    baseline = "bm25" if r.hybrid_baseline == "bm25" else None
+    baseline = None
     if r.hybrid_weight == 0:
         return None, baseline, "retrieval.hybrid_weight=0 in the config: dense only (not chosen on validation)"
     chosen = (r.hybrid_fusion or FUSIONS[0], r.hybrid_weight)

@@ -24,6 +24,9 @@ def test_towers_wrecked_in_training_serve_bm25_exactly(tmp_path):
     for key in FIGURES[:3]:  # cut-offs up to export.k (mrr reads ranks past the served top k)
         assert run.metrics["model"][key] == run.metrics["baselines"]["bm25"][key]
     assert hybrid.served_choice(tmp_path / "job") == (hybrid.FUSIONS[0], 1.0)
+    # set in the config, the same baseline is served without a validation pass
+    assert hybrid.configured(tfrec.load_config(preset="smoke", overrides=["retrieval.hybrid_baseline=bm25"]))[:2] == (
+        (hybrid.FUSIONS[0], 1.0), "bm25")
 
 
 def test_a_run_serving_content_closes_the_gates_in_the_model_the_export_and_load_trained(tmp_path, monkeypatch):

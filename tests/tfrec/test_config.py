@@ -192,5 +192,9 @@ def test_hybrid_fusion_and_weight_are_checked_with_one_line_naming_the_key():
         config.build("smoke", None, ["retrieval.hybrid_weight=high"])
     with pytest.raises(ConfigError, match=r"'retrieval.hybrid_baseline': is set \(content\) but retrieval.hybrid"):
         config.build("smoke", None, ["retrieval.hybrid=off", "retrieval.hybrid_baseline=content"])
+    with pytest.raises(ConfigError, match=r"'retrieval.hybrid_weight': is 0.5, but retrieval.hybrid_baseline=bm25 "
+                                          r"serves weight 1.0"):
+        config.build("smoke", None, ["retrieval.hybrid_baseline=bm25", "retrieval.hybrid_weight=0.5"])
+    assert config.build("smoke", None, ["retrieval.hybrid_baseline=content", "retrieval.hybrid_weight=0"])
     with pytest.raises(ConfigError, match=r"'retrieval.hybrid_baseline': expected one of bm25, content, got 'bert'"):
         config.build("smoke", None, ["retrieval.hybrid_baseline=bert"])

@@ -106,6 +106,9 @@ class RetrievalConfig:
                   f"must be in [0, 1] or null, got {r.hybrid_weight}")
             check(r.hybrid_weight > 0 or r.hybrid != "on", "retrieval.hybrid_weight",
                   "0 serves the dense model alone, but retrieval.hybrid=on serves a lexical weight above 0")
+            served = {"bm25": 1.0, "content": 0.0}.get(r.hybrid_baseline, r.hybrid_weight)
+            check(r.hybrid_weight == served, "retrieval.hybrid_weight",
+                  f"is {r.hybrid_weight}, but retrieval.hybrid_baseline={r.hybrid_baseline} serves weight {served}")
         if r.negatives != "in_batch":
             check(not r.cross_replica_negatives, "retrieval.cross_replica_negatives",
                   f"gathers in-batch negatives only; set it to false with retrieval.negatives={r.negatives}")
